@@ -1,0 +1,256 @@
+"""Every error that crosses a wire, for every side: clients, brokers and the coordinator.
+
+Each error is a class with a numeric ``code`` for the wire, a Kafka-style ``name``, and two flags:
+``retriable`` (the same request may succeed later) and ``invalid_metadata`` (refresh metadata
+before retrying). ``error_for_code`` turns a code from a reply back into the class, so a client
+raises the same exception a server named.
+
+Kafka's names and codes are used where the meaning is Kafka's; the coordinator's errors (the
+ZooKeeper-like ones) live in their own range from 100 up.
+"""
+
+from __future__ import annotations
+
+
+class ZbError(Exception):
+    """Base of every zbroker error. ``str(e)`` is a sentence meant for a person."""
+
+    code = -1
+    name = "UNKNOWN_SERVER_ERROR"
+    retriable = False
+    invalid_metadata = False
+    message = "The server hit an unexpected error."
+
+    def __init__(self, detail: str | None = None):
+        self.detail = detail or self.message
+        super().__init__(self.detail)
+
+
+_BY_CODE: dict[int, type[ZbError]] = {}
+
+
+def _register(cls: type[ZbError]) -> type[ZbError]:
+    if cls.code in _BY_CODE:
+        raise RuntimeError(f"error code {cls.code} defined twice")
+    _BY_CODE[cls.code] = cls
+    return cls
+
+
+def error_for_code(code: int) -> type[ZbError]:
+    """The error class for a wire code; unknown codes map to UnknownServerError."""
+    return _BY_CODE.get(code, UnknownServerError)
+
+
+def make_error(code: int, detail: str | None = None) -> ZbError:
+    return error_for_code(code)(detail)
+
+
+@_register
+class UnknownServerError(ZbError):
+    code = -1
+
+
+# --- Kafka's errors (codes as in Kafka's protocol) ---------------------------------------------
+
+@_register
+class OffsetOutOfRange(ZbError):
+    code, name = 1, "OFFSET_OUT_OF_RANGE"
+    message = "The requested offset is outside the range of offsets the partition holds."
+
+
+@_register
+class CorruptMessage(ZbError):
+    code, name, retriable = 2, "CORRUPT_MESSAGE", True
+    message = "The record batch is malformed or its checksum does not match."
+
+
+@_register
+class UnknownTopicOrPartition(ZbError):
+    code, name, retriable, invalid_metadata = 3, "UNKNOWN_TOPIC_OR_PARTITION", True, True
+    message = "This server does not host this topic-partition."
+
+
+@_register
+class LeaderNotAvailable(ZbError):
+    code, name, retriable, invalid_metadata = 5, "LEADER_NOT_AVAILABLE", True, True
+    message = "The partition has no leader right now (an election is in progress)."
+
+
+@_register
+class NotLeaderOrFollower(ZbError):
+    code, name, retriable, invalid_metadata = 6, "NOT_LEADER_OR_FOLLOWER", True, True
+    message = "This broker is not the leader (or a follower) of that partition."
+
+
+@_register
+class RequestTimedOut(ZbError):
+    code, name, retriable = 7, "REQUEST_TIMED_OUT", True
+    message = "The request timed out."
+
+
+@_register
+class MessageTooLarge(ZbError):
+    code, name = 10, "MESSAGE_TOO_LARGE"
+    message = "The request or record batch is larger than the server accepts."
+
+
+@_register
+class CoordinatorNotAvailable(ZbError):
+    code, name, retriable = 15, "COORDINATOR_NOT_AVAILABLE", True
+    message = "The group coordinator is not available."
+
+
+@_register
+class NotCoordinator(ZbError):
+    code, name, retriable = 16, "NOT_COORDINATOR", True
+    message = "This broker is not the coordinator for that group."
+
+
+@_register
+class InvalidTopic(ZbError):
+    code, name = 17, "INVALID_TOPIC_EXCEPTION"
+    message = "The topic name is not valid."
+
+
+@_register
+class NotEnoughReplicas(ZbError):
+    code, name, retriable = 19, "NOT_ENOUGH_REPLICAS", True
+    message = "Fewer replicas are in sync than min.insync.replicas requires."
+
+
+@_register
+class IllegalGeneration(ZbError):
+    code, name = 22, "ILLEGAL_GENERATION"
+    message = "The consumer group generation is not current."
+
+
+@_register
+class UnknownMemberId(ZbError):
+    code, name = 25, "UNKNOWN_MEMBER_ID"
+    message = "The consumer group does not know this member."
+
+
+@_register
+class RebalanceInProgress(ZbError):
+    code, name = 27, "REBALANCE_IN_PROGRESS"
+    message = "The consumer group is rebalancing."
+
+
+@_register
+class UnsupportedVersion(ZbError):
+    code, name = 35, "UNSUPPORTED_VERSION"
+    message = "The server does not support this version of the request."
+
+
+@_register
+class TopicAlreadyExists(ZbError):
+    code, name = 36, "TOPIC_ALREADY_EXISTS"
+    message = "A topic with this name already exists."
+
+
+@_register
+class InvalidPartitions(ZbError):
+    code, name = 37, "INVALID_PARTITIONS"
+    message = "The number of partitions is not valid."
+
+
+@_register
+class InvalidReplicationFactor(ZbError):
+    code, name = 38, "INVALID_REPLICATION_FACTOR"
+    message = "The replication factor is not valid."
+
+
+@_register
+class InvalidRequest(ZbError):
+    code, name = 42, "INVALID_REQUEST"
+    message = "The request is malformed."
+
+
+@_register
+class FencedLeaderEpoch(ZbError):
+    code, name, retriable, invalid_metadata = 74, "FENCED_LEADER_EPOCH", True, True
+    message = "The leader epoch in the request is older than the broker's."
+
+
+@_register
+class UnknownLeaderEpoch(ZbError):
+    code, name, retriable, invalid_metadata = 75, "UNKNOWN_LEADER_EPOCH", True, True
+    message = "The leader epoch in the request is newer than the broker's."
+
+
+@_register
+class KafkaStorageError(ZbError):
+    code, name, retriable = 56, "KAFKA_STORAGE_ERROR", True
+    message = "The broker could not read or write its log directory."
+
+
+# --- The coordinator's errors (ZooKeeper's meanings) -------------------------------------------
+
+@_register
+class NoNode(ZbError):
+    code, name = 101, "NO_NODE"
+    message = "No key exists at that path."
+
+
+@_register
+class NodeExists(ZbError):
+    code, name = 102, "NODE_EXISTS"
+    message = "A key already exists at that path."
+
+
+@_register
+class BadVersion(ZbError):
+    code, name = 103, "BAD_VERSION"
+    message = "The key's version is not the expected one."
+
+
+@_register
+class NotEmpty(ZbError):
+    code, name = 104, "NOT_EMPTY"
+    message = "The key has children; delete them first."
+
+
+@_register
+class NoChildrenForEphemerals(ZbError):
+    code, name = 105, "NO_CHILDREN_FOR_EPHEMERALS"
+    message = "An ephemeral key cannot have children."
+
+
+@_register
+class SessionExpired(ZbError):
+    code, name = 106, "SESSION_EXPIRED"
+    message = "The coordinator session has expired; open a new client."
+
+
+@_register
+class ConnectionLoss(ZbError):
+    code, name, retriable = 107, "CONNECTION_LOSS", True
+    message = "The connection to the coordinator was lost; the request's outcome is unknown."
+
+
+@_register
+class FencedEpoch(ZbError):
+    code, name = 108, "FENCED_EPOCH"
+    message = "The write carries an epoch older than the current holder's; it was refused."
+
+
+@_register
+class BadArguments(ZbError):
+    code, name = 109, "BAD_ARGUMENTS"
+    message = "The request's arguments are not valid."
+
+
+@_register
+class RuntimeInconsistency(ZbError):
+    code, name = 110, "RUNTIME_INCONSISTENCY"
+    message = "A multi-operation failed because another of its operations failed."
+
+
+@_register
+class TooBusy(ZbError):
+    code, name, retriable = 111, "TOO_BUSY", True
+    message = "The server's queue is full; retry shortly."
+
+
+__all__ = [n for n, v in list(globals().items()) if isinstance(v, type) and issubclass(v, ZbError)]
+__all__ += ["error_for_code", "make_error"]
