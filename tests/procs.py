@@ -104,3 +104,42 @@ class Procs:
                 p.popen.wait(10)
             except subprocess.TimeoutExpired:
                 pass
+
+
+class CoordinatorProc:
+    """A real coordinator process on a free loopback port, restartable on the same data dir."""
+
+    def __init__(self, procs: Procs, data_dir: Path, overrides: dict | None = None):
+        self.procs = procs
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.overrides = {"tick.ms": "100", "min.session.timeout.ms": "200",
+                          **(overrides or {})}
+        self.proc: Proc | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        args = ["--override", f"listeners=tcp://127.0.0.1:{self.port}",
+                "--override", f"data.dir={self.data_dir}"]
+        for k, v in self.overrides.items():
+            args += ["--override", f"{k}={v}"]
+        return args
+
+    def start(self) -> "CoordinatorProc":
+        self.proc = self.procs.python("coordinator", "coordinator.server", *self.argv())
+        try:
+            wait_for_port(self.port, proc=self.proc.popen)
+        except Exception as e:
+            raise RuntimeError(f"coordinator did not start: {e}\n{self.proc.log_tail()}")
+        return self
+
+    def kill9(self) -> None:
+        self.proc.kill9()
+
+    def restart(self) -> "CoordinatorProc":
+        if self.proc is not None and self.proc.popen.poll() is None:
+            self.proc.kill9()
+        return self.start()

@@ -1,0 +1,490 @@
+"""The coordinator server: one process, one event loop, one ROUTER socket, one writer thread.
+
+Loop shape (STYLE 3): poll with a timeout of the time until the next tick, handle a bounded number
+of ready requests, take the writer thread's "durable up to zxid N" notices, then run the tick
+(session expiry). Writes are applied to the in-memory state at once (so pipelined requests see
+each other), their transactions queue for the writer thread, and every reply and watch event
+waits in the outbox until the log is on disk up to the state it observed. Group commit falls out
+of this: while one fdatasync runs, the next batch of records piles up.
+
+Sessions across a restart: sessions are part of the logged state, so they survive a restart of
+the coordinator, with their ephemeral keys. Each recovered session gets a fresh deadline of its
+full timeout from the moment the coordinator is serving again; a client that reconnects within
+that time keeps its session, one that does not is expired then (a logged close).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import errno
+import fcntl
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+
+import zmq
+
+from coordinator import protocol
+from coordinator.state import Change, CoordinatorState
+from coordinator.txnlog import RecoveryError, TxnLog, encode_record
+from zbroker import errors
+from zbroker.config import ConfigDef, ConfigError, Setting
+from zbroker.logs import configure_logging, get_logger
+
+log = get_logger("coordinator")
+
+CONFIG = ConfigDef([
+    Setting("listeners", list, ["tcp://0.0.0.0:2181"],
+            "Addresses to listen on, as tcp://host:port (comma-separated)."),
+    Setting("data.dir", str, "/tmp/zb-coordinator",
+            "Directory for the transaction log and snapshots."),
+    Setting("tick.ms", int, 200, "Granularity of session expiry checks.", min=10, max=60000),
+    Setting("min.session.timeout.ms", int, 400,
+            "Smallest session timeout granted; requests below are raised to it.", min=20),
+    Setting("max.session.timeout.ms", int, 60000,
+            "Largest session timeout granted; requests above are lowered to it.", min=20),
+    Setting("snap.count", int, 100000,
+            "Transactions between snapshots (the log rolls at each snapshot).", min=10),
+    Setting("snap.retain.count", int, 3, "Snapshots (and the logs they need) to keep.", min=1),
+    Setting("request.queue.max", int, 100000,
+            "Replies waiting for the disk before new requests get TOO_BUSY.", min=100),
+    Setting("requests.per.poll.max", int, 2000,
+            "Requests handled per loop turn before timers and disk notices run.", min=1),
+    Setting("log.level", str, "INFO", "Log level.",
+            choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+])
+
+
+class StartupError(Exception):
+    """The coordinator cannot start; the text is one sentence for the operator."""
+
+
+class Watch:
+    __slots__ = ("wid", "sid", "prefix", "seq")
+
+    def __init__(self, wid: int, sid: int, prefix: str):
+        self.wid, self.sid, self.prefix, self.seq = wid, sid, prefix, 0
+
+
+class CoordinatorServer:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        if cfg["min.session.timeout.ms"] > cfg["max.session.timeout.ms"]:
+            raise StartupError("min.session.timeout.ms must not exceed max.session.timeout.ms.")
+        if cfg["min.session.timeout.ms"] < 2 * cfg["tick.ms"]:
+            raise StartupError("min.session.timeout.ms must be at least twice tick.ms.")
+        self.run_id = int.from_bytes(os.urandom(6), "big")
+        self.ctx = zmq.Context()
+        self.router: zmq.Socket | None = None
+        self.state: CoordinatorState | None = None
+        self.txnlog: TxnLog | None = None
+        self.history: collections.deque[Change] = collections.deque(
+            maxlen=protocol.WATCH_HISTORY_MAX)
+        self.history_floor = 0          # changes with zxid > floor are all in history
+        self.deadlines: dict[int, float] = {}       # sid -> monotonic expiry deadline
+        self.idents: dict[int, bytes] = {}          # sid -> ROUTER identity it last spoke from
+        self.watches: dict[int, Watch] = {}
+        self.watches_by_prefix: dict[str, list[Watch]] = collections.defaultdict(list)
+        self.next_wid = 1
+        self.outbox: collections.deque = collections.deque()   # (zxid needed, ident, frame)
+        self.durable_zxid = 0
+        self.pending_records: list[bytes] = []
+        self.pending_zxid = 0
+        self.writer_busy = False
+        self.jobs: queue.Queue = queue.Queue()
+        self.txns_since_snapshot = 0
+        self.stopping = False
+        self._lock_fd: int | None = None
+
+    # --- start-up -------------------------------------------------------------------------------
+    def open(self) -> None:
+        data_dir = self.cfg["data.dir"]
+        try:
+            os.makedirs(data_dir, exist_ok=True)
+            self._lock_fd = os.open(os.path.join(data_dir, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StartupError(f"The data directory {data_dir} is not usable: {e.strerror}.")
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise StartupError(f"Another coordinator is already using the data directory "
+                               f"{data_dir}.")
+        if not os.access(data_dir, os.W_OK):
+            raise StartupError(f"The data directory {data_dir} is not writable.")
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.MAXMSGSIZE, protocol.FRAME_BYTES_MAX)
+        self.router.setsockopt(zmq.SNDHWM, 100_000)
+        self.router.setsockopt(zmq.RCVHWM, 100_000)
+        for listener in self.cfg["listeners"]:
+            endpoint = listener if "://" in listener else f"tcp://{listener}"
+            try:
+                self.router.bind(endpoint)
+            except zmq.ZMQError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise StartupError(f"The address {endpoint} is already in use; is another "
+                                       f"coordinator running?")
+                raise StartupError(f"Cannot listen on {endpoint}: {e.strerror}.")
+        self.txnlog = TxnLog(data_dir, self.cfg["snap.retain.count"])
+        started = time.monotonic()
+        try:
+            self.state = self.txnlog.recover(on_change=self.history.append)
+        except RecoveryError as e:
+            raise StartupError(str(e))
+        if len(self.history) == self.history.maxlen:
+            self.history_floor = self.history[0].zxid
+        else:
+            self.history_floor = self.txnlog.snapshot_zxid
+        self.durable_zxid = self.pending_zxid = self.state.zxid
+        now = time.monotonic()
+        for sid, session in self.state.sessions.items():
+            self.deadlines[sid] = now + session.timeout_ms / 1000
+        log.info("recovered", zxid=self.state.zxid, txns_replayed=self.txnlog.recovered_txns,
+                 torn_bytes_cut=self.txnlog.truncated_bytes, sessions=len(self.state.sessions),
+                 keys=len(self.state.nodes), seconds=round(time.monotonic() - started, 3))
+        self.notify_pull = self.ctx.socket(zmq.PAIR)
+        self.notify_pull.bind("inproc://writer")
+        self.notify_push = self.ctx.socket(zmq.PAIR)
+        self.notify_push.connect("inproc://writer")
+        self.writer = threading.Thread(target=self._writer_main, name="txnlog-writer",
+                                       daemon=True)
+        self.writer.start()
+        log.info("listening", listeners=self.cfg["listeners"], data_dir=data_dir)
+
+    # --- writer thread ---------------------------------------------------------------------------
+    def _writer_main(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                self.notify_push.send(b"x")
+                return
+            try:
+                if job[0] == "append":
+                    self.txnlog.append_and_sync(job[1])
+                    self.notify_push.send(job[2].to_bytes(8, "big"))
+                else:
+                    self.txnlog.write_snapshot(job[1], job[2])
+            except OSError as e:
+                log.error("transaction log write failed; stopping", error=str(e))
+                self.notify_push.send(b"e" + str(e).encode())
+                return
+
+    def _kick_writer(self) -> None:
+        if self.writer_busy or not self.pending_records:
+            return
+        data = b"".join(self.pending_records)
+        self.pending_records = []
+        self.writer_busy = True
+        self.jobs.put(("append", data, self.pending_zxid))
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def serve_forever(self) -> int:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.notify_pull, zmq.POLLIN)
+        tick_s = self.cfg["tick.ms"] / 1000
+        per_poll = self.cfg["requests.per.poll.max"]
+        next_tick = time.monotonic() + tick_s
+        exit_code = 0
+        while not self.stopping:
+            timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000) + 1)
+            ready = dict(poller.poll(timeout_ms))
+            if self.router in ready:
+                self._drain_requests(per_poll)
+            if self.notify_pull in ready:
+                if not self._take_writer_notices():
+                    exit_code = 1
+                    break
+            self._kick_writer()
+            now = time.monotonic()
+            if now >= next_tick:
+                self._expire_sessions(now)
+                self._maybe_snapshot()
+                self._kick_writer()
+                next_tick = now + tick_s
+        self._shutdown()
+        return exit_code
+
+    def _drain_requests(self, limit: int) -> None:
+        router = self.router
+        for _ in range(limit):
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._handle(frames)
+
+    def _take_writer_notices(self) -> bool:
+        while True:
+            try:
+                msg = self.notify_pull.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if msg[:1] == b"e":
+                return False
+            self.durable_zxid = int.from_bytes(msg, "big")
+            self.writer_busy = False
+        self._release_outbox()
+        return True
+
+    def _release_outbox(self) -> None:
+        outbox, durable, send = self.outbox, self.durable_zxid, self.router.send_multipart
+        while outbox and outbox[0][0] <= durable:
+            _, ident, frame = outbox.popleft()
+            send([ident, frame])
+
+    def _send(self, ident: bytes, frame: bytes) -> None:
+        """Send once the log is durable up to everything the current state holds."""
+        needed = self.state.zxid
+        if needed <= self.durable_zxid and not self.outbox:
+            self.router.send_multipart([ident, frame])
+        else:
+            self.outbox.append((needed, ident, frame))
+
+    # --- requests ---------------------------------------------------------------------------------
+    def _handle(self, frames: list[bytes]) -> None:
+        ident = frames[0]
+        if len(frames) != 2:
+            log.warning("dropped a message with the wrong number of frames", frames=len(frames))
+            self._send(ident, protocol.encode_error(None, errors.InvalidRequest(
+                "A request must be exactly one frame.")))
+            return
+        req_id = None
+        try:
+            req = protocol.decode_request(frames[1])
+            req_id = req["id"]
+            if len(self.outbox) >= self.cfg["request.queue.max"] and req["api"] != "ping":
+                raise errors.TooBusy()
+            reply = self._dispatch(ident, req)
+        except errors.ZbError as e:
+            fields = {"index": e.index} if hasattr(e, "index") else {}
+            self._send(ident, protocol.encode_error(req_id, e, **fields))
+            return
+        except Exception:
+            log.exception("request handler failed", request_id=req_id)
+            self._send(ident, protocol.encode_error(req_id, errors.UnknownServerError()))
+            return
+        if reply is not None:
+            self._send(ident, reply)
+
+    def _dispatch(self, ident: bytes, req: dict) -> bytes | None:
+        api, req_id, sid = req["api"], req["id"], req.get("sid", 0)
+        if api == "connect":
+            return self._connect(ident, req)
+        session = self.state.sessions.get(sid)
+        if session is None:
+            raise errors.SessionExpired(f"Session {sid:#x} has expired or never existed.")
+        self.deadlines[sid] = time.monotonic() + session.timeout_ms / 1000
+        if self.idents.get(sid) != ident:
+            self.idents[sid] = ident
+        st = self.state
+        if api == "ping":
+            return protocol.encode_reply(req_id, zxid=st.zxid, run=self.run_id,
+                                         watches={w.wid: w.seq for w in self.watches.values()
+                                                  if w.sid == sid})
+        if api == "get":
+            node = st.get(req["path"])
+            return protocol.encode_reply(req_id, value=node.value, stat=node.stat())
+        if api == "exists":
+            protocol.check_path(req["path"])
+            node = st.nodes.get(req["path"])
+            return protocol.encode_reply(req_id, stat=node.stat() if node else None)
+        if api == "children":
+            return protocol.encode_reply(req_id, children=st.children(req["path"]))
+        if api == "create":
+            txn = ["create", sid, req["path"], req.get("value", b""),
+                   req.get("ephemeral", False), req.get("sequential", False)]
+            path = self._write(txn)
+            return protocol.encode_reply(req_id, path=path, zxid=st.zxid)
+        if api == "set":
+            stat = self._write(["set", req["path"], req["value"], req.get("version", -1)])
+            return protocol.encode_reply(req_id, stat=stat)
+        if api == "delete":
+            self._write(["delete", req["path"], req.get("version", -1)])
+            return protocol.encode_reply(req_id, zxid=st.zxid)
+        if api == "multi":
+            results = self._write(["multi", sid, req["ops"]])
+            return protocol.encode_reply(req_id, results=results, zxid=st.zxid)
+        if api == "watch":
+            return self._add_watch(ident, sid, req)
+        if api == "unwatch":
+            self._drop_watch(req["wid"], sid)
+            return protocol.encode_reply(req_id)
+        if api == "close":
+            self._close_session(sid, "closed")
+            return protocol.encode_reply(req_id)
+        raise AssertionError(api)
+
+    def _connect(self, ident: bytes, req: dict) -> bytes:
+        sid = req.get("sid", 0)
+        if sid:
+            session = self.state.sessions.get(sid)
+            if session is None or session.secret != req.get("secret"):
+                raise errors.SessionExpired(f"Session {sid:#x} has expired.")
+            self.idents[sid] = ident
+            self.deadlines[sid] = time.monotonic() + session.timeout_ms / 1000
+            log.info("session resumed", sid=sid)
+        else:
+            timeout_ms = min(max(req["timeout_ms"], self.cfg["min.session.timeout.ms"]),
+                             self.cfg["max.session.timeout.ms"])
+            sid = self._write(["session", timeout_ms, os.urandom(8)])
+            session = self.state.sessions[sid]
+            self.idents[sid] = ident
+            self.deadlines[sid] = time.monotonic() + timeout_ms / 1000
+            log.info("session opened", sid=sid, timeout_ms=timeout_ms)
+        return protocol.encode_reply(req["id"], sid=sid, secret=session.secret,
+                                     timeout_ms=session.timeout_ms, run=self.run_id,
+                                     zxid=self.state.zxid)
+
+    def _write(self, body: list):
+        """Apply a write to the state and queue its record; raises ZbError when rejected."""
+        st = self.state
+        txn = [st.zxid + 1, int(time.time() * 1000), *body]
+        result, changes = st.apply(txn)
+        self.pending_records.append(encode_record(txn))
+        self.pending_zxid = txn[0]
+        self.txns_since_snapshot += 1
+        for change in changes:
+            self.history.append(change)
+            self._notify(change)
+        if len(self.history) == self.history.maxlen:
+            self.history_floor = self.history[0].zxid
+        return result
+
+    # --- watches ----------------------------------------------------------------------------------
+    def _notify(self, change: Change) -> None:
+        path = change.path
+        prefixes = ["/"]
+        idx = path.find("/", 1)
+        while idx != -1:
+            prefixes.append(path[:idx])
+            idx = path.find("/", idx + 1)
+        prefixes.append(path)
+        for prefix in prefixes:
+            for w in self.watches_by_prefix.get(prefix, ()):
+                self._send_event(w, change)
+
+    def _send_event(self, w: Watch, change: Change) -> None:
+        ident = self.idents.get(w.sid)
+        if ident is None:
+            return
+        w.seq += 1
+        self._send(ident, protocol.encode_watch_event(
+            w.wid, w.seq, change.zxid, change.type, change.path, change.version, change.value))
+
+    def _add_watch(self, ident: bytes, sid: int, req: dict) -> bytes:
+        prefix = req["prefix"]
+        protocol.check_path(prefix)
+        if sum(1 for w in self.watches.values() if w.sid == sid) >= \
+                protocol.WATCHES_PER_SESSION_MAX:
+            raise errors.BadArguments(f"A session may hold at most "
+                                      f"{protocol.WATCHES_PER_SESSION_MAX} watches.")
+        since = req.get("since_zxid", -1)
+        w = Watch(self.next_wid, sid, prefix)
+        self.next_wid += 1
+        self.watches[w.wid] = w
+        self.watches_by_prefix[prefix].append(w)
+        resync = 0 <= since < self.history_floor
+        self._send(ident, protocol.encode_reply(req["id"], wid=w.wid, zxid=self.state.zxid,
+                                                resync=resync))
+        if since >= 0 and not resync:
+            for change in self.history:
+                if change.zxid > since and protocol.prefix_matches(prefix, change.path):
+                    self._send_event(w, change)
+        return None
+
+    def _drop_watch(self, wid: int, sid: int) -> None:
+        w = self.watches.get(wid)
+        if w is None or w.sid != sid:
+            return
+        del self.watches[wid]
+        lst = self.watches_by_prefix[w.prefix]
+        lst.remove(w)
+        if not lst:
+            del self.watches_by_prefix[w.prefix]
+
+    # --- sessions ---------------------------------------------------------------------------------
+    def _close_session(self, sid: int, reason: str) -> None:
+        self._write(["close", sid])
+        self.deadlines.pop(sid, None)
+        for wid in [w.wid for w in self.watches.values() if w.sid == sid]:
+            self._drop_watch(wid, sid)
+        log.info("session ended", sid=sid, reason=reason)
+
+    def _expire_sessions(self, now: float) -> None:
+        expired = [sid for sid, deadline in self.deadlines.items() if deadline < now]
+        for sid in expired:
+            ident = self.idents.get(sid)
+            self._close_session(sid, "expired")
+            if ident is not None:
+                self._send(ident, protocol.encode_expired_event(sid))
+            self.idents.pop(sid, None)
+
+    def _maybe_snapshot(self) -> None:
+        if self.txns_since_snapshot < self.cfg["snap.count"]:
+            return
+        self._kick_writer()     # records up to state.zxid go first; the queue keeps the order
+        if self.pending_records:    # writer busy: snapshot after the next append
+            return
+        self.jobs.put(("snapshot", self.state.zxid, self.state.to_snapshot()))
+        self.txns_since_snapshot = 0
+
+    # --- shutdown ---------------------------------------------------------------------------------
+    def stop(self, *_args) -> None:
+        self.stopping = True
+
+    def _shutdown(self) -> None:
+        self._kick_writer()
+        deadline = time.monotonic() + 10
+        while (self.writer_busy or self.pending_records) and time.monotonic() < deadline:
+            if self.notify_pull.poll(100):
+                self._take_writer_notices()
+                self._kick_writer()
+        self._release_outbox()
+        self.jobs.put(None)
+        self.writer.join(10)
+        self.txnlog.close()
+        self.router.close(0)
+        self.notify_pull.close(0)
+        self.notify_push.close(0)
+        self.ctx.term()
+        log.info("stopped", zxid=self.state.zxid)
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="zb-coordinator-start",
+        description="Start a zbroker coordinator (the cluster's metadata service).",
+        epilog="Settings (set them in CONFIG or with --override):\n" + CONFIG.describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", help="a .properties file (optional)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a configuration key, overriding the file (repeatable)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    try:
+        cfg = CONFIG.load(args.config, args.override)
+    except ConfigError as e:
+        print(f"zb-coordinator-start: {e}", file=sys.stderr)
+        return 2
+    configure_logging(cfg["log.level"], process="coordinator")
+    try:
+        server = CoordinatorServer(cfg)
+        server.open()
+    except StartupError as e:
+        print(f"zb-coordinator-start: {e}", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, server.stop)
+    signal.signal(signal.SIGINT, server.stop)
+    return server.serve_forever()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

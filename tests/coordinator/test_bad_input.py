@@ -1,0 +1,145 @@
+"""Garbage on the coordinator's socket gets named errors; nothing changes; service goes on."""
+
+import subprocess
+import sys
+
+import msgpack
+import pytest
+import zmq
+
+from coordinator import protocol
+from coordinator.client import CoordinatorClient
+from tests.procs import CoordinatorProc, free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def raw(coordinator):
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.RCVTIMEO, 5000)
+    s.connect(f"tcp://{coordinator.address}")
+    yield s
+    s.close(0)
+    ctx.term()
+
+
+def ask(sock, *frames):
+    sock.send_multipart(list(frames))
+    return msgpack.unpackb(sock.recv(), raw=False, strict_map_key=False)
+
+
+def req(**fields):
+    fields.setdefault("v", protocol.VERSION)
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+def test_garbage_gets_error_replies_and_changes_nothing(coordinator, raw):
+    good = CoordinatorClient(coordinator.address)
+    good.create("/keep", b"v")
+    sid = ask(raw, req(api="connect", id=1, sid=0, timeout_ms=5000))["sid"]
+    cases = [
+        (b"\xc1\xff not msgpack", "INVALID_REQUEST"),
+        (msgpack.packb([1, 2, 3]), "INVALID_REQUEST"),
+        (req(api="get", path="/keep"), "INVALID_REQUEST"),                     # no id
+        (req(api="explode", id=2, sid=sid), "INVALID_REQUEST"),
+        (req(api="get", id=3, sid=sid, v=99, path="/keep"), "UNSUPPORTED_VERSION"),
+        (req(api="get", id=4, sid=sid, path=17), "BAD_ARGUMENTS"),
+        (req(api="set", id=5, sid=sid, path="/keep", value="str-not-bytes"), "BAD_ARGUMENTS"),
+        (req(api="set", id=6, sid=sid, path="/keep", value=b"x" * (protocol.VALUE_BYTES_MAX + 1)),
+         "BAD_ARGUMENTS"),
+        (req(api="create", id=7, sid=sid, path="/" + "p" * 5000), "BAD_ARGUMENTS"),
+        (req(api="create", id=8, sid=sid, path="relative"), "BAD_ARGUMENTS"),
+        (req(api="delete", id=9, sid=sid, path="/"), "BAD_ARGUMENTS"),
+        (req(api="multi", id=10, sid=sid, ops=[["set", "/keep"]]), "BAD_ARGUMENTS"),
+        (req(api="multi", id=11, sid=sid, ops="nope"), "BAD_ARGUMENTS"),
+        (req(api="get", id=12, sid=12345, path="/keep"), "SESSION_EXPIRED"),
+        (req(api="create", id=13, sid=sid, path="/keep", value=True), "BAD_ARGUMENTS"),
+        (req(api="get", id=14, sid=True, path="/keep"), "BAD_ARGUMENTS"),
+    ]
+    for frame, name in cases:
+        reply = ask(raw, frame)
+        from zbroker.errors import error_for_code
+        assert error_for_code(reply["err"]).name == name, (frame[:60], reply)
+        assert isinstance(reply.get("msg"), str) and reply["msg"].endswith(".")
+    reply = ask(raw, b"two", b"frames")
+    assert reply["err"] and reply["id"] is None
+    # an oversized frame: the server drops that peer, and keeps serving the others
+    big = zmq.Context.instance().socket(zmq.DEALER)
+    big.setsockopt(zmq.LINGER, 0)
+    big.connect(f"tcp://{coordinator.address}")
+    big.send(b"\x00" * (protocol.FRAME_BYTES_MAX + 10))
+    big.close(0)
+    assert good.get("/keep") == (b"v", 0)
+    assert good.children("/") == ["keep"]
+    assert ask(raw, req(api="get", id=99, sid=sid, path="/keep"))["value"] == b"v"
+    good.close()
+
+
+def run_start(*args, timeout=20):
+    return subprocess.run([sys.executable, "-m", "coordinator.server", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_startup_errors_are_one_sentence(coordinator, tmp_path):
+    taken = run_start("--override", f"listeners=tcp://127.0.0.1:{coordinator.port}",
+                      "--override", f"data.dir={tmp_path / 'other'}")
+    assert taken.returncode != 0 and "already in use" in taken.stderr
+    assert "Traceback" not in taken.stderr
+    bad = run_start("--override", "tick.ms=fast", "--override", f"data.dir={tmp_path / 'x'}")
+    assert bad.returncode != 0 and "tick.ms must be a whole number" in bad.stderr
+    (tmp_path / "afile").write_text("")
+    unusable = run_start("--override", f"data.dir={tmp_path / 'afile' / 'sub'}",
+                         "--override", f"listeners=tcp://127.0.0.1:{free_port()}")
+    assert unusable.returncode != 0 and "not usable" in unusable.stderr
+    assert "Traceback" not in unusable.stderr
+    unknown = run_start("--override", "no.such.key=1")
+    assert unknown.returncode != 0 and "Unknown setting 'no.such.key'" in unknown.stderr
+    missing = run_start(str(tmp_path / "nope.properties"))
+    assert missing.returncode != 0 and "Cannot read the config file" in missing.stderr
+    same_dir = run_start("--override", f"data.dir={coordinator.data_dir}",
+                         "--override", f"listeners=tcp://127.0.0.1:{free_port()}")
+    assert same_dir.returncode != 0 and "Another coordinator" in same_dir.stderr
+
+
+def test_sigterm_is_a_clean_shutdown_and_config_file_works(procs, tmp_path):
+    port = free_port()
+    conf = tmp_path / "c.properties"
+    conf.write_text(f"# test\nlisteners=tcp://127.0.0.1:{port}\ndata.dir={tmp_path / 'd'}\n"
+                    f"tick.ms=50\nmin.session.timeout.ms=100\n")
+    p = procs.python("coordinator", "coordinator.server", str(conf))
+    from tests.procs import wait_for_port
+    wait_for_port(port, proc=p.popen)
+    c = CoordinatorClient(f"127.0.0.1:{port}")
+    c.create("/persist", b"1")
+    c.close()
+    assert p.terminate() == 0
+    assert "stopped" in p.log_tail()
+    coord = CoordinatorProc(procs, tmp_path / "d")
+    coord.port = port
+    coord.start()
+    c = CoordinatorClient(coord.address)
+    assert c.get("/persist") == (b"1", 0)
+    c.close()
+
+
+def test_shell_commands(coordinator):
+    def shell(*words):
+        return subprocess.run([sys.executable, "-m", "coordinator.shell", "--coordinator",
+                               coordinator.address, *words], capture_output=True, text=True,
+                              timeout=30)
+    assert "Created /app" in shell("create", "/app", "hello").stdout
+    assert shell("get", "/app").stdout.strip() == "hello"
+    assert "version = 1" in shell("set", "/app", "bye").stdout
+    assert "version = 1" in shell("stat", "/app").stdout
+    assert shell("ls", "/").stdout.strip() == "[app]"
+    r = shell("delete", "/nothing")
+    assert r.returncode == 1 and "No key exists at /nothing." in r.stderr
+    r = subprocess.run([sys.executable, "-m", "coordinator.shell", "--coordinator",
+                        coordinator.address], input="create /b x\nls /\ndeleteall /\nls /\n",
+                       capture_output=True, text=True, timeout=30)
+    assert r.stdout.splitlines()[-1] == "[]"
+    assert "usage" in subprocess.run([sys.executable, "-m", "coordinator.shell", "--help"],
+                                     capture_output=True, text=True).stdout

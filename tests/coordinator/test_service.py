@@ -1,0 +1,212 @@
+"""The coordinator service through real processes on loopback."""
+
+import threading
+import time
+
+import pytest
+
+from coordinator.client import (BadVersion, CoordinatorClient, NodeExists, NoNode, NotEmpty, Op,
+                                SessionExpired)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_keys_versions_and_cas(coordinator_client):
+    c = coordinator_client
+    assert c.create("/brokers") == "/brokers"
+    assert c.create("/brokers/ids") == "/brokers/ids"
+    with pytest.raises(NodeExists):
+        c.create("/brokers")
+    with pytest.raises(NoNode):
+        c.create("/missing/child")
+    assert c.set("/brokers", b"v1") == 1
+    assert c.get("/brokers") == (b"v1", 1)
+    with pytest.raises(BadVersion):
+        c.set("/brokers", b"v2", version=0)
+    assert c.get("/brokers") == (b"v1", 1)
+    assert c.set("/brokers", b"v2", version=1) == 2
+    value, stat = c.get_with_stat("/brokers")
+    assert stat.version == 2 and stat.num_children == 1 and stat.mzxid > stat.czxid
+    with pytest.raises(NotEmpty):
+        c.delete("/brokers")
+    assert c.exists("/brokers/ids") is not None
+    c.delete("/brokers/ids", version=0)
+    assert c.exists("/brokers/ids") is None
+    assert c.create("/q", b"") and c.create("/q/item-", sequential=True) == "/q/item-0000000000"
+    assert c.create("/q/item-", sequential=True) == "/q/item-0000000001"
+    assert c.children("/q") == ["item-0000000000", "item-0000000001"]
+
+
+def test_cas_conflict_between_two_clients(coordinator):
+    a = CoordinatorClient(coordinator.address)
+    b = CoordinatorClient(coordinator.address)
+    try:
+        a.create("/counter", b"0")
+        wins = {"a": 0, "b": 0}
+
+        def bump(client, name):
+            for _ in range(50):
+                while True:
+                    value, version = client.get("/counter")
+                    try:
+                        client.set("/counter", str(int(value) + 1).encode(), version)
+                        wins[name] += 1
+                        break
+                    except BadVersion:
+                        continue
+        threads = [threading.Thread(target=bump, args=(a, "a")),
+                   threading.Thread(target=bump, args=(b, "b"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert a.get("/counter") == (b"100", 100)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_multi_is_all_or_nothing(coordinator_client):
+    c = coordinator_client
+    c.create("/m", b"")
+    with pytest.raises(BadVersion) as err:
+        c.multi([Op.create("/m/a", b"1"), Op.set("/m", b"x"), Op.check("/m", 0)])
+    assert err.value.index == 2
+    assert c.children("/m") == [] and c.get("/m") == (b"", 0)
+    results = c.multi([Op.create("/m/a", b"1"), Op.set("/m", b"x", 0), Op.check("/m", 1),
+                       Op.delete("/m/a")])
+    assert results[0] == "/m/a" and results[1][0] == 1 and results[2:] == [None, None]
+    assert c.children("/m") == [] and c.get("/m") == (b"x", 1)
+
+
+def test_session_expiry_removes_ephemerals_and_tells_watchers(coordinator, procs):
+    watcher = CoordinatorClient(coordinator.address)
+    events = []
+    seen = threading.Event()
+    watcher.ensure_path("/brokers/ids")
+
+    def on_change(ev):
+        events.append((time.monotonic(), ev))
+        if ev.type == "deleted":
+            seen.set()
+    watcher.watch("/brokers/ids", on_change)
+    holder = procs.python("holder", "tests.coordinator.helper_client", coordinator.address,
+                          "ephemeral", "/brokers/ids/7", "1000")
+    deadline = time.monotonic() + 10
+    while watcher.exists("/brokers/ids/7") is None:
+        assert time.monotonic() < deadline, holder.log_tail()
+        time.sleep(0.02)
+    time.sleep(1.5)         # well past the timeout: pings keep the session alive
+    assert watcher.exists("/brokers/ids/7") is not None
+    holder.kill9()
+    killed = time.monotonic()
+    assert seen.wait(10), events
+    took = events[-1][0] - killed
+    # expiry is due 1000 ms after the last ping; tick is 100 ms; allow scheduling slack
+    assert took <= 1.0 + 0.1 + 0.5, took
+    assert watcher.exists("/brokers/ids/7") is None
+    assert [e.type for _, e in events] == ["created", "deleted"]
+    watcher.close()
+
+
+def test_a_thousand_concurrent_writes_reach_a_watcher_complete_and_in_order(coordinator):
+    writers = [CoordinatorClient(coordinator.address) for _ in range(4)]
+    watcher = CoordinatorClient(coordinator.address)
+    got = []
+    done = threading.Event()
+    watcher.create("/storm")
+
+    def on_change(ev):
+        got.append(ev)
+        if len(got) == 1000:
+            done.set()
+    watcher.watch("/storm", on_change)
+
+    def write(client, w):
+        futures = [client.create_async(f"/storm/w{w}-{i}", str(i).encode()) for i in range(250)]
+        for f in futures:
+            f.result(30)
+    threads = [threading.Thread(target=write, args=(c, i)) for i, c in enumerate(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert done.wait(20), len(got)
+    time.sleep(0.2)
+    assert len(got) == 1000
+    zxids = [e.zxid for e in got]
+    assert zxids == sorted(zxids) and len(set(zxids)) == 1000
+    assert {e.path for e in got} == {f"/storm/w{w}-{i}" for w in range(4) for i in range(250)}
+    for w in range(4):      # each writer's pipelined creates arrive in the order it sent them
+        mine = [int(e.path.rsplit("-", 1)[1]) for e in got if e.path.startswith(f"/storm/w{w}-")]
+        assert mine == list(range(250))
+    for c in writers + [watcher]:
+        c.close()
+
+
+def test_closed_session_ephemerals_go_at_once(coordinator):
+    a = CoordinatorClient(coordinator.address)
+    b = CoordinatorClient(coordinator.address)
+    a.create("/e1", ephemeral=True)
+    assert b.exists("/e1").ephemeral_owner == a.session_id
+    a.close()
+    assert b.exists("/e1") is None
+    with pytest.raises(Exception):
+        a.get("/e1")
+    b.close()
+
+
+def test_session_timeout_is_clamped(coordinator):
+    c = CoordinatorClient(coordinator.address, session_timeout_ms=10)
+    assert c.session_timeout_ms == 200     # min.session.timeout.ms of the fixture
+    c.close()
+    c = CoordinatorClient(coordinator.address, session_timeout_ms=10_000_000)
+    assert c.session_timeout_ms == 60000
+    c.close()
+
+
+def test_reconnect_within_timeout_keeps_the_session_across_a_coordinator_restart(coordinator):
+    c = CoordinatorClient(coordinator.address, session_timeout_ms=6000)
+    events = []
+    c.create("/keep")
+    c.watch("/keep", events.append)
+    c.create("/keep/mine", ephemeral=True)
+    sid = c.session_id
+    coordinator.kill9()
+    coordinator.restart()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            c.create("/keep/after", b"1")
+            break
+        except Exception:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert c.session_id == sid
+    assert c.exists("/keep/mine") is not None
+    deadline = time.monotonic() + 5
+    while not any(e.path == "/keep/after" for e in events):
+        assert time.monotonic() < deadline, events
+        time.sleep(0.05)
+    c.close()
+
+
+def test_a_frozen_client_is_expired_and_told_so(coordinator, procs):
+    import signal
+    watcher = CoordinatorClient(coordinator.address)
+    gone = threading.Event()
+    watcher.watch("/frozen", lambda ev: ev.type == "deleted" and gone.set())
+    holder = procs.python("holder", "tests.coordinator.helper_client", coordinator.address,
+                          "ephemeral", "/frozen", "600")
+    deadline = time.monotonic() + 10
+    while watcher.exists("/frozen") is None:
+        assert time.monotonic() < deadline, holder.log_tail()
+        time.sleep(0.02)
+    holder.popen.send_signal(signal.SIGSTOP)
+    assert gone.wait(10)
+    holder.popen.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while "STATE LOST" not in holder.log_tail():
+        assert time.monotonic() < deadline, holder.log_tail()
+        time.sleep(0.05)
+    watcher.close()
