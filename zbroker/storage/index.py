@@ -80,11 +80,15 @@ class PairIndex:
             pairs.byteswap()
         return pairs.tobytes()
 
-    def write(self) -> None:
-        """Replace the file with the in-memory entries (temp + rename; the caller fsyncs)."""
+    def write(self, fsync: bool = False) -> None:
+        """Replace the file with the in-memory entries (temp + rename). Without ``fsync`` the
+        caller fsyncs the file later (the background worker does, after a roll)."""
         tmp = self.path + ".tmp"
         with open(tmp, "wb") as f:
             f.write(self.to_bytes())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
     def load(self) -> bool:

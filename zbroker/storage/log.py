@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import threading
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -136,8 +137,11 @@ class PartitionLog:
         self._segments: list[LogSegment] = []
         self._bases: list[int] = []          # base offsets of _segments, for bisect
         self._pending_jobs: list[background.Job] = []
-        self._flush_generation = 0           # bumped by truncation: stale flush results ignored
-        self._flushed_offset = 0             # set by the background worker after a roll's fsync
+        # The recovery point is advanced by the background worker too (after it fsynced a rolled
+        # segment); the lock orders its checkpoint writes with the owner's, and the generation,
+        # bumped by truncation, makes a late result of an older flush a no-op.
+        self._checkpoint_lock = threading.Lock()
+        self._flush_generation = 0
         self._unflushed_messages = 0
         self._last_flush_ms = clock_ms()
         self._closed = False
@@ -190,7 +194,6 @@ class PartitionLog:
             self._recovery_point = self._recovery_point_file.read(0)
             self._recover()
         self._log_start_offset = min(max(log_start, self._bases[0]), self._next_offset)
-        self._flushed_offset = self._recovery_point
         cache = self.leader_epoch_cache
         cache.truncate_from_end(self._next_offset)
         cache.truncate_from_start(self._log_start_offset)
@@ -378,11 +381,9 @@ class PartitionLog:
         new = self._segment(base, create=True)
         self._add_segment(new)
 
-        def done(offset=base, generation=self._flush_generation):
-            if generation == self._flush_generation and offset > self._flushed_offset:
-                self._flushed_offset = offset
+        def done(offset=base, generation=self._flush_generation):  # on the worker thread
+            self._set_recovery_point(offset, generation)
         self._submit(fds=old.fsync_fds(), fsync_dir=self.dir, on_done=done)
-        self._checkpoint_recovery_point()
         return new
 
     # --- reads --------------------------------------------------------------------------------
@@ -445,7 +446,8 @@ class PartitionLog:
         if offset <= self._log_start_offset:
             self.truncate_fully_and_start_at(offset)
             return
-        self._flush_generation += 1
+        with self._checkpoint_lock:
+            self._flush_generation += 1
         keep = bisect.bisect_left(self._bases, offset)  # segments with base < offset stay
         assert keep >= 1
         self._delete_segments(self._segments[keep:])
@@ -456,21 +458,20 @@ class PartitionLog:
         self.leader_epoch_cache.truncate_from_end(self._next_offset)
         self._high_watermark_checkpoint = min(self._high_watermark_checkpoint, self._next_offset)
         if self._recovery_point > self._next_offset:
-            self._recovery_point = self._flushed_offset = self._next_offset
-            self._recovery_point_file.write(self._recovery_point)
+            self._set_recovery_point(self._next_offset, lower=True)
 
     def truncate_fully_and_start_at(self, offset: int) -> None:
         """Drop everything and start an empty log at ``offset`` (a follower far behind a leader
         whose log now starts later)."""
         self._check_open()
-        self._flush_generation += 1
+        with self._checkpoint_lock:
+            self._flush_generation += 1
         self._delete_segments(self._segments)
         self._segments, self._bases = [], []
         self._add_segment(self._segment(offset, create=True))
         self._next_offset = self._log_start_offset = offset
-        self._recovery_point = self._flushed_offset = offset
         self._log_start_file.write(offset)
-        self._recovery_point_file.write(offset)
+        self._set_recovery_point(offset, lower=True)
         self.leader_epoch_cache.clear()
         self._high_watermark_checkpoint = offset
 
@@ -551,8 +552,8 @@ class PartitionLog:
         start = max(0, bisect.bisect_right(self._bases, self._recovery_point) - 1)
         for seg in self._segments[start:]:
             seg.fsync()
-        self._recovery_point = self._flushed_offset = self._next_offset
-        self._recovery_point_file.write(self._recovery_point)
+        fsync_dir(self.dir)
+        self._set_recovery_point(self._next_offset)
         self._unflushed_messages = 0
         self._last_flush_ms = self._clock_ms()
 
@@ -565,12 +566,16 @@ class PartitionLog:
             return True
         return False
 
-    def _checkpoint_recovery_point(self) -> None:
-        """Persist what the background worker has fsynced so far."""
-        self._pending_jobs = [j for j in self._pending_jobs if not j.done.is_set()]
-        if self._flushed_offset > self._recovery_point:
-            self._recovery_point = min(self._flushed_offset, self._next_offset)
-            self._recovery_point_file.write(self._recovery_point)
+    def _set_recovery_point(self, offset: int, generation: int | None = None,
+                            lower: bool = False) -> None:
+        """Checkpoint that everything below ``offset`` is fsynced. It only moves up, except
+        when truncation (``lower``) took the log below it; ``generation`` is the worker's."""
+        with self._checkpoint_lock:
+            if generation is not None and generation != self._flush_generation:
+                return
+            if offset > self._recovery_point or (lower and offset != self._recovery_point):
+                self._recovery_point = offset
+                self._recovery_point_file.write(offset)
 
     def _submit(self, **job) -> None:
         self._pending_jobs = [j for j in self._pending_jobs if not j.done.is_set()]
@@ -596,12 +601,11 @@ class PartitionLog:
         for job in self._pending_jobs:
             job.done.wait(60)
         self._pending_jobs = []
-        self.active.write_indexes()
+        self.active.write_indexes(fsync=True)
         for seg in self._segments[max(0, bisect.bisect_right(self._bases, self._recovery_point) - 1):]:
             seg.fsync()
         active = self.active
-        self._recovery_point = self._next_offset
-        self._recovery_point_file.write(self._next_offset)
+        self._set_recovery_point(self._next_offset)
         write_atomically(os.path.join(self.dir, CLEAN_SHUTDOWN_FILE),
                          f"0\n1\n{self._next_offset} {active.base_offset} {active.size}\n".encode())
         for seg in self._segments:
@@ -626,4 +630,4 @@ def _byte_view(buf) -> memoryview:
     return view
 
 
-__all__ = ["PartitionLog", "AppendResult", "LOG_CONFIG", "log_config", "fsync_dir"]
+__all__ = ["PartitionLog", "AppendResult", "LOG_CONFIG", "log_config"]

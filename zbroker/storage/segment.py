@@ -273,10 +273,10 @@ class LogSegment:
             if not ti.values or rel > ti.values[-1]:
                 ti.append(self._max_timestamp, rel)
 
-    def write_indexes(self) -> None:
+    def write_indexes(self, fsync: bool = False) -> None:
         self.finish_time_index()
-        self.index.write()
-        self.time_index.write()
+        self.index.write(fsync)
+        self.time_index.write(fsync)
 
     def fsync_fds(self) -> list[int]:
         """Duplicates of the descriptors to fsync from another thread (the caller closes them):
