@@ -63,6 +63,9 @@ def test_append_assigns_offsets_and_reads_round_trip(tmp_path):
     assert [x.offset for x in recs] == list(range(7))
     assert recs[0].headers == (("h", b"x"), ("n", None)) and recs[1].value is None
     assert [h.partition_leader_epoch for h, _ in r.iter_batches(data)] == [3, 3, 3]
+    with pytest.raises(ValueError):
+        log.append(batch(), leader_epoch=2)  # epochs never go back
+    assert log.log_end_offset == 7
     assert log.read(7, 100) == b""
     with pytest.raises(OffsetOutOfRange):
         log.read(8, 100)

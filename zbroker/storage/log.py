@@ -289,10 +289,12 @@ class PartitionLog:
         self._check_open()
         view = _byte_view(batches)
         headers = records.validate_batches(view, self._message_max_bytes)
-        if leader_epoch >= 0 and leader_epoch != self.leader_epoch_cache.latest_epoch:
-            if leader_epoch < self.leader_epoch_cache.latest_epoch:
-                raise ValueError(f"leader epoch {leader_epoch} is older than the log's "
-                                 f"{self.leader_epoch_cache.latest_epoch}")
+        latest = self.leader_epoch_cache.latest_epoch
+        if leader_epoch != latest:
+            # Epochs never go back in a log (recovery relies on it): a leader appending with an
+            # older one is a bug in the caller, not bad input.
+            if leader_epoch < latest:
+                raise ValueError(f"leader epoch {leader_epoch} is older than the log's {latest}")
             self.leader_epoch_cache.assign(leader_epoch, self._next_offset)
         iovecs: list = []
         info: list[tuple[int, int, int]] = []
