@@ -37,7 +37,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -167,11 +167,13 @@ class CoordinatorClient:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._wake_pending = False
+        self._io_ident = None
         self._closing = False
         self._connected = threading.Event()
         self._callbacks: queue.Queue = queue.Queue()
         self._ctx = zmq.Context()
         self._sock: zmq.Socket | None = None
+        self._out_frames: list[bytes] = []
         self._monitor: zmq.Socket | None = None
         self._host_index = 0
         self._connect_id = 0
@@ -313,6 +315,8 @@ class CoordinatorClient:
         self._wake()
 
     def _wake(self) -> None:
+        if threading.get_ident() == self._io_ident:
+            return          # the I/O thread takes the queue before it next sleeps
         if not self._wake_pending:
             self._wake_pending = True
             try:
@@ -329,6 +333,7 @@ class CoordinatorClient:
 
     # --- I/O thread ---------------------------------------------------------------------------------
     def _io_main(self) -> None:
+        self._io_ident = threading.get_ident()
         try:
             self._io_loop()
         except Exception:
@@ -348,7 +353,7 @@ class CoordinatorClient:
             now = time.monotonic()
             if self._sock is None:
                 self._open_socket()
-                attempt_deadline = now + min(2.0, self.session_timeout_ms / 3000)
+                attempt_deadline = now + min(2.0, max(0.5, self.session_timeout_ms / 3000))
                 last_recv = now
             poller = self._poller
             interval_s = self.session_timeout_ms / 3000
@@ -363,6 +368,8 @@ class CoordinatorClient:
             if self._sock in ready:
                 last_recv = time.monotonic()
                 self._read_replies()
+                if self._outq:              # callbacks that chained new requests
+                    self._take_submissions()
             lost = self._monitor in ready and self._monitor_says_disconnected()
             now = time.monotonic()
             if self.state == CONNECTED:
@@ -384,6 +391,8 @@ class CoordinatorClient:
                 pending, self._waiting = self._waiting, collections.deque()
                 for req in pending:
                     self._dispatch(req)
+            if self._out_frames and self._sock is not None:
+                self._flush_out()
 
     def _open_socket(self) -> None:
         sock = self._ctx.socket(zmq.DEALER)
@@ -404,6 +413,7 @@ class CoordinatorClient:
         self._send_raw("connect", self._connect_id, fields)
 
     def _close_socket(self) -> None:
+        self._out_frames = []
         if self._sock is not None:
             try:
                 self._sock.disable_monitor()
@@ -424,11 +434,17 @@ class CoordinatorClient:
                 said = True
 
     def _send_raw(self, api: str, req_id: int, fields: dict) -> None:
-        frame = protocol.encode_request(api, req_id, self.session_id, **fields)
-        try:
-            self._sock.send(frame, zmq.NOBLOCK)
-        except zmq.Again:
-            pass        # the queue to the coordinator is full: the request times out
+        self._out_frames.append(protocol.encode_request(api, req_id, self.session_id, **fields))
+
+    def _flush_out(self) -> None:
+        """Send the frames queued this loop turn, many requests per message."""
+        frames, self._out_frames = self._out_frames, []
+        step = protocol.FRAMES_PER_MESSAGE_MAX
+        for i in range(0, len(frames), step):
+            try:
+                self._sock.send_multipart(frames[i:i + step], zmq.NOBLOCK)
+            except zmq.Again:
+                pass        # the queue to the coordinator is full: these requests time out
 
     def _take_submissions(self) -> None:
         self._wake_pending = False
@@ -496,50 +512,54 @@ class CoordinatorClient:
         sock = self._sock
         while True:
             try:
-                frame = sock.recv(zmq.NOBLOCK)
+                frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            try:
-                msg = protocol.unpack(frame)
-            except Exception:
-                log.warning("undecodable frame from the coordinator")
-                continue
-            if not isinstance(msg, dict):
-                continue
-            if "ev" in msg:
-                self._on_event(msg)
-                continue
-            req_id = msg.get("id")
-            if req_id == self._connect_id:
-                self._on_connect_reply(msg)
-                continue
-            if "run" in msg and self._run_id is not None and msg["run"] != self._run_id:
-                self._on_server_restart(msg["run"])
-            watches = msg.get("watches")
-            if watches:
-                for wid, seq in watches.items():
-                    w = self._watches.get(wid)
-                    if w is not None and seq > w.last_seq:
-                        self._register_watch(w, None)       # missed the tail: catch up
-            req = self._inflight.pop(req_id, None)
-            if req is None:
-                continue
-            err = protocol.reply_error(msg)
-            if err is not None:
-                if "index" in msg:
-                    err.index = msg["index"]
-                if isinstance(err, SessionExpired):
-                    self._session_expired()
-                if not req.future.done():
-                    req.future.set_exception(err)
-                continue
-            try:
-                result = req.parse(msg)
-            except Exception as e:      # a reply missing fields: a server bug, surfaced
-                req.future.set_exception(errors.UnknownServerError(f"Bad reply: {e!r}"))
-                continue
+            for frame in frames:
+                self._read_reply(frame)
+
+    def _read_reply(self, frame: bytes) -> None:
+        try:
+            msg = protocol.unpack(frame)
+        except Exception:
+            log.warning("undecodable frame from the coordinator")
+            return
+        if not isinstance(msg, dict):
+            return
+        if "ev" in msg:
+            self._on_event(msg)
+            return
+        req_id = msg.get("id")
+        if req_id == self._connect_id:
+            self._on_connect_reply(msg)
+            return
+        if "run" in msg and self._run_id is not None and msg["run"] != self._run_id:
+            self._on_server_restart(msg["run"])
+        watches = msg.get("watches")
+        if watches:
+            for wid, seq in watches.items():
+                w = self._watches.get(wid)
+                if w is not None and seq > w.last_seq:
+                    self._register_watch(w, None)       # missed the tail: catch up
+        req = self._inflight.pop(req_id, None)
+        if req is None:
+            return
+        err = protocol.reply_error(msg)
+        if err is not None:
+            if "index" in msg:
+                err.index = msg["index"]
+            if isinstance(err, SessionExpired):
+                self._session_expired()
             if not req.future.done():
-                req.future.set_result(result)
+                req.future.set_exception(err)
+            return
+        try:
+            result = req.parse(msg)
+        except Exception as e:      # a reply missing fields: a server bug, surfaced
+            req.future.set_exception(errors.UnknownServerError(f"Bad reply: {e!r}"))
+            return
+        if not req.future.done():
+            req.future.set_result(result)
 
     def _on_connect_reply(self, msg: dict) -> None:
         err = protocol.reply_error(msg)

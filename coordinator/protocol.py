@@ -1,7 +1,10 @@
 """The coordinator's wire protocol: the one place that spells its frames, operations and limits.
 
 Transport: the coordinator binds a ZeroMQ ROUTER socket; each client holds one DEALER socket.
-Every message is one frame (the ROUTER also sees the peer's identity frame first):
+A message carries one or more frames, each frame one request, reply or event (the ROUTER also
+sees the peer's identity frame first). Batching many frames in one message is how both sides
+keep the per-request cost of the socket low under pipelining; a frame in a batch is handled
+exactly as if it had come alone, in order.
 
     request   [msgpack map]  {"api": <op>, "v": VERSION, "id": <int correlation id>,
                               "sid": <session id, 0 for "connect" of a new session>, ...op fields}
@@ -56,6 +59,7 @@ VERSION = 1
 PATH_BYTES_MAX = 1024
 VALUE_BYTES_MAX = 1024 * 1024
 FRAME_BYTES_MAX = 4 * 1024 * 1024       # the socket drops a peer that sends more (ZMQ_MAXMSGSIZE)
+FRAMES_PER_MESSAGE_MAX = 1000          # request frames in one message; the rest get an error
 MULTI_OPS_MAX = 1000
 MULTI_BYTES_MAX = 2 * 1024 * 1024       # sum of values in one multi
 SEQUENTIAL_DIGITS = 10                  # create(sequential=True) appends a 10-digit counter

@@ -1,11 +1,18 @@
-"""The coordinator server: one process, one event loop, one ROUTER socket, one writer thread.
+"""The coordinator server: one process, one event loop, one ROUTER socket.
 
 Loop shape (STYLE 3): poll with a timeout of the time until the next tick, handle a bounded number
-of ready requests, take the writer thread's "durable up to zxid N" notices, then run the tick
-(session expiry). Writes are applied to the in-memory state at once (so pipelined requests see
-each other), their transactions queue for the writer thread, and every reply and watch event
-waits in the outbox until the log is on disk up to the state it observed. Group commit falls out
-of this: while one fdatasync runs, the next batch of records piles up.
+of ready requests, write their transaction records to the log in one durable write, release the
+replies and watch events that were waiting for it, then run the tick (session expiry, snapshots).
+Writes are applied to the in-memory state at once (so pipelined requests see each other), and
+every reply and watch event waits in the outbox until the log is on disk up to the state it
+observed. Group commit falls out of this: the records of every request handled in one loop turn
+go out in one O_DSYNC write, and requests that arrive meanwhile queue in the socket for the next.
+
+The log write is done on the loop thread on purpose. A writer thread was measured first: handing
+each batch over and taking the "durable" notice back cost more than the write itself (two GIL
+hand-offs and two wake-ups per batch), and writes per second at 32 in flight were about a third
+lower. A write of one batch takes a few hundred microseconds, well inside every timer's slack.
+Snapshots, which take longer, are written by a background thread.
 
 Sessions across a restart: sessions are part of the logged state, so they survive a restart of
 the coordinator, with their ephemeral keys. Each recovered session gets a fresh deadline of its
@@ -91,11 +98,11 @@ class CoordinatorServer:
         self.watches_by_prefix: dict[str, list[Watch]] = collections.defaultdict(list)
         self.next_wid = 1
         self.outbox: collections.deque = collections.deque()   # (zxid needed, ident, frame)
+        self.ready: dict[bytes, list[bytes]] = {}   # ident -> [ident, frames...] to send now
         self.durable_zxid = 0
         self.pending_records: list[bytes] = []
         self.pending_zxid = 0
-        self.writer_busy = False
-        self.jobs: queue.Queue = queue.Queue()
+        self.snapshot_jobs: queue.Queue = queue.Queue()
         self.txns_since_snapshot = 0
         self.stopping = False
         self._lock_fd: int | None = None
@@ -146,46 +153,37 @@ class CoordinatorServer:
         log.info("recovered", zxid=self.state.zxid, txns_replayed=self.txnlog.recovered_txns,
                  torn_bytes_cut=self.txnlog.truncated_bytes, sessions=len(self.state.sessions),
                  keys=len(self.state.nodes), seconds=round(time.monotonic() - started, 3))
-        self.notify_pull = self.ctx.socket(zmq.PAIR)
-        self.notify_pull.bind("inproc://writer")
-        self.notify_push = self.ctx.socket(zmq.PAIR)
-        self.notify_push.connect("inproc://writer")
-        self.writer = threading.Thread(target=self._writer_main, name="txnlog-writer",
-                                       daemon=True)
-        self.writer.start()
+        self.snapshotter = threading.Thread(target=self._snapshot_main, name="snapshotter",
+                                            daemon=True)
+        self.snapshotter.start()
         log.info("listening", listeners=self.cfg["listeners"], data_dir=data_dir)
 
-    # --- writer thread ---------------------------------------------------------------------------
-    def _writer_main(self) -> None:
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                self.notify_push.send(b"x")
-                return
-            try:
-                if job[0] == "append":
-                    self.txnlog.append_and_sync(job[1])
-                    self.notify_push.send(job[2].to_bytes(8, "big"))
-                else:
-                    self.txnlog.write_snapshot(job[1], job[2])
-            except OSError as e:
-                log.error("transaction log write failed; stopping", error=str(e))
-                self.notify_push.send(b"e" + str(e).encode())
-                return
+    # --- the log ----------------------------------------------------------------------------------
+    def _sync_log(self) -> None:
+        """Make every queued record durable, then release what was waiting for it."""
+        if self.pending_records:
+            data = b"".join(self.pending_records)
+            self.pending_records = []
+            self.txnlog.append_and_sync(data)
+            self.durable_zxid = self.pending_zxid
+            self._release_outbox()
 
-    def _kick_writer(self) -> None:
-        if self.writer_busy or not self.pending_records:
-            return
-        data = b"".join(self.pending_records)
-        self.pending_records = []
-        self.writer_busy = True
-        self.jobs.put(("append", data, self.pending_zxid))
+    def _snapshot_main(self) -> None:
+        while True:
+            job = self.snapshot_jobs.get()
+            if job is None:
+                return
+            zxid, snapshot = job
+            try:
+                self.txnlog.write_snapshot(zxid, snapshot)
+                log.info("snapshot written", zxid=zxid)
+            except OSError as e:
+                log.error("snapshot failed; the log still holds everything", error=str(e))
 
     # --- the loop ---------------------------------------------------------------------------------
     def serve_forever(self) -> int:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
-        poller.register(self.notify_pull, zmq.POLLIN)
         tick_s = self.cfg["tick.ms"] / 1000
         per_poll = self.cfg["requests.per.poll.max"]
         next_tick = time.monotonic() + tick_s
@@ -193,69 +191,86 @@ class CoordinatorServer:
         while not self.stopping:
             timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000) + 1)
             ready = dict(poller.poll(timeout_ms))
-            if self.router in ready:
-                self._drain_requests(per_poll)
-            if self.notify_pull in ready:
-                if not self._take_writer_notices():
-                    exit_code = 1
-                    break
-            self._kick_writer()
-            now = time.monotonic()
-            if now >= next_tick:
-                self._expire_sessions(now)
-                self._maybe_snapshot()
-                self._kick_writer()
-                next_tick = now + tick_s
+            try:
+                if self.router in ready:
+                    self._drain_requests(per_poll)
+                    self._sync_log()
+                now = time.monotonic()
+                if now >= next_tick:
+                    self._expire_sessions(now)
+                    self._sync_log()
+                    self._flush_ready()
+                    self._maybe_snapshot()
+                    next_tick = now + tick_s
+            except OSError as e:
+                # Without a working log nothing more can be acknowledged: stop, loudly. What was
+                # acknowledged is on disk; what was not is answered by nobody.
+                log.error("the transaction log cannot be written; stopping", error=str(e))
+                exit_code = 1
+                break
         self._shutdown()
         return exit_code
 
     def _drain_requests(self, limit: int) -> None:
         router = self.router
-        for _ in range(limit):
+        handled = 0
+        while handled < limit:
             try:
                 frames = router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
-            self._handle(frames)
-
-    def _take_writer_notices(self) -> bool:
-        while True:
-            try:
-                msg = self.notify_pull.recv(zmq.NOBLOCK)
-            except zmq.Again:
                 break
-            if msg[:1] == b"e":
-                return False
-            self.durable_zxid = int.from_bytes(msg, "big")
-            self.writer_busy = False
-        self._release_outbox()
-        return True
+            ident = frames[0]
+            if len(frames) < 2:
+                self._send(ident, protocol.encode_error(None, errors.InvalidRequest(
+                    "A message must carry at least one request frame.")))
+                continue
+            for frame in frames[1:protocol.FRAMES_PER_MESSAGE_MAX + 1]:
+                self._handle(ident, frame)
+            if len(frames) > protocol.FRAMES_PER_MESSAGE_MAX + 1:
+                self._send(ident, protocol.encode_error(None, errors.InvalidRequest(
+                    f"A message may carry at most {protocol.FRAMES_PER_MESSAGE_MAX} requests; "
+                    f"the rest were dropped.")))
+            handled += len(frames) - 1
+        self._flush_ready()
 
     def _release_outbox(self) -> None:
-        outbox, durable, send = self.outbox, self.durable_zxid, self.router.send_multipart
+        outbox, durable, ready = self.outbox, self.durable_zxid, self.ready
         while outbox and outbox[0][0] <= durable:
             _, ident, frame = outbox.popleft()
-            send([ident, frame])
+            frames = ready.get(ident)
+            if frames is None:
+                ready[ident] = [ident, frame]
+            else:
+                frames.append(frame)
+        self._flush_ready()
+
+    def _flush_ready(self) -> None:
+        """Send what is ready: one message per peer, carrying all its reply and event frames."""
+        if not self.ready:
+            return
+        send = self.router.send_multipart
+        for frames in self.ready.values():
+            send(frames)
+        self.ready = {}
 
     def _send(self, ident: bytes, frame: bytes) -> None:
-        """Send once the log is durable up to everything the current state holds."""
+        """Queue a frame for ``ident``; it goes once the log is durable up to everything the
+        current state holds (at once when it already is)."""
         needed = self.state.zxid
         if needed <= self.durable_zxid and not self.outbox:
-            self.router.send_multipart([ident, frame])
+            frames = self.ready.get(ident)
+            if frames is None:
+                self.ready[ident] = [ident, frame]
+            else:
+                frames.append(frame)
         else:
             self.outbox.append((needed, ident, frame))
 
     # --- requests ---------------------------------------------------------------------------------
-    def _handle(self, frames: list[bytes]) -> None:
-        ident = frames[0]
-        if len(frames) != 2:
-            log.warning("dropped a message with the wrong number of frames", frames=len(frames))
-            self._send(ident, protocol.encode_error(None, errors.InvalidRequest(
-                "A request must be exactly one frame.")))
-            return
+    def _handle(self, ident: bytes, frame: bytes) -> None:
         req_id = None
         try:
-            req = protocol.decode_request(frames[1])
+            req = protocol.decode_request(frame)
             req_id = req["id"]
             if len(self.outbox) >= self.cfg["request.queue.max"] and req["api"] != "ping":
                 raise errors.TooBusy()
@@ -427,10 +442,10 @@ class CoordinatorServer:
     def _maybe_snapshot(self) -> None:
         if self.txns_since_snapshot < self.cfg["snap.count"]:
             return
-        self._kick_writer()     # records up to state.zxid go first; the queue keeps the order
-        if self.pending_records:    # writer busy: snapshot after the next append
-            return
-        self.jobs.put(("snapshot", self.state.zxid, self.state.to_snapshot()))
+        self._sync_log()            # the snapshot covers only what is durable
+        zxid = self.state.zxid
+        self.txnlog.roll(zxid + 1)
+        self.snapshot_jobs.put((zxid, self.state.to_snapshot()))
         self.txns_since_snapshot = 0
 
     # --- shutdown ---------------------------------------------------------------------------------
@@ -438,19 +453,15 @@ class CoordinatorServer:
         self.stopping = True
 
     def _shutdown(self) -> None:
-        self._kick_writer()
-        deadline = time.monotonic() + 10
-        while (self.writer_busy or self.pending_records) and time.monotonic() < deadline:
-            if self.notify_pull.poll(100):
-                self._take_writer_notices()
-                self._kick_writer()
-        self._release_outbox()
-        self.jobs.put(None)
-        self.writer.join(10)
+        try:
+            self._sync_log()
+        except OSError:
+            pass
+        self._flush_ready()
+        self.snapshot_jobs.put(None)
+        self.snapshotter.join(30)
         self.txnlog.close()
         self.router.close(0)
-        self.notify_pull.close(0)
-        self.notify_push.close(0)
         self.ctx.term()
         log.info("stopped", zxid=self.state.zxid)
 

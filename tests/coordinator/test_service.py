@@ -5,8 +5,7 @@ import time
 
 import pytest
 
-from coordinator.client import (BadVersion, CoordinatorClient, NodeExists, NoNode, NotEmpty, Op,
-                                SessionExpired)
+from coordinator.client import BadVersion, CoordinatorClient, NodeExists, NoNode, NotEmpty, Op
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -56,7 +56,8 @@ def test_damage_in_an_older_log_file_stops_recovery(tmp_path):
     write_log(tmp_path, 5)
     log = TxnLog(str(tmp_path))
     state = log.recover()
-    log.write_snapshot(state.zxid, state.to_snapshot())     # rolls to txlog.6
+    log.roll(state.zxid + 1)
+    log.write_snapshot(state.zxid, state.to_snapshot())
     log.close()
     os.unlink(tmp_path / "snapshot.00000000000000000005")
     p = tmp_path / "txlog.00000000000000000001"
@@ -71,6 +72,7 @@ def test_snapshot_then_replay(tmp_path):
     write_log(tmp_path, 10)
     log = TxnLog(str(tmp_path))
     state = log.recover()
+    log.roll(state.zxid + 1)
     log.write_snapshot(state.zxid, state.to_snapshot())
     txn = [state.zxid + 1, 5, "set", "/k1", b"new", -1]
     state.apply(txn)
