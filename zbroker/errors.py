@@ -113,6 +113,42 @@ class InvalidTopic(ZbError):
 
 
 @_register
+class BrokerNotAvailable(ZbError):
+    code, name, retriable = 8, "BROKER_NOT_AVAILABLE", True
+    message = "The broker is not available."
+
+
+@_register
+class InvalidRequiredAcks(ZbError):
+    code, name = 21, "INVALID_REQUIRED_ACKS"
+    message = "acks must be 0, 1 or -1 (all)."
+
+
+@_register
+class NotEnoughReplicasAfterAppend(ZbError):
+    code, name, retriable = 20, "NOT_ENOUGH_REPLICAS_AFTER_APPEND", True
+    message = "The record was written, but fewer replicas than required acknowledged it."
+
+
+@_register
+class InvalidConfig(ZbError):
+    code, name = 40, "INVALID_CONFIG"
+    message = "The configuration is not valid."
+
+
+@_register
+class NotController(ZbError):
+    code, name, retriable, invalid_metadata = 41, "NOT_CONTROLLER", True, True
+    message = "This broker is not the controller."
+
+
+@_register
+class TopicDeletionDisabled(ZbError):
+    code, name = 73, "TOPIC_DELETION_DISABLED"
+    message = "Topic deletion is disabled on this cluster (delete.topic.enable=false)."
+
+
+@_register
 class NotEnoughReplicas(ZbError):
     code, name, retriable = 19, "NOT_ENOUGH_REPLICAS", True
     message = "Fewer replicas are in sync than min.insync.replicas requires."
