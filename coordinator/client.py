@@ -12,7 +12,8 @@ resumes the session, sends pings every third of the session timeout, matches rep
 by correlation id (many requests may be in flight), notices a lost connection (the socket's
 disconnect event, or silence for two thirds of the timeout) and reconnects to the next address
 with capped exponential backoff. Every public method is safe to call from any thread; the
-``*_async`` variants return a ``concurrent.futures.Future``.
+``*_async`` variants return a future (``zbroker.futures.Future``: ``result``, ``exception``,
+``done``, ``add_done_callback``, as in ``concurrent.futures``).
 
 Requests in flight when the connection drops fail with ConnectionLoss (their outcome is unknown,
 as in ZooKeeper); requests made while reconnecting wait for the connection up to
@@ -35,7 +36,7 @@ import os
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from zbroker.futures import Future
 from dataclasses import dataclass
 from typing import Callable
 

@@ -47,6 +47,7 @@ leaves the coordinator.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgpack
@@ -188,19 +189,21 @@ def _type_word(types: tuple[type, ...]) -> str:
             _LIST: "a list"}.get(types, "of another type")
 
 
+_BAD_PATH = re.compile(r"//|/\.\.?(/|$)|\x00")
+
+
 def check_path(path: str, *, allow_root: bool = True) -> None:
     """Raise BadArguments unless ``path`` is an absolute, normalised key path."""
-    if len(path.encode("utf-8", "surrogatepass")) > PATH_BYTES_MAX:
-        raise errors.BadArguments(f"A path may be at most {PATH_BYTES_MAX} bytes long.")
     if path == "/":
         if not allow_root:
             raise errors.BadArguments("The root key cannot be created, changed or deleted.")
         return
-    if not path.startswith("/") or path.endswith("/"):
-        raise errors.BadArguments(f"The path {path!r} must start with '/' and not end with it.")
-    for part in path[1:].split("/"):
-        if not part or part in (".", "..") or "\x00" in part:
-            raise errors.BadArguments(f"The path {path!r} has an empty, '.', '..' or NUL part.")
+    if len(path) > PATH_BYTES_MAX // 4 and len(path.encode("utf-8", "surrogatepass")) > \
+            PATH_BYTES_MAX:
+        raise errors.BadArguments(f"A path may be at most {PATH_BYTES_MAX} bytes long.")
+    if path[:1] != "/" or path[-1] == "/" or _BAD_PATH.search(path):
+        raise errors.BadArguments(f"The path {path!r} must start with '/', not end with it, and "
+                                  f"have no empty, '.', '..' or NUL parts.")
 
 
 # --- replies and events -------------------------------------------------------------------------

@@ -84,11 +84,13 @@ class CoordinatorState:
         if zxid != self.zxid + 1:
             raise AssertionError(f"transaction {zxid} applied after {self.zxid}")
         changes: list[Change] = []
-        undo: list[Callable[[], None]] = []
+        # Only a multi can fail after changing something: its earlier ops are undone. A single
+        # operation checks everything before it changes anything, so it needs no undo log.
+        undo: list[Callable[[], None]] | None = [] if kind == "multi" else None
         try:
             result = self._dispatch(kind, txn[3:], zxid, time_ms, changes, undo)
         except errors.ZbError:
-            for step in reversed(undo):
+            for step in reversed(undo or ()):
                 step()
             raise
         self.zxid = zxid
@@ -159,13 +161,14 @@ class CoordinatorState:
         if owner:
             self.sessions[owner].ephemerals.add(path)
 
-        def revert():
-            del self.nodes[path]
-            parent.children.discard(name)
-            parent.cseq = old_cseq
-            if owner:
-                self.sessions[owner].ephemerals.discard(path)
-        undo.append(revert)
+        if undo is not None:
+            def revert():
+                del self.nodes[path]
+                parent.children.discard(name)
+                parent.cseq = old_cseq
+                if owner:
+                    self.sessions[owner].ephemerals.discard(path)
+            undo.append(revert)
         changes.append(Change(zxid, "created", path, 0, value))
         return path
 
@@ -175,12 +178,13 @@ class CoordinatorState:
         if node is None:
             raise errors.NoNode(f"No key exists at {path}.")
         _check_version(path, node, version)
-        saved = (node.value, node.version, node.mzxid, node.mtime_ms)
+        if undo is not None:
+            saved = (node.value, node.version, node.mzxid, node.mtime_ms)
 
-        def revert():
-            node.value, node.version, node.mzxid, node.mtime_ms = saved
+            def revert():
+                node.value, node.version, node.mzxid, node.mtime_ms = saved
+            undo.append(revert)
         node.value, node.version, node.mzxid, node.mtime_ms = value, node.version + 1, zxid, time_ms
-        undo.append(revert)
         changes.append(Change(zxid, "changed", path, node.version, value))
         return node.stat()
 
@@ -204,12 +208,13 @@ class CoordinatorState:
         if session is not None:
             session.ephemerals.discard(path)
 
-        def revert():
-            self.nodes[path] = node
-            parent.children.add(name)
-            if session is not None:
-                session.ephemerals.add(path)
-        undo.append(revert)
+        if undo is not None:
+            def revert():
+                self.nodes[path] = node
+                parent.children.add(name)
+                if session is not None:
+                    session.ephemerals.add(path)
+            undo.append(revert)
 
     def _close(self, sid, zxid, changes, undo):
         session = self.sessions.get(sid)
@@ -220,7 +225,6 @@ class CoordinatorState:
             self._remove(path, node, undo)
             changes.append(Change(zxid, "deleted", path, node.version, None))
         del self.sessions[sid]
-        undo.append(lambda: self.sessions.__setitem__(sid, session))
 
     def _multi(self, sid, ops, zxid, time_ms, changes, undo):
         results = []
