@@ -27,3 +27,43 @@ def coordinator_client(coordinator):
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture
+def cluster(procs, tmp_path):
+    """A factory: ``cluster(n_brokers=3, racks=None, overrides=None, **settings)`` starts a
+    coordinator and brokers 1..n (real processes, killed at teardown) and returns a
+    ``tests.procs.Cluster`` (.coordinator, .brokers, .bootstrap, .broker(id), .metadata(),
+    .controller_id(), .create_topic(), .wait_for()) once every broker sees every other and a
+    controller. Broker settings come from ``overrides`` ({"num.partitions": "3"}) and keyword
+    arguments with dots spelled as underscores (num_partitions=3)."""
+    from tests.procs import BrokerProc, Cluster
+    made = []
+
+    def make(n_brokers: int = 3, racks: list | None = None, overrides: dict | None = None,
+             **settings) -> Cluster:
+        k = len(made)
+        coord = CoordinatorProc(procs, tmp_path / f"cluster{k}-coordinator").start()
+        common = {key.replace("_", "."): str(v).lower() if isinstance(v, bool) else str(v)
+                  for key, v in settings.items()}
+        common.update(overrides or {})
+        brokers = []
+        for i in range(1, n_brokers + 1):
+            o = dict(common)
+            if racks:
+                o["broker.rack"] = racks[i - 1]
+            brokers.append(BrokerProc(procs, i, coord.address,
+                                      tmp_path / f"cluster{k}-broker{i}", o))
+        for b in brokers:
+            b.start(wait=False)
+        for b in brokers:
+            try:
+                b.wait_ready()
+            except Exception as e:
+                raise RuntimeError(f"broker {b.broker_id} did not start: {e}\n"
+                                   f"{b.proc.log_tail()}") from None
+        c = Cluster(coord, brokers)
+        c.wait_ready()
+        made.append(c)
+        return c
+    return make

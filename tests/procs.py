@@ -143,3 +143,185 @@ class CoordinatorProc:
         if self.proc is not None and self.proc.popen.poll() is None:
             self.proc.kill9()
         return self.start()
+
+
+def broker_request(port: int, api: str, timeout_s: float = 5.0, blobs: list | None = None,
+                   **fields) -> tuple[dict, list[bytes]]:
+    """One request to a broker over a fresh DEALER socket; returns (header, blobs)."""
+    import zmq
+
+    from zbroker import protocol
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(f"tcp://127.0.0.1:{port}")
+        sock.send_multipart(protocol.encode_request(api, 1, blobs, **fields))
+        if not sock.poll(int(timeout_s * 1000)):
+            raise TimeoutError(f"broker on port {port} did not answer {api} in {timeout_s}s")
+        return protocol.decode_response(sock.recv_multipart())
+    finally:
+        sock.close(0)
+
+
+class BrokerProc:
+    """A real broker process on a free loopback port with its own log dir; restartable on the
+    same port and log dir (as the same broker id)."""
+
+    def __init__(self, procs: Procs, broker_id: int, coordinator: str, log_dir: Path,
+                 overrides: dict | None = None, port: int | None = None):
+        self.procs = procs
+        self.broker_id = broker_id
+        self.coordinator = coordinator
+        self.log_dir = Path(log_dir)
+        self.port = port or free_port()
+        self.overrides = {"coordinator.session.timeout.ms": "2000", **(overrides or {})}
+        self.proc: Proc | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        settings = {"broker.id": str(self.broker_id),
+                    "listeners": f"tcp://127.0.0.1:{self.port}",
+                    "log.dirs": str(self.log_dir),
+                    "coordinator.connect": self.coordinator,
+                    **self.overrides}
+        args: list[str] = []
+        for k, v in settings.items():
+            args += ["--override", f"{k}={v}"]
+        return args
+
+    def start(self, wait: bool = True, timeout_s: float = 20.0) -> "BrokerProc":
+        """Start; with ``wait``, return once the broker answers Metadata listing itself and a
+        controller."""
+        self.proc = self.procs.python(f"broker{self.broker_id}", "zbroker.broker.server",
+                                      *self.argv())
+        if wait:
+            try:
+                self.wait_ready(timeout_s)
+            except Exception as e:
+                raise RuntimeError(f"broker {self.broker_id} did not start: {e}\n"
+                                   f"{self.proc.log_tail()}") from None
+        return self
+
+    def wait_ready(self, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        wait_for_port(self.port, timeout_s=timeout_s, proc=self.proc.popen)
+        while True:
+            if self.proc.popen.poll() is not None:
+                raise RuntimeError(f"exited with {self.proc.popen.returncode}")
+            try:
+                header, _ = broker_request(self.port, "Metadata", timeout_s=1.0, topics=[])
+                if any(b[0] == self.broker_id for b in header.get("brokers", ())) and \
+                        header.get("controller_id", -1) >= 0:
+                    return
+            except TimeoutError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not registered within {timeout_s}s")
+            time.sleep(0.05)
+
+    def metadata(self, topics: list | None = None, **fields) -> dict:
+        header, _ = broker_request(self.port, "Metadata", topics=topics, **fields)
+        return header
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.popen.poll() is None
+
+    def kill9(self) -> None:
+        self.proc.kill9()
+
+    def terminate(self, timeout_s: float = 15.0) -> int:
+        return self.proc.terminate(timeout_s)
+
+    def restart(self, wait: bool = True) -> "BrokerProc":
+        if self.alive:
+            self.proc.kill9()
+        return self.start(wait)
+
+
+class Cluster:
+    """A coordinator and n brokers (ids 1..n), all real processes. ``bootstrap`` is
+    "127.0.0.1:p1,127.0.0.1:p2,..."."""
+
+    def __init__(self, coordinator: CoordinatorProc, brokers: list[BrokerProc]):
+        self.coordinator = coordinator
+        self.brokers = brokers
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(b.address for b in self.brokers)
+
+    def broker(self, broker_id: int) -> BrokerProc:
+        return next(b for b in self.brokers if b.broker_id == broker_id)
+
+    def live_brokers(self) -> list[BrokerProc]:
+        return [b for b in self.brokers if b.alive]
+
+    def metadata(self, topics: list | None = None, via: BrokerProc | None = None,
+                 **fields) -> dict:
+        b = via or self.live_brokers()[0]
+        return b.metadata(topics, **fields)
+
+    def controller_id(self) -> int:
+        return self.metadata([])["controller_id"]
+
+    def wait_for(self, predicate, timeout_s: float = 15.0, what: str = "the condition"):
+        """Poll ``predicate()`` until it returns something truthy; return that."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                got = predicate()
+            except (TimeoutError, OSError):
+                got = None
+            if got:
+                return got
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} did not happen within {timeout_s}s")
+            time.sleep(0.05)
+
+    def wait_ready(self, timeout_s: float = 20.0) -> None:
+        """Until every live broker lists every live broker and names a controller."""
+        ids = {b.broker_id for b in self.live_brokers()}
+
+        def ready():
+            for b in self.live_brokers():
+                md = b.metadata([])
+                if {x[0] for x in md["brokers"]} != ids or md["controller_id"] not in ids:
+                    return False
+            return True
+        self.wait_for(ready, timeout_s, "cluster start-up")
+
+    def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 1,
+                     config: dict | None = None, timeout_s: float = 15.0) -> list:
+        """CreateTopics at the controller; waits until every live broker's metadata shows the
+        topic with a leader for each partition. Returns the topic's Metadata partitions."""
+        def attempt():
+            cid = self.controller_id()
+            if cid < 0:
+                return None
+            header, _ = broker_request(self.broker(cid).port, "CreateTopics",
+                                       topics=[[name, partitions, replication_factor,
+                                                config or {}, None]], timeout_ms=10000)
+            if header["err"]:
+                return None         # e.g. NOT_CONTROLLER during a change: ask again
+            return header["topics"][0]
+        result = self.wait_for(attempt, timeout_s, f"creating {name}")
+        if result[1] != 0:
+            raise RuntimeError(f"CreateTopics {name}: {result}")
+        return self.wait_topic(name, partitions, timeout_s)
+
+    def wait_topic(self, name: str, partitions: int, timeout_s: float = 15.0) -> list:
+        def seen():
+            parts = None
+            for b in self.live_brokers():
+                md = b.metadata([name], allow_auto_create=False)
+                t = md["topics"][0]
+                if t[1] != 0 or len(t[3]) != partitions or any(p[2] < 0 for p in t[3]):
+                    return None
+                parts = t[3]
+            return parts
+        return self.wait_for(seen, timeout_s, f"topic {name} in every broker's metadata")

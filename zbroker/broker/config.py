@@ -1,0 +1,171 @@
+"""The broker's settings: Kafka's keys where the meaning is Kafka's (``coordinator.*`` in place
+of ``zookeeper.*``). ``zb-server-start --help`` lists them; config/server.properties is a sample.
+"""
+
+from __future__ import annotations
+
+from zbroker.config import Config, ConfigDef, ConfigError, Setting
+from zbroker.storage import log_config
+
+MiB = 1 << 20
+HOUR_MS = 3600 * 1000
+
+BROKER_CONFIG = ConfigDef([
+    Setting("broker.id", int, -1, "This broker's id, unique in the cluster (required).",
+            min=-1, max=(1 << 31) - 1),
+    Setting("listeners", list, ["tcp://0.0.0.0:9092"],
+            "Address the broker listens on, tcp://host:port (the first one is used)."),
+    Setting("advertised.listeners", list, [],
+            "Address published to clients, tcp://host:port; default: listeners (0.0.0.0 "
+            "becomes 127.0.0.1)."),
+    Setting("log.dirs", list, ["/tmp/zb-logs"],
+            "Directories holding partition logs (comma-separated); new partitions go to the "
+            "one with fewest partitions."),
+    Setting("coordinator.connect", str, "127.0.0.1:2181",
+            "Coordinator addresses, host:port[,host:port...]."),
+    Setting("coordinator.session.timeout.ms", int, 18000,
+            "Coordinator session timeout: how long a dead broker keeps its registration.",
+            min=100),
+    Setting("coordinator.connection.timeout.ms", int, 10000,
+            "How long start-up waits for the coordinator.", min=100),
+    Setting("num.partitions", int, 1, "Partitions of an auto-created topic (and of CreateTopics "
+            "with -1).", min=1),
+    Setting("default.replication.factor", int, 1, "Replication factor of an auto-created topic "
+            "(and of CreateTopics with -1).", min=1),
+    Setting("auto.create.topics.enable", bool, True,
+            "Create a topic when Metadata asks for an unknown one (and allows it)."),
+    Setting("delete.topic.enable", bool, True, "Allow DeleteTopics."),
+    Setting("broker.rack", str, "", "Rack of this broker; replica assignment spreads racks."),
+    Setting("message.max.bytes", int, 1048588, "The largest record batch accepted.",
+            min=61, max=64 * MiB),
+    Setting("log.segment.bytes", int, 1 << 30, "Segment size before rolling.", min=1024,
+            max=(1 << 31) - 1),
+    Setting("log.roll.hours", int, 168, "Roll a segment this old.", min=1),
+    Setting("log.roll.ms", int, None, "Roll a segment this old (overrides log.roll.hours)."),
+    Setting("log.retention.hours", int, 168, "Delete segments older than this.", min=-1),
+    Setting("log.retention.minutes", int, None, "Overrides log.retention.hours."),
+    Setting("log.retention.ms", int, None, "Overrides log.retention.minutes/hours; -1 keeps "
+            "segments forever."),
+    Setting("log.retention.bytes", int, -1, "Delete oldest segments while a partition is larger; "
+            "-1 for no limit.", min=-1),
+    Setting("log.retention.check.interval.ms", int, 300000,
+            "How often retention runs.", min=10),
+    Setting("log.index.size.max.bytes", int, 10 * MiB, "Offset index size limit per segment.",
+            min=16),
+    Setting("log.index.interval.bytes", int, 4096, "Bytes between offset index entries.", min=0),
+    Setting("log.flush.interval.messages", int, -1,
+            "fsync after this many records; -1 leaves it to the OS.", min=-1),
+    Setting("log.flush.interval.ms", int, -1,
+            "fsync when unflushed records are this old; -1 leaves it to the OS.", min=-1),
+    Setting("replica.high.watermark.checkpoint.interval.ms", int, 5000,
+            "How often high watermarks are checkpointed.", min=10),
+    Setting("requests.per.poll.max", int, 1000,
+            "Messages handled per loop turn before timers run.", min=1),
+    Setting("delayed.fetches.max", int, 10000,
+            "Fetches waiting for data at once; more are answered at once.", min=1),
+    Setting("socket.send.buffer.messages", int, 100000,
+            "Outgoing messages queued per peer (ZeroMQ high-water mark).", min=10),
+    Setting("socket.receive.buffer.messages", int, 100000,
+            "Incoming messages queued per peer (ZeroMQ high-water mark).", min=10),
+    Setting("log.level", str, "INFO", "Log level.",
+            choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+])
+
+# Topic-level settings a CreateTopics request may set (Kafka's topic config names) -> log key.
+TOPIC_CONFIG_KEYS = {
+    "segment.bytes": "segment.bytes",
+    "segment.ms": "segment.ms",
+    "segment.index.bytes": "segment.index.bytes",
+    "index.interval.bytes": "index.interval.bytes",
+    "retention.ms": "retention.ms",
+    "retention.bytes": "retention.bytes",
+    "flush.messages": "flush.messages",
+    "flush.ms": "flush.ms",
+    "max.message.bytes": "message.max.bytes",
+    "message.max.bytes": "message.max.bytes",
+}
+
+
+def load(path: str | None, overrides) -> Config:
+    cfg = BROKER_CONFIG.load(path, overrides)
+    if cfg["broker.id"] < 0:
+        raise ConfigError("The setting broker.id must be set to a whole number of 0 or more.")
+    if not cfg["log.dirs"]:
+        raise ConfigError("The setting log.dirs must name at least one directory.")
+    listener_endpoint(cfg)
+    advertised_host_port(cfg)
+    return cfg
+
+
+def _split_endpoint(value: str, key: str) -> tuple[str, int]:
+    rest = value.split("://", 1)[1] if "://" in value else value
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"The setting {key} must look like tcp://host:port, not {value!r}.")
+    return host, int(port)
+
+
+def listener_endpoint(cfg: Config) -> str:
+    if not cfg["listeners"]:
+        raise ConfigError("The setting listeners must name an address.")
+    host, port = _split_endpoint(cfg["listeners"][0], "listeners")
+    return f"tcp://{host}:{port}"
+
+
+def advertised_host_port(cfg: Config) -> tuple[str, int]:
+    if cfg["advertised.listeners"]:
+        return _split_endpoint(cfg["advertised.listeners"][0], "advertised.listeners")
+    host, port = _split_endpoint(cfg["listeners"][0], "listeners")
+    if host in ("0.0.0.0", "*", "::", "[::]"):
+        host = "127.0.0.1"
+    return host, port
+
+
+def default_log_props(cfg: Config) -> dict:
+    """The broker-wide defaults of the partition log settings (Kafka's precedence rules)."""
+    if cfg["log.retention.ms"] is not None:
+        retention_ms = cfg["log.retention.ms"]
+    elif cfg["log.retention.minutes"] is not None:
+        retention_ms = cfg["log.retention.minutes"] * 60000
+    else:
+        retention_ms = cfg["log.retention.hours"] * HOUR_MS
+    if retention_ms < 0:
+        retention_ms = -1
+    roll_ms = cfg["log.roll.ms"] if cfg["log.roll.ms"] is not None \
+        else cfg["log.roll.hours"] * HOUR_MS
+    return {
+        "segment.bytes": cfg["log.segment.bytes"],
+        "segment.ms": roll_ms,
+        "segment.index.bytes": cfg["log.index.size.max.bytes"],
+        "index.interval.bytes": cfg["log.index.interval.bytes"],
+        "retention.ms": retention_ms,
+        "retention.bytes": cfg["log.retention.bytes"],
+        "flush.messages": cfg["log.flush.interval.messages"],
+        "flush.ms": cfg["log.flush.interval.ms"],
+        "message.max.bytes": cfg["message.max.bytes"],
+    }
+
+
+def check_topic_config(config: dict) -> dict:
+    """Validate a topic's config map (Kafka's topic keys) -> log settings it overrides. Raises
+    ConfigError naming the first bad key."""
+    out = {}
+    for key, value in config.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ConfigError("Topic config keys and values must be strings.")
+        log_key = TOPIC_CONFIG_KEYS.get(key)
+        if log_key is None:
+            raise ConfigError(f"Unknown topic config {key!r}; known: "
+                              f"{', '.join(sorted(TOPIC_CONFIG_KEYS))}.")
+        out[log_key] = value
+    log_config(out)     # raises ConfigError for a bad value
+    return out
+
+
+def topic_log_config(defaults: dict, topic_config: dict) -> Config:
+    props = dict(defaults)
+    try:
+        props.update(check_topic_config(topic_config))
+    except ConfigError:
+        pass        # validated when the topic was created; fall back to the defaults
+    return log_config(props)

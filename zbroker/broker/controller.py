@@ -1,0 +1,491 @@
+"""The controller: one broker of the cluster, elected through the coordinator with a fencing
+epoch (coordinator.election.Election on /controller). It
+
+- assigns the partitions of new topics to live brokers (leaders spread round-robin, replicas
+  spread across racks when brokers have one) and writes the topic record and every partition's
+  state (leader, leader_epoch, isr, controller_epoch);
+- keeps partition leaders right as brokers come and go: a partition whose leader's registration
+  disappeared gets the next live in-sync replica or, when there is none (RF=1), leader -1 until
+  the broker returns; a returning broker (new broker epoch) leads again with a bumped epoch;
+- answers the admin APIs (CreateTopics, DeleteTopics, CreatePartitions) and auto-create requests
+  written under /admin/create_topics.
+
+Every write carries ``election.fence()`` in the same multi, so a deposed controller's writes fail
+all or nothing. The controller runs on its own thread (its coordinator calls block); the broker's
+loop hands it admin requests through ``submit`` and gets the reply back through a callback.
+
+``assign_replicas`` and ``elect_leader`` are pure functions, testable without processes.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import random
+import threading
+import time
+from typing import Callable
+
+from coordinator.client import (BadVersion, CoordinatorClient, FencedEpoch, NodeExists, NoNode,
+                                Op, ZbError)
+from coordinator.election import Election
+from zbroker import errors, protocol
+from zbroker.broker import metadata as md
+from zbroker.broker.config import check_topic_config
+from zbroker.config import ConfigError
+from zbroker.logs import get_logger
+
+log = get_logger("zbroker.broker.controller")
+
+MULTI_OPS_MAX = 900         # below the coordinator's 1000-op limit, leaving room for the fence
+
+
+# --- pure parts -------------------------------------------------------------------------------
+
+def rack_alternated(brokers: dict[int, str | None]) -> list[int]:
+    """Broker ids ordered so that consecutive ids are on different racks where possible (Kafka's
+    getRackAlternatedBrokerList). Without racks: ids sorted."""
+    if not any(brokers.values()):
+        return sorted(brokers)
+    by_rack: dict[str, list[int]] = {}
+    for b in sorted(brokers):
+        by_rack.setdefault(brokers[b] or "", []).append(b)
+    racks = sorted(by_rack)
+    out = []
+    for i in range(max(len(v) for v in by_rack.values())):
+        for r in racks:
+            if i < len(by_rack[r]):
+                out.append(by_rack[r][i])
+    return out
+
+
+def assign_replicas(brokers: dict[int, str | None], num_partitions: int, replication_factor: int,
+                    start_index: int = 0, first_partition: int = 0) -> list[list[int]]:
+    """Replica lists for partitions first_partition .. first_partition+num_partitions-1: the
+    leader of partition p is broker (start + p) of the rack-alternated list, the followers the
+    next ones after a per-round shift (Kafka's scheme), so leaders spread round-robin and
+    replicas of one partition sit on different brokers (and racks where possible)."""
+    order = rack_alternated(brokers)
+    n = len(order)
+    if not 1 <= replication_factor <= n:
+        raise errors.InvalidReplicationFactor(
+            f"The replication factor {replication_factor} must be between 1 and the number of "
+            f"live brokers ({n}).")
+    out = []
+    for p in range(first_partition, first_partition + num_partitions):
+        first = (start_index + p) % n
+        shift = 1 + (p // n) % max(1, n - 1)
+        replicas = [order[first]]
+        for j in range(1, replication_factor):
+            idx = (first + shift * j) % n
+            while order[idx] in replicas:
+                idx = (idx + 1) % n
+            replicas.append(order[idx])
+        out.append(replicas)
+    return out
+
+
+def elect_leader(replicas, isr, live) -> int:
+    """The first live replica that is in sync (no unclean election), else -1."""
+    for r in replicas:
+        if r in isr and r in live:
+            return r
+    return md.NO_LEADER
+
+
+# --- the controller thread --------------------------------------------------------------------
+
+class Controller:
+    def __init__(self, client: CoordinatorClient, broker_id: int, cfg,
+                 reply: Callable[[bytes, list, object], None]):
+        """``reply(ident, frames, wait_for)`` hands a response to the loop; ``wait_for`` is None
+        or (kind, topic names) the loop waits to see in its own metadata first."""
+        self.client = client
+        self.broker_id = broker_id
+        self.cfg = cfg
+        self.reply = reply
+        self.election = Election(client, md.CONTROLLER, identifier=str(broker_id).encode())
+        self.active = False             # read by the loop thread: answer admin APIs or not
+        self.epoch = 0
+        self._events: queue.Queue = queue.Queue(maxsize=10000)
+        self._stopping = False
+        self._broker_epochs: dict[int, int] = {}    # id -> czxid of its registration
+        self._thread = threading.Thread(target=self._main, name="controller", daemon=True)
+
+    def start(self) -> None:
+        self.client.watch(md.BROKER_IDS, lambda ev: self._put(("brokers",)))
+        self.client.watch(md.CREATE_TOPIC_REQUESTS, lambda ev: self._put(("auto_create",)))
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._put(("stop",))
+        self._thread.join(5)
+        if self.active:
+            self.active = False
+            try:
+                self.election.resign()
+            except Exception:
+                pass
+
+    def submit(self, ident: bytes, header: dict) -> bool:
+        """An admin request from the loop; False when the queue is full."""
+        return self._put(("admin", ident, header))
+
+    def _put(self, item) -> bool:
+        try:
+            self._events.put_nowait(item)
+            return True
+        except queue.Full:
+            return False
+
+    # --- main ---------------------------------------------------------------------------------
+    def _main(self) -> None:
+        while not self._stopping:
+            try:
+                epoch = self.election.run(timeout_s=0.5)
+            except TimeoutError:
+                self._refuse_pending()
+                continue
+            except ZbError as e:
+                log.warning("controller election failed; retrying", error=str(e))
+                time.sleep(0.5)
+                continue
+            self.epoch = epoch
+            self.active = True
+            log.info("became controller", controller_epoch=epoch)
+            try:
+                self._reconcile()
+                self._serve()
+            except FencedEpoch:
+                log.warning("another broker is controller now; stepping down")
+            except Exception:
+                if not self._stopping:
+                    log.exception("controller failed; stepping down")
+            self.active = False
+            try:
+                self.election.resign()
+            except Exception:
+                pass
+            self.election.epoch = None
+            time.sleep(0.2)
+
+    def _refuse_pending(self) -> None:
+        while True:
+            try:
+                item = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if item[0] == "admin":
+                self.reply(item[1], protocol.encode_error(item[2]["id"], errors.NotController()),
+                           None)
+
+    def _serve(self) -> None:
+        while not self._stopping:
+            try:
+                item = self._events.get(timeout=5)
+            except queue.Empty:
+                self._reconcile()     # a safety net: the watches should have told us
+                continue
+            kind = item[0]
+            if kind == "stop":
+                return
+            if kind == "brokers":
+                self._drain_kind("brokers")
+                self._reconcile()
+            elif kind == "auto_create":
+                self._drain_kind("auto_create")
+                self._auto_create()
+            elif kind == "admin":
+                self._admin(item[1], item[2])
+
+    def _drain_kind(self, kind: str) -> None:
+        """Coalesce queued events of one kind (one re-read serves them all)."""
+        keep = []
+        while True:
+            try:
+                item = self._events.get_nowait()
+            except queue.Empty:
+                break
+            if item[0] != kind:
+                keep.append(item)
+        for item in keep:
+            self._put(item)
+
+    def _multi(self, ops: list) -> None:
+        """Write ops fenced by this controller's epoch, in chunks the coordinator accepts."""
+        for i in range(0, len(ops), MULTI_OPS_MAX):
+            self.client.multi([self.election.fence(), *ops[i:i + MULTI_OPS_MAX]])
+
+    # --- leaders as brokers come and go -------------------------------------------------------
+    def _live_brokers(self) -> dict[int, tuple[str | None, int]]:
+        """id -> (rack, broker epoch) of every registered broker."""
+        live = {}
+        try:
+            ids = self.client.children(md.BROKER_IDS)
+        except NoNode:
+            return live
+        for c in ids:
+            if not c.isdigit():
+                continue
+            try:
+                raw, stat = self.client.get_with_stat(md.broker_path(int(c)))
+            except NoNode:
+                continue
+            info = md.decode_registration(int(c), raw)
+            live[int(c)] = (info.rack, stat.czxid)
+        return live
+
+    def _reconcile(self) -> None:
+        for _attempt in range(5):
+            live = self._live_brokers()
+            image = md.read_image(self.client)
+            restarted = {b for b, (_, ep) in live.items()
+                         if b in self._broker_epochs and self._broker_epochs[b] != ep}
+            ops = []
+            for t in image.topics.values():
+                for st in t.partitions:
+                    if st is None:
+                        continue
+                    op = self._leader_change(st, live, restarted)
+                    if op is not None:
+                        ops.append(op)
+            try:
+                if ops:
+                    self._multi(ops)
+                    log.info("partition leaders changed", partitions=len(ops),
+                             live=sorted(live))
+            except BadVersion:
+                continue        # someone else wrote a state meanwhile; read again
+            self._broker_epochs = {b: ep for b, (_, ep) in live.items()}
+            return
+        log.warning("could not settle partition leaders after 5 attempts; will retry")
+
+    def _leader_change(self, st: md.PartitionState, live, restarted) -> list | None:
+        leader, isr = st.leader, list(st.isr)
+        if leader != md.NO_LEADER and leader in live and leader not in restarted:
+            return None
+        if leader != md.NO_LEADER and leader not in live and len(isr) > 1:
+            isr = [r for r in isr if r != leader]     # it is gone: out of the ISR
+        new_leader = elect_leader(st.replicas, isr, live)
+        if new_leader == md.NO_LEADER and leader == md.NO_LEADER:
+            return None
+        return Op.set(md.partition_path(st.topic, st.partition),
+                      md.encode_state(new_leader, st.leader_epoch + 1, isr, self.epoch),
+                      st.version)
+
+    # --- topics ----------------------------------------------------------------------------------
+    def _admin(self, ident: bytes, header: dict) -> None:
+        api, req_id = header["api"], header["id"]
+        try:
+            if api == "CreateTopics":
+                results, wait = self._create_topics(header)
+            elif api == "DeleteTopics":
+                results, wait = self._delete_topics(header)
+            elif api == "CreatePartitions":
+                results, wait = self._create_partitions(header)
+            else:
+                raise errors.InvalidRequest(f"{api} is not an admin API.")
+        except FencedEpoch:
+            self.reply(ident, protocol.encode_error(req_id, errors.NotController()), None)
+            raise
+        except errors.ZbError as e:
+            self.reply(ident, protocol.encode_error(req_id, e), None)
+            return
+        frames = protocol.encode_response(req_id, topics=results)
+        self.reply(ident, frames, (api, wait, header.get("timeout_ms", 30000)))
+
+    def _write_one(self, fn, name, wait: list | None = None):
+        """Run fn() for one topic; a ZbError becomes that topic's [name, code, sentence]. On
+        success, (name, fn's result = partitions to expect) goes on ``wait``."""
+        try:
+            count = fn()
+        except FencedEpoch:
+            raise
+        except errors.ZbError as e:
+            return [name, e.code, str(e)]
+        if wait is not None and count is not None:
+            wait.append((name, count))
+        return [name, 0, None]
+
+    def _create_topics(self, header: dict):
+        entries = header["topics"]
+        protocol.check_entries("CreateTopics", "topics", entries, protocol.CREATE_TOPIC)
+        validate_only = bool(header.get("validate_only", False))
+        live = self._live_brokers()
+        results, created = [], []
+        seen = set()
+        for name, partitions, rf, config, assignment in entries:
+            if name in seen:
+                results.append([name, errors.InvalidRequest.code,
+                                f"The topic {name!r} is named twice in one request."])
+                continue
+            seen.add(name)
+            results.append(self._write_one(
+                lambda: self._create_topic(name, partitions, rf, config or {}, assignment, live,
+                                           validate_only), name, created))
+        return results, created
+
+    def _create_topic(self, name, partitions, rf, config, assignment, live, validate_only):
+        protocol.check_topic_name(name)
+        if partitions == -1:
+            partitions = self.cfg["num.partitions"]
+        if rf == -1:
+            rf = self.cfg["default.replication.factor"]
+        try:
+            check_topic_config(config)
+        except ConfigError as e:
+            raise errors.InvalidConfig(str(e)) from None
+        if assignment is not None:
+            replicas = self._check_assignment(assignment, live)
+        else:
+            if not 1 <= partitions <= protocol.PARTITIONS_PER_TOPIC_MAX:
+                raise errors.InvalidPartitions(
+                    f"A topic needs between 1 and {protocol.PARTITIONS_PER_TOPIC_MAX} "
+                    f"partitions, not {partitions}.")
+            if not live:
+                raise errors.BrokerNotAvailable("No broker is registered.")
+            replicas = assign_replicas({b: r for b, (r, _) in live.items()}, partitions, rf,
+                                       random.randrange(len(live)))
+        if self.client.exists(md.topic_path(name)) is not None:
+            raise errors.TopicAlreadyExists(f"The topic {name!r} already exists.")
+        if validate_only:
+            return None
+        ops = [Op.create(md.topic_path(name),
+                         md.encode_topic(os.urandom(8).hex(), replicas, dict(config)))]
+        ops += self._new_partition_ops(name, 0, replicas, live)
+        try:
+            self._multi(ops)
+        except NodeExists:
+            raise errors.TopicAlreadyExists(f"The topic {name!r} already exists.") from None
+        log.info("topic created", topic=name, partitions=len(replicas),
+                 replication_factor=len(replicas[0]))
+        return len(replicas)
+
+    def _new_partition_ops(self, name, first, replicas, live) -> list:
+        ops = []
+        for p, reps in enumerate(replicas, first):
+            leader = elect_leader(reps, reps, live)
+            isr = [leader] if leader != md.NO_LEADER else [reps[0]]
+            ops.append(Op.create(md.partition_path(name, p),
+                                 md.encode_state(leader, 0, isr, self.epoch)))
+        return ops
+
+    def _check_assignment(self, assignment: dict, live) -> list[list[int]]:
+        n = len(assignment)
+        if not 1 <= n <= protocol.PARTITIONS_PER_TOPIC_MAX or \
+                sorted(assignment) != list(range(n)):
+            raise errors.InvalidPartitions("A replica assignment must name partitions 0..n-1.")
+        replicas = [assignment[p] for p in range(n)]
+        rf = None
+        for reps in replicas:
+            if not isinstance(reps, list) or not reps or \
+                    not all(isinstance(b, int) and not isinstance(b, bool) for b in reps):
+                raise errors.InvalidReplicationFactor(
+                    "Each partition's replicas must be a non-empty list of broker ids.")
+            if len(set(reps)) != len(reps):
+                raise errors.InvalidReplicationFactor("A partition names a broker twice.")
+            if rf is not None and len(reps) != rf:
+                raise errors.InvalidReplicationFactor(
+                    "Every partition must have the same number of replicas.")
+            rf = len(reps)
+            unknown = [b for b in reps if b not in live]
+            if unknown:
+                raise errors.BrokerNotAvailable(f"The broker(s) {unknown} are not registered.")
+        return replicas
+
+    def _delete_topics(self, header: dict):
+        names = header["topics"]
+        if len(names) > protocol.TOPICS_PER_REQUEST_MAX or \
+                not all(isinstance(n, str) for n in names):
+            raise errors.InvalidRequest("DeleteTopics takes a list of topic names.")
+        results, deleted = [], []
+        for name in dict.fromkeys(names):
+            results.append(self._write_one(lambda: self._delete_topic(name), name, deleted))
+        return results, deleted
+
+    def _delete_topic(self, name: str) -> None:
+        if not self.cfg["delete.topic.enable"]:
+            raise errors.TopicDeletionDisabled()
+        try:
+            raw, version = self.client.get(md.topic_path(name))
+        except NoNode:
+            raise errors.UnknownTopicOrPartition(f"The topic {name!r} does not exist.") from None
+        n = len(md.unpack(raw)["replicas"])
+        ops = [Op.delete(md.partition_path(name, p)) for p in range(n)
+               if self.client.exists(md.partition_path(name, p)) is not None]
+        # states first (chunked if many), then the topic record with its version check
+        for i in range(0, len(ops), MULTI_OPS_MAX):
+            self.client.multi([self.election.fence(), *ops[i:i + MULTI_OPS_MAX]])
+        self.client.multi([self.election.fence(), Op.delete(md.topic_path(name), version)])
+        log.info("topic deleted", topic=name)
+        return 0
+
+    def _create_partitions(self, header: dict):
+        entries = header["topics"]
+        protocol.check_entries("CreatePartitions", "topics", entries, protocol.CREATE_PARTITIONS)
+        live = self._live_brokers()
+        results, grown = [], []
+        for name, total in entries:
+            results.append(self._write_one(lambda: self._grow(name, total, live), name, grown))
+        return results, grown
+
+    def _grow(self, name: str, total: int, live) -> None:
+        try:
+            raw, version = self.client.get(md.topic_path(name))
+        except NoNode:
+            raise errors.UnknownTopicOrPartition(f"The topic {name!r} does not exist.") from None
+        rec = md.unpack(raw)
+        replicas = rec["replicas"]
+        if total <= len(replicas):
+            raise errors.InvalidPartitions(f"The topic {name!r} has {len(replicas)} partitions; "
+                                           f"it can only grow, not to {total}.")
+        if total > protocol.PARTITIONS_PER_TOPIC_MAX:
+            raise errors.InvalidPartitions(f"A topic may have at most "
+                                           f"{protocol.PARTITIONS_PER_TOPIC_MAX} partitions.")
+        if not live:
+            raise errors.BrokerNotAvailable("No broker is registered.")
+        racks = {b: r for b, (r, _) in live.items()}
+        order = rack_alternated(racks)
+        start = order.index(replicas[0][0]) if replicas[0][0] in order else 0
+        new = assign_replicas(racks, total - len(replicas), min(len(replicas[0]), len(live)),
+                              start, first_partition=len(replicas))
+        rec["replicas"] = replicas + new
+        ops = [Op.set(md.topic_path(name), md.pack(rec), version)]
+        ops += self._new_partition_ops(name, len(replicas), new, live)
+        try:
+            self._multi(ops)
+        except BadVersion:
+            raise errors.InvalidPartitions(f"The topic {name!r} changed meanwhile; "
+                                           f"retry.") from None
+        log.info("partitions created", topic=name, total=total)
+        return total
+
+    def _auto_create(self) -> None:
+        try:
+            names = self.client.children(md.CREATE_TOPIC_REQUESTS)
+        except NoNode:
+            return
+        if not names:
+            return
+        live = self._live_brokers()
+        for name in names:
+            path = f"{md.CREATE_TOPIC_REQUESTS}/{name}"
+            try:
+                raw, _ = self.client.get(path)
+                req = md.unpack(raw)
+                partitions = int(req.get("partitions", -1))
+                rf = min(int(req.get("replication_factor", -1)), len(live))
+            except NoNode:
+                continue
+            except Exception:
+                partitions, rf = -1, -1
+            r = self._write_one(lambda: self._create_topic(name, partitions, rf, {}, None, live,
+                                                           False), name)
+            if r[1] not in (0, errors.TopicAlreadyExists.code):
+                log.warning("auto-create failed", topic=name, error=r[2])
+            try:
+                self.client.delete(path)
+            except NoNode:
+                pass
+

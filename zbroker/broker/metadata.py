@@ -1,0 +1,283 @@
+"""Cluster metadata: the coordinator key layout, the immutable image every broker serves
+Metadata from, and the watcher thread that keeps it fresh.
+
+Coordinator keys (values are msgpack maps)::
+
+    /cluster/id                    the cluster id (created by the first broker)
+    /brokers/ids/<id>              ephemeral registration: {host, port, rack}; the key's czxid is
+                                   the broker epoch (a restarted broker gets a new one)
+    /brokers/topics/<name>         {id: topic id (hex), replicas: [[broker ids] per partition],
+                                   config: {str: str}}  - written by the controller
+    /brokers/topics/<name>/<p>     partition state {leader, leader_epoch, isr, controller_epoch}
+                                   - written by the controller, always with its fence
+    /controller, /controller_epoch the election (coordinator.election.Election)
+    /admin/create_topics/<name>    a broker asking the controller to create a topic (Metadata
+                                   auto-create): {partitions, replication_factor}
+
+Watches: every broker watches ``/brokers`` and ``/controller``; a change marks the image dirty
+and the watcher thread re-reads everything (requests pipelined) and publishes a new immutable
+``ClusterImage``. Events that arrive during a read cause one more read, so the image converges
+to the coordinator's state. The loop thread owns nothing here but the reference it was handed.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, NamedTuple
+
+import msgpack
+
+from coordinator.client import CoordinatorClient, NoNode, ZbError
+from zbroker.logs import get_logger
+
+log = get_logger("zbroker.broker.metadata")
+
+CLUSTER_ID_PATH = "/cluster/id"
+BROKER_IDS = "/brokers/ids"
+TOPICS = "/brokers/topics"
+CONTROLLER = "/controller"
+CONTROLLER_EPOCH = "/controller_epoch"
+CREATE_TOPIC_REQUESTS = "/admin/create_topics"
+
+NO_LEADER = -1
+
+
+def broker_path(broker_id: int) -> str:
+    return f"{BROKER_IDS}/{broker_id}"
+
+
+def topic_path(name: str) -> str:
+    return f"{TOPICS}/{name}"
+
+
+def partition_path(name: str, partition: int) -> str:
+    return f"{TOPICS}/{name}/{partition}"
+
+
+def pack(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(raw: bytes):
+    return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+
+
+class BrokerInfo(NamedTuple):
+    id: int
+    host: str
+    port: int
+    rack: str | None
+
+
+class PartitionState(NamedTuple):
+    topic: str
+    partition: int
+    replicas: tuple[int, ...]
+    leader: int
+    leader_epoch: int
+    isr: tuple[int, ...]
+    controller_epoch: int
+    version: int            # of the coordinator key, for the controller's compare-and-set
+
+
+class TopicImage(NamedTuple):
+    name: str
+    topic_id: str
+    partitions: tuple[PartitionState | None, ...]   # None: state not written yet
+    replicas: tuple[tuple[int, ...], ...]
+    config: dict
+    version: int
+
+
+def encode_registration(host: str, port: int, rack: str | None) -> bytes:
+    return pack({"host": host, "port": port, "rack": rack or None})
+
+
+def decode_registration(broker_id: int, raw: bytes) -> BrokerInfo:
+    d = unpack(raw)
+    return BrokerInfo(broker_id, d["host"], d["port"], d.get("rack"))
+
+
+def encode_topic(topic_id: str, replicas: list[list[int]], config: dict) -> bytes:
+    return pack({"id": topic_id, "replicas": replicas, "config": config})
+
+
+def encode_state(leader: int, leader_epoch: int, isr: list[int], controller_epoch: int) -> bytes:
+    return pack({"leader": leader, "leader_epoch": leader_epoch, "isr": list(isr),
+                 "controller_epoch": controller_epoch})
+
+
+def decode_state(topic: str, partition: int, replicas, raw: bytes, version: int) -> PartitionState:
+    d = unpack(raw)
+    return PartitionState(topic, partition, tuple(replicas), d["leader"], d["leader_epoch"],
+                          tuple(d["isr"]), d["controller_epoch"], version)
+
+
+class ClusterImage:
+    """One immutable view of the cluster's metadata. Never mutated after construction."""
+
+    __slots__ = ("brokers", "topics", "controller_id", "controller_epoch", "cluster_id",
+                 "_metadata_entries")
+
+    def __init__(self, brokers: dict[int, BrokerInfo], topics: dict[str, TopicImage],
+                 controller_id: int, controller_epoch: int, cluster_id: str | None):
+        self.brokers = brokers
+        self.topics = topics
+        self.controller_id = controller_id
+        self.controller_epoch = controller_epoch
+        self.cluster_id = cluster_id
+        self._metadata_entries: dict[str, list] = {}
+
+    @classmethod
+    def empty(cls) -> "ClusterImage":
+        return cls({}, {}, -1, 0, None)
+
+    def partition(self, topic: str, partition: int) -> PartitionState | None:
+        t = self.topics.get(topic)
+        if t is None or not 0 <= partition < len(t.partitions):
+            return None
+        return t.partitions[partition]
+
+    def broker_list(self) -> list:
+        return [[b.id, b.host, b.port, b.rack] for b in sorted(self.brokers.values())]
+
+    def topic_metadata(self, name: str) -> list:
+        """The Metadata response entry of a known topic (cached: the image never changes)."""
+        entry = self._metadata_entries.get(name)
+        if entry is None:
+            from zbroker import errors
+            t = self.topics[name]
+            parts = []
+            for p, replicas in enumerate(t.replicas):
+                st = t.partitions[p] if p < len(t.partitions) else None
+                if st is None:
+                    parts.append([p, errors.LeaderNotAvailable.code, NO_LEADER, -1,
+                                  list(replicas), [], list(replicas)])
+                    continue
+                offline = [r for r in replicas if r not in self.brokers]
+                err = 0 if st.leader != NO_LEADER else errors.LeaderNotAvailable.code
+                parts.append([p, err, st.leader, st.leader_epoch, list(replicas), list(st.isr),
+                              offline])
+            entry = [name, 0, name.startswith("__"), parts]
+            self._metadata_entries[name] = entry
+        return entry
+
+
+def read_image(client: CoordinatorClient, timeout_s: float = 10.0) -> ClusterImage:
+    """Read the whole metadata from the coordinator, requests pipelined (two round trips)."""
+    def result(fut):
+        try:
+            return fut.result(timeout_s)
+        except NoNode:
+            return None
+
+    def children(path):
+        try:
+            return client.children(path)
+        except NoNode:
+            return []
+
+    broker_ids = [int(c) for c in children(BROKER_IDS) if c.isdigit()]
+    topic_names = children(TOPICS)
+    f_brokers = {b: client.get_async(broker_path(b)) for b in broker_ids}
+    f_topics = {t: client.get_async(topic_path(t)) for t in topic_names}
+    f_controller = client.get_async(CONTROLLER)
+    f_epoch = client.get_async(CONTROLLER_EPOCH)
+    f_cluster = client.get_async(CLUSTER_ID_PATH)
+    brokers = {}
+    for b, fut in f_brokers.items():
+        got = result(fut)
+        if got is not None:
+            try:
+                brokers[b] = decode_registration(b, got[0])
+            except Exception:
+                log.warning("unreadable broker registration", broker=b)
+    topic_records = {}
+    f_states = {}
+    for t, fut in f_topics.items():
+        got = result(fut)
+        if got is None:
+            continue
+        try:
+            rec = unpack(got[0])
+            replicas = [tuple(r) for r in rec["replicas"]]
+        except Exception:
+            log.warning("unreadable topic record", topic=t)
+            continue
+        topic_records[t] = (rec, replicas, got[1])
+        for p in range(len(replicas)):
+            f_states[(t, p)] = client.get_async(partition_path(t, p))
+    states = {}
+    for key, fut in f_states.items():
+        got = result(fut)
+        if got is not None:
+            states[key] = got
+    topics = {}
+    for t, (rec, replicas, version) in topic_records.items():
+        parts = []
+        for p, reps in enumerate(replicas):
+            got = states.get((t, p))
+            parts.append(decode_state(t, p, reps, got[0], got[1]) if got else None)
+        topics[t] = TopicImage(t, rec.get("id", ""), tuple(parts), tuple(replicas),
+                               rec.get("config") or {}, version)
+    controller_id = -1
+    got = result(f_controller)
+    if got is not None:
+        try:
+            controller_id = int(got[0])
+        except ValueError:
+            pass
+    got = result(f_epoch)
+    controller_epoch = int(got[0]) if got is not None and got[0].isdigit() else 0
+    got = result(f_cluster)
+    cluster_id = got[0].decode() if got is not None else None
+    return ClusterImage(brokers, topics, controller_id, controller_epoch, cluster_id)
+
+
+class MetadataWatcher:
+    """Watches the coordinator and publishes a fresh ClusterImage through ``publish`` (called on
+    this class's thread) whenever anything under /brokers or /controller changes."""
+
+    def __init__(self, client: CoordinatorClient, publish: Callable[[ClusterImage], None]):
+        self.client = client
+        self.publish = publish
+        self._dirty = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._main, name="metadata", daemon=True)
+
+    def start(self) -> None:
+        self.client.watch("/brokers", self._on_event)
+        self.client.watch(CONTROLLER, self._on_event)
+        self._dirty.set()
+        self._thread.start()
+
+    def poke(self) -> None:
+        self._dirty.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._dirty.set()
+        self._thread.join(5)
+
+    def _on_event(self, event) -> None:
+        self._dirty.set()
+
+    def _main(self) -> None:
+        while not self._stopping:
+            self._dirty.wait(30)        # a periodic re-read as a safety net
+            if self._stopping:
+                return
+            self._dirty.clear()
+            try:
+                image = read_image(self.client)
+            except ZbError as e:
+                log.warning("metadata read failed; retrying", error=str(e))
+                self._dirty.set()
+                threading.Event().wait(0.2)
+                continue
+            except Exception:
+                log.exception("metadata read failed; retrying")
+                self._dirty.set()
+                threading.Event().wait(0.5)
+                continue
+            self.publish(image)

@@ -1,0 +1,206 @@
+"""The partition logs this broker hosts, opened and closed as the metadata image says.
+
+A broker opens the log of every partition it leads (``<log.dir>/<topic>-<partition>``) and
+closes the ones it no longer leads; when a topic is deleted it deletes that topic's directories.
+Each partition directory holds a ``partition.metadata`` file naming the topic id, so a directory
+left behind by a deleted topic (say its broker was down during the delete) is recognised and
+wiped when a new topic of the same name lands on it, instead of resurrecting old records.
+
+Owned by the loop thread. Directory deletion (rename first, then remove) runs on a worker thread.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import threading
+
+from zbroker import errors
+from zbroker.broker import metadata as md
+from zbroker.broker.config import topic_log_config
+from zbroker.logs import get_logger
+from zbroker.storage import PartitionLog
+
+log = get_logger("zbroker.broker.replicas")
+
+PARTITION_METADATA = "partition.metadata"
+LOCK_FILE = ".lock"
+DELETE_SUFFIX = "-delete"
+
+
+class StartupError(Exception):
+    """The broker cannot start; the text is one sentence for the operator."""
+
+
+class Partition:
+    """A partition this broker leads: its log and the epoch it leads in."""
+
+    __slots__ = ("topic", "partition", "topic_id", "log", "leader_epoch", "waiters")
+
+    def __init__(self, topic: str, partition: int, topic_id: str, log_: PartitionLog,
+                 leader_epoch: int):
+        self.topic, self.partition, self.topic_id = topic, partition, topic_id
+        self.log = log_
+        self.leader_epoch = leader_epoch
+        self.waiters: list = []         # delayed fetches waiting for data here
+
+    @property
+    def high_watermark(self) -> int:
+        # One replica: everything the leader has is committed. With followers this becomes the
+        # lowest log end offset in the ISR.
+        return self.log.log_end_offset
+
+
+class ReplicaManager:
+    def __init__(self, broker_id: int, log_dirs: list[str], log_defaults: dict):
+        self.broker_id = broker_id
+        self.log_dirs = [os.path.abspath(d) for d in log_dirs]
+        self.log_defaults = log_defaults
+        self.partitions: dict[tuple[str, int], Partition] = {}
+        self._lock_fds: list[int] = []
+
+    # --- start-up -------------------------------------------------------------------------------
+    def lock_dirs(self) -> None:
+        for d in self.log_dirs:
+            try:
+                os.makedirs(d, exist_ok=True)
+                fd = os.open(os.path.join(d, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise StartupError(f"The log directory {d} is not usable: {e.strerror}.")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise StartupError(f"Another broker is already using the log directory {d}.")
+            self._lock_fds.append(fd)
+            probe = os.path.join(d, ".write-probe")
+            try:
+                with open(probe, "wb") as f:
+                    f.write(b"ok")
+                os.unlink(probe)
+            except OSError as e:
+                raise StartupError(f"The log directory {d} is not writable: {e.strerror}.")
+            for name in os.listdir(d):        # deletions a crash interrupted
+                if name.endswith(DELETE_SUFFIX):
+                    shutil.rmtree(os.path.join(d, name), ignore_errors=True)
+
+    # --- following the metadata -------------------------------------------------------------------
+    def apply_image(self, image: md.ClusterImage) -> tuple[list[Partition], list[Partition]]:
+        """Open logs of partitions this broker now leads, close the others, delete the logs of
+        deleted topics. Returns (opened or re-epoched, closed) partitions."""
+        changed, closed = [], []
+        me = self.broker_id
+        for key, part in list(self.partitions.items()):
+            t = image.topics.get(part.topic)
+            st = image.partition(*key)
+            if t is None or t.topic_id != part.topic_id:
+                self._close(key)
+                closed.append(part)
+                self._delete_dir(part.log.dir)
+            elif st is None or st.leader != me:
+                self._close(key)
+                closed.append(part)
+        for t in image.topics.values():
+            for st in t.partitions:
+                if st is None or st.leader != me:
+                    continue
+                key = (t.name, st.partition)
+                part = self.partitions.get(key)
+                if part is None:
+                    try:
+                        part = self._open(t, st)
+                    except Exception as e:
+                        log.error("cannot open partition log", topic=t.name,
+                                  partition=st.partition, error=str(e))
+                        continue
+                    self.partitions[key] = part
+                    changed.append(part)
+                elif part.leader_epoch != st.leader_epoch:
+                    part.leader_epoch = st.leader_epoch
+                    changed.append(part)
+        return changed, closed
+
+    def _find_dir(self, name: str) -> str:
+        for d in self.log_dirs:
+            path = os.path.join(d, name)
+            if os.path.isdir(path):
+                return path
+        counts = []
+        for d in self.log_dirs:
+            try:
+                counts.append((len(os.listdir(d)), d))
+            except OSError:
+                counts.append((1 << 30, d))
+        return os.path.join(min(counts)[1], name)
+
+    def _open(self, t: md.TopicImage, st: md.PartitionState) -> Partition:
+        path = self._find_dir(f"{t.name}-{st.partition}")
+        meta = os.path.join(path, PARTITION_METADATA)
+        try:
+            with open(meta, encoding="utf-8") as f:
+                found = f.read().strip().removeprefix("topic_id: ")
+        except FileNotFoundError:
+            found = None
+        if found is not None and found != t.topic_id:
+            log.info("wiping the log of an earlier topic of the same name", dir=path)
+            self._delete_dir(path)
+            found = None
+        plog = PartitionLog(path, topic_log_config(self.log_defaults, t.config))
+        if found is None:
+            tmp = meta + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(f"topic_id: {t.topic_id}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, meta)
+        log.info("leading partition", topic=t.name, partition=st.partition,
+                 leader_epoch=st.leader_epoch, log_end_offset=plog.log_end_offset)
+        return Partition(t.name, st.partition, t.topic_id, plog, st.leader_epoch)
+
+    def _close(self, key) -> None:
+        part = self.partitions.pop(key)
+        try:
+            part.log.close()
+        except Exception as e:
+            log.error("closing a partition log failed", dir=part.log.dir, error=str(e))
+
+    def _delete_dir(self, path: str) -> None:
+        if not os.path.isdir(path):
+            return
+        doomed = f"{path}.{os.urandom(4).hex()}{DELETE_SUFFIX}"
+        try:
+            os.rename(path, doomed)
+        except OSError as e:
+            log.error("cannot delete a partition log", dir=path, error=str(e))
+            return
+        log.info("deleting partition log", dir=path)
+        threading.Thread(target=shutil.rmtree, args=(doomed,), kwargs={"ignore_errors": True},
+                         daemon=True).start()
+
+    # --- periodic -------------------------------------------------------------------------------
+    def run_retention(self) -> None:
+        for part in self.partitions.values():
+            try:
+                part.log.apply_retention()
+            except errors.ZbError as e:
+                log.error("retention failed", dir=part.log.dir, error=str(e))
+
+    def maybe_flush(self) -> None:
+        for part in self.partitions.values():
+            part.log.maybe_flush()
+
+    def checkpoint_high_watermarks(self) -> None:
+        for part in self.partitions.values():
+            try:
+                if part.log.high_watermark_checkpoint != part.high_watermark:
+                    part.log.write_high_watermark(part.high_watermark)
+            except (OSError, ValueError, errors.ZbError) as e:
+                log.error("high watermark checkpoint failed", dir=part.log.dir, error=str(e))
+
+    def close_all(self) -> None:
+        for key in list(self.partitions):
+            self._close(key)
+        for fd in self._lock_fds:
+            os.close(fd)
+        self._lock_fds = []

@@ -1,0 +1,685 @@
+"""The broker process: ``zb-server-start CONFIG [--override key=value ...]``.
+
+Start-up (each problem is one sentence on stderr and a non-zero exit): read the settings, lock
+and probe the log directories, bind the ROUTER socket, open a coordinator session, make sure the
+cluster's base keys exist, and register ``/brokers/ids/<id>`` (ephemeral). When that key is held
+by a broker advertising another address, that broker is alive elsewhere: refuse. When it
+advertises our own address, its holder must be dead (we just bound that port): an earlier life
+of this broker killed before its session expired, so wait for the expiry, then register.
+
+Threads: the loop (below) owns the socket, the partition logs and every request; the metadata
+watcher re-reads the coordinator on change and posts a new immutable ``ClusterImage``; the
+controller thread contends for /controller and, while it holds it, serves the admin APIs the loop
+hands it. Threads talk to the loop only through ``_post`` (a deque plus a wake-up pipe the loop
+polls).
+
+The loop (STYLE 3): ``poll(timeout = time to the next timer)``; take what other threads posted;
+handle at most ``requests.per.poll.max`` messages; run due timers (delayed fetch expiry, admin
+replies waiting for metadata, retention, flush, high watermark checkpoints).
+
+Hot paths. Produce: the blob frames are received without a copy (``copy=False``) and handed as
+buffers to ``PartitionLog.append``, which validates headers and checksums and writes them with
+one ``pwritev`` (records are never decoded). Fetch: ``PartitionLog.read`` returns whole batches
+(one ``pread``) that go out as their own frames; ZeroMQ sends large frames without copying them.
+
+Fetch long polls: a fetch that finds fewer than ``min_bytes`` waits (``max_wait_ms`` at most) on
+the partitions it asked for; an append to one of them adds its size to the fetch's count and
+answers it once ``min_bytes`` is reached; a timer answers it at its deadline either way.
+
+Replication is not built yet: a partition's leader is its only in-sync replica, so the high
+watermark is the log end offset and acks=-1 behaves like acks=1. Extra replicas (RF > 1) are
+assigned and shown in Metadata but hold no data yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import errno
+import heapq
+import itertools
+import os
+import signal
+import sys
+import time
+import uuid
+
+import zmq
+
+from coordinator.client import LOST, CoordinatorClient, NodeExists, NoNode
+from zbroker import errors, protocol, records
+from zbroker.broker import config as broker_config
+from zbroker.broker import metadata as md
+from zbroker.broker.controller import Controller
+from zbroker.broker.replicas import ReplicaManager, StartupError
+from zbroker.config import ConfigError
+from zbroker.logs import configure_logging, get_logger
+
+log = get_logger("zbroker.broker")
+
+FETCH_MAX_BYTES_DEFAULT = 50 * 1024 * 1024
+FETCH_RESPONSE_BYTES_MAX = protocol.FRAME_BYTES_MAX
+FETCH_WAIT_MS_DEFAULT = 500
+AUTO_CREATE_RETRY_S = 1.0
+REGISTRATION_GRACE_S = 5.0
+PERIODIC_FLUSH_MS = 1000
+
+API_VERSIONS = {api: [protocol.VERSION, protocol.VERSION] for api in protocol.SCHEMAS}
+ADMIN_APIS = ("CreateTopics", "DeleteTopics", "CreatePartitions")
+
+
+class DelayedFetch:
+    __slots__ = ("ident", "req_id", "parts", "min_bytes", "max_bytes", "bytes_ready", "done",
+                 "partitions")
+
+    def __init__(self, ident, req_id, parts, min_bytes, max_bytes):
+        self.ident, self.req_id, self.parts = ident, req_id, parts
+        self.min_bytes, self.max_bytes = min_bytes, max_bytes
+        self.bytes_ready = 0
+        self.done = False
+        self.partitions: list = []      # Partition objects whose waiters list holds this
+
+
+class PendingAdminReply:
+    __slots__ = ("ident", "frames", "api", "topics", "done")
+
+    def __init__(self, ident, frames, api, topics):
+        self.ident, self.frames, self.api, self.topics = ident, frames, api, topics
+        self.done = False
+
+
+class BrokerServer:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.broker_id = cfg["broker.id"]
+        self.endpoint = broker_config.listener_endpoint(cfg)
+        self.host, self.port = broker_config.advertised_host_port(cfg)
+        self.replicas = ReplicaManager(self.broker_id, cfg["log.dirs"],
+                                       broker_config.default_log_props(cfg))
+        self.image = md.ClusterImage.empty()
+        self.ctx = zmq.Context()
+        self.router: zmq.Socket | None = None
+        self.client: CoordinatorClient | None = None
+        self.watcher: md.MetadataWatcher | None = None
+        self.controller: Controller | None = None
+        self._inbox: collections.deque = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._timers: list = []
+        self._timer_seq = itertools.count()
+        self._delayed_fetches = 0
+        self._pending_admin: list[PendingAdminReply] = []
+        self._auto_create_asked: dict[str, float] = {}
+        self.stopping = False
+        self.exit_code = 0
+        self._handlers = {
+            "ApiVersions": self._api_versions, "Metadata": self._metadata,
+            "Produce": self._produce, "Fetch": self._fetch, "ListOffsets": self._list_offsets,
+            "CreateTopics": self._admin, "DeleteTopics": self._admin,
+            "CreatePartitions": self._admin,
+        }
+        assert set(self._handlers) == set(protocol.SCHEMAS)
+
+    # --- start-up -------------------------------------------------------------------------------
+    def open(self) -> None:
+        self.replicas.lock_dirs()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.MAXMSGSIZE, protocol.FRAME_BYTES_MAX)
+        self.router.setsockopt(zmq.SNDHWM, self.cfg["socket.send.buffer.messages"])
+        self.router.setsockopt(zmq.RCVHWM, self.cfg["socket.receive.buffer.messages"])
+        try:
+            self.router.bind(self.endpoint)
+        except zmq.ZMQError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise StartupError(f"The address {self.endpoint} is already in use; is another "
+                                   f"broker running?")
+            raise StartupError(f"Cannot listen on {self.endpoint}: {e.strerror}.")
+        connect = self.cfg["coordinator.connect"]
+        try:
+            self.client = CoordinatorClient(
+                connect, session_timeout_ms=self.cfg["coordinator.session.timeout.ms"],
+                connect_timeout_ms=self.cfg["coordinator.connection.timeout.ms"])
+        except errors.ZbError as e:
+            raise StartupError(f"Could not open a session with the coordinator at {connect}: "
+                               f"{str(e).rstrip('.')}.")
+        except ValueError as e:
+            raise StartupError(str(e))
+        try:
+            for path in (md.BROKER_IDS, md.TOPICS, md.CREATE_TOPIC_REQUESTS, "/cluster"):
+                self.client.ensure_path(path)
+            try:
+                self.client.create(md.CLUSTER_ID_PATH, uuid.uuid4().hex[:22].encode())
+            except NodeExists:
+                pass
+            self._register()
+        except errors.ZbError as e:
+            raise StartupError(f"The coordinator refused the registration: "
+                               f"{str(e).rstrip('.')}.")
+        self.client.add_listener(self._on_session_state)
+        self.watcher = md.MetadataWatcher(self.client, lambda image: self._post(("image", image)))
+        self.watcher.start()
+        self.controller = Controller(self.client, self.broker_id, self.cfg,
+                                     lambda ident, frames, wait:
+                                     self._post(("admin_reply", ident, frames, wait)))
+        self.controller.start()
+        log.info("broker started", broker_id=self.broker_id, listener=self.endpoint,
+                 advertised=f"{self.host}:{self.port}", log_dirs=self.replicas.log_dirs)
+
+    def _register(self) -> None:
+        path = md.broker_path(self.broker_id)
+        value = md.encode_registration(self.host, self.port, self.cfg["broker.rack"])
+        deadline = None
+        while True:
+            try:
+                self.client.create(path, value, ephemeral=True)
+                return
+            except NodeExists:
+                pass
+            try:
+                raw, stat = self.client.get_with_stat(path)
+            except NoNode:
+                continue
+            if stat.ephemeral_owner == self.client.session_id:
+                return
+            try:
+                holder = md.decode_registration(self.broker_id, raw)
+            except Exception:
+                holder = None
+            if holder is None or (holder.host, holder.port) != (self.host, self.port):
+                where = f" at {holder.host}:{holder.port}" if holder else ""
+                raise StartupError(f"The broker id {self.broker_id} is already registered by a "
+                                   f"live broker{where}.")
+            if deadline is None:
+                deadline = time.monotonic() + self.client.session_timeout_ms / 1000 + \
+                    REGISTRATION_GRACE_S
+                log.info("waiting for the registration of this broker's earlier life to expire",
+                         broker_id=self.broker_id)
+            if time.monotonic() > deadline:
+                raise StartupError(f"The broker id {self.broker_id} is still registered by an "
+                                   f"earlier process that has not expired.")
+            time.sleep(0.1)
+
+    def _on_session_state(self, state: str) -> None:
+        if state == LOST:
+            self._post(("session_lost",))
+
+    # --- cross-thread hand-off -------------------------------------------------------------------
+    def _post(self, item) -> None:
+        """Called from other threads (and the signal handler): queue ``item`` for the loop."""
+        self._inbox.append(item)
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:
+            pass        # the pipe is full: the loop will wake anyway
+
+    def _take_inbox(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except OSError:
+            pass
+        inbox = self._inbox
+        while inbox:
+            item = inbox.popleft()
+            kind = item[0]
+            if kind == "image":
+                self._apply_image(item[1])
+            elif kind == "admin_reply":
+                self._on_admin_reply(*item[1:])
+            elif kind == "session_lost":
+                log.error("the coordinator session expired: this broker may no longer act on "
+                          "its registration; stopping")
+                self.exit_code = 3
+                self.stopping = True
+            elif kind == "stop":
+                self.stopping = True
+
+    def _apply_image(self, image: md.ClusterImage) -> None:
+        # Keep only the newest image when several are queued.
+        while self._inbox and self._inbox[0][0] == "image":
+            image = self._inbox.popleft()[1]
+        self.image = image
+        changed, closed = self.replicas.apply_image(image)
+        for part in closed:
+            for f in list(part.waiters):
+                self._complete_fetch(f)
+        if self._pending_admin:
+            self._check_pending_admin()
+
+    # --- timers ---------------------------------------------------------------------------------
+    def _add_timer(self, delay_s: float, fn, *args) -> None:
+        heapq.heappush(self._timers, (time.monotonic() + delay_s, next(self._timer_seq), fn, args))
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, fn, args = heapq.heappop(timers)
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("a timer failed")
+
+    def _periodic(self, interval_s: float, fn) -> None:
+        def run():
+            fn()
+            self._add_timer(interval_s, run)
+        self._add_timer(interval_s, run)
+
+    # --- the loop -------------------------------------------------------------------------------
+    def serve_forever(self) -> int:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        self._periodic(self.cfg["log.retention.check.interval.ms"] / 1000,
+                       self.replicas.run_retention)
+        self._periodic(PERIODIC_FLUSH_MS / 1000, self.replicas.maybe_flush)
+        self._periodic(self.cfg["replica.high.watermark.checkpoint.interval.ms"] / 1000,
+                       self.replicas.checkpoint_high_watermarks)
+        per_poll = self.cfg["requests.per.poll.max"]
+        router = self.router
+        while not self.stopping:
+            timeout_ms = 1000
+            if self._timers:
+                timeout_ms = max(0, min(timeout_ms,
+                                        int((self._timers[0][0] - time.monotonic()) * 1000) + 1))
+            try:
+                ready = dict(poller.poll(timeout_ms))
+            except zmq.ZMQError as e:
+                if e.errno == errno.EINTR:
+                    continue
+                raise
+            if self._wake_r in ready or self._inbox:
+                self._take_inbox()
+            if router in ready:
+                self._drain_requests(per_poll)
+            if self._timers and self._timers[0][0] <= time.monotonic():
+                self._run_timers()
+        self._shutdown()
+        return self.exit_code
+
+    def _drain_requests(self, limit: int) -> None:
+        recv = self.router.recv_multipart
+        for _ in range(limit):
+            try:
+                frames = recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            ident = frames[0].bytes
+            try:
+                reply = self._handle(ident, frames)
+            except Exception as e:      # our bug: answer, log, keep serving
+                log.exception("request handling failed")
+                reply = protocol.encode_error(None, errors.UnknownServerError(
+                    f"The broker failed on this request: {type(e).__name__}."))
+            if reply is not None:
+                self._send(ident, reply)
+
+    def _send(self, ident: bytes, frames: list) -> None:
+        try:
+            self.router.send_multipart([ident, *frames], zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            log.warning("reply dropped", error=str(e))
+
+    def _handle(self, ident: bytes, frames: list) -> list | None:
+        if len(frames) < 2:
+            return protocol.encode_error(None, errors.InvalidRequest(
+                "A message must carry a request header."))
+        total = 0
+        for f in frames:
+            total += len(f)
+        if total > protocol.REQUEST_BYTES_MAX:
+            return protocol.encode_error(None, errors.MessageTooLarge(
+                f"A request may be at most {protocol.REQUEST_BYTES_MAX} bytes."))
+        try:
+            header, blobs = protocol.decode_request([frames[1].bytes, *frames[2:]])
+        except errors.ZbError as e:
+            return protocol.encode_error(getattr(e, "request_id", None), e)
+        req_id = header["id"]
+        try:
+            return self._handlers[header["api"]](ident, header, blobs)
+        except errors.ZbError as e:
+            return protocol.encode_error(req_id, e)
+        except Exception as e:
+            log.exception("request handling failed", api=header["api"])
+            return protocol.encode_error(req_id, errors.UnknownServerError(
+                f"The broker failed on this {header['api']} request: {type(e).__name__}."))
+
+    # --- partition lookup -----------------------------------------------------------------------
+    def _partition(self, topic: str, partition: int, leader_epoch: int):
+        """The Partition this broker leads, or raise the error the client should see."""
+        part = self.replicas.partitions.get((topic, partition))
+        if part is None:
+            st = self.image.partition(topic, partition)
+            if st is None:
+                raise errors.UnknownTopicOrPartition(
+                    f"This broker does not know the partition {topic}-{partition}.")
+            if st.leader == md.NO_LEADER:
+                raise errors.LeaderNotAvailable(
+                    f"The partition {topic}-{partition} has no leader right now.")
+            raise errors.NotLeaderOrFollower(
+                f"Broker {self.broker_id} does not lead {topic}-{partition}; broker "
+                f"{st.leader} does.")
+        if leader_epoch != -1 and leader_epoch != part.leader_epoch:
+            if leader_epoch < part.leader_epoch:
+                raise errors.FencedLeaderEpoch(
+                    f"The leader epoch {leader_epoch} of {topic}-{partition} is older than the "
+                    f"leader's {part.leader_epoch}.")
+            raise errors.UnknownLeaderEpoch(
+                f"The leader epoch {leader_epoch} of {topic}-{partition} is newer than the "
+                f"leader's {part.leader_epoch}.")
+        return part
+
+    # --- APIs -----------------------------------------------------------------------------------
+    def _api_versions(self, ident, header, blobs):
+        return protocol.encode_response(header["id"], apis=API_VERSIONS)
+
+    def _metadata(self, ident, header, blobs):
+        image = self.image
+        names = header.get("topics")
+        if names is None:
+            entries = [image.topic_metadata(n) for n in sorted(image.topics)]
+        else:
+            if len(names) > protocol.TOPICS_PER_REQUEST_MAX:
+                raise errors.InvalidRequest(f"A Metadata request may name at most "
+                                            f"{protocol.TOPICS_PER_REQUEST_MAX} topics.")
+            allow = header.get("allow_auto_create", True) and \
+                self.cfg["auto.create.topics.enable"]
+            entries = []
+            for name in names:
+                if not isinstance(name, str):
+                    raise errors.InvalidRequest("Metadata topics must be strings.")
+                if name in image.topics:
+                    entries.append(image.topic_metadata(name))
+                    continue
+                try:
+                    protocol.check_topic_name(name)
+                except errors.InvalidTopic as e:
+                    entries.append([name, e.code, False, []])
+                    continue
+                if allow:
+                    self._request_auto_create(name)
+                    entries.append([name, errors.LeaderNotAvailable.code, False, []])
+                else:
+                    entries.append([name, errors.UnknownTopicOrPartition.code, False, []])
+        return protocol.encode_response(header["id"], brokers=image.broker_list(),
+                                        controller_id=image.controller_id,
+                                        cluster_id=image.cluster_id, topics=entries)
+
+    def _request_auto_create(self, name: str) -> None:
+        """Ask the controller to create ``name`` (a key under /admin/create_topics it watches);
+        asynchronous, so the loop never waits on the coordinator."""
+        now = time.monotonic()
+        if now - self._auto_create_asked.get(name, -1e9) < AUTO_CREATE_RETRY_S:
+            return
+        if len(self._auto_create_asked) > 10000:
+            self._auto_create_asked = {n: t for n, t in self._auto_create_asked.items()
+                                       if now - t < AUTO_CREATE_RETRY_S}
+        self._auto_create_asked[name] = now
+        value = md.pack({"partitions": self.cfg["num.partitions"],
+                         "replication_factor": self.cfg["default.replication.factor"]})
+        fut = self.client.create_async(f"{md.CREATE_TOPIC_REQUESTS}/{name}", value)
+        fut.add_done_callback(lambda f: f.exception())     # NodeExists etc.: already asked
+
+    def _produce(self, ident, header, blobs):
+        acks = header["acks"]
+        if acks not in (0, 1, -1):
+            raise errors.InvalidRequiredAcks(f"acks must be 0, 1 or -1 (all), not {acks}.")
+        parts = header["parts"]
+        protocol.check_entries("Produce", "parts", parts, protocol.PRODUCE_PART)
+        if len(blobs) != len(parts):
+            raise errors.InvalidRequest(f"A Produce request carries one blob per part: "
+                                        f"{len(parts)} parts, {len(blobs)} blobs.")
+        out = []
+        get = self.replicas.partitions.get
+        for (topic, p, epoch), blob in zip(parts, blobs):
+            part = get((topic, p))
+            try:
+                if part is None or (epoch != -1 and epoch != part.leader_epoch):
+                    part = self._partition(topic, p, epoch)
+                result = part.log.append(blob.buffer, part.leader_epoch)
+            except errors.ZbError as e:
+                out.append([topic, p, e.code, -1, -1, -1, str(e)])
+                continue
+            except ValueError as e:     # the log holds a newer epoch than the metadata's
+                out.append([topic, p, errors.KafkaStorageError.code, -1, -1, -1, str(e)])
+                continue
+            out.append([topic, p, 0, result.base_offset, -1, part.log.log_start_offset, None])
+            if part.waiters:
+                self._on_append(part, len(blob))
+        if acks == 0:
+            return None
+        return protocol.encode_response(header["id"], parts=out)
+
+    def _fetch(self, ident, header, blobs):
+        parts = header["parts"]
+        protocol.check_entries("Fetch", "parts", parts, protocol.FETCH_PART)
+        max_wait_ms = min(max(header.get("max_wait_ms", FETCH_WAIT_MS_DEFAULT), 0),
+                          protocol.FETCH_WAIT_MS_MAX)
+        min_bytes = max(header.get("min_bytes", 1), 0)
+        max_bytes = min(max(header.get("max_bytes", FETCH_MAX_BYTES_DEFAULT), 0),
+                        FETCH_RESPONSE_BYTES_MAX)
+        fetch = DelayedFetch(ident, header["id"], parts, min_bytes, max_bytes)
+        if max_wait_ms > 0 and min_bytes > 0 and \
+                self._delayed_fetches < self.cfg["delayed.fetches.max"]:
+            meta, data, nbytes, failed = self._read_fetch(fetch)
+            if nbytes < min_bytes and not failed:
+                self._park(fetch, nbytes, max_wait_ms)
+                return None
+        else:
+            meta, data, _, _ = self._read_fetch(fetch)
+        return protocol.encode_response(fetch.req_id, data, parts=meta)
+
+    def _read_fetch(self, fetch: DelayedFetch):
+        meta, data = [], []
+        remaining = fetch.max_bytes
+        total = 0
+        failed = False
+        get = self.replicas.partitions.get
+        for topic, p, offset, epoch, part_max in fetch.parts:
+            part = get((topic, p))
+            try:
+                if part is None or (epoch != -1 and epoch != part.leader_epoch):
+                    part = self._partition(topic, p, epoch)
+                hw = part.high_watermark
+                if remaining > 0 and part_max > 0:
+                    chunk = part.log.read(offset, min(part_max, remaining), max_offset=hw,
+                                          min_one_batch=total == 0)
+                else:
+                    if not part.log.log_start_offset <= offset <= part.log.log_end_offset:
+                        raise errors.OffsetOutOfRange(
+                            f"The offset {offset} is outside [{part.log.log_start_offset}, "
+                            f"{part.log.log_end_offset}].")
+                    chunk = b""
+            except errors.ZbError as e:
+                meta.append([topic, p, e.code, -1, -1, -1])
+                data.append(b"")
+                failed = True
+                continue
+            meta.append([topic, p, 0, hw, part.log.log_start_offset, part.log.log_end_offset])
+            data.append(chunk)
+            total += len(chunk)
+            remaining -= len(chunk)
+        return meta, data, total, failed
+
+    def _park(self, fetch: DelayedFetch, nbytes: int, max_wait_ms: int) -> None:
+        fetch.bytes_ready = nbytes
+        get = self.replicas.partitions.get
+        for topic, p, *_ in fetch.parts:
+            part = get((topic, p))
+            if part is not None and part not in fetch.partitions:
+                part.waiters.append(fetch)
+                fetch.partitions.append(part)
+        self._delayed_fetches += 1
+        self._add_timer(max_wait_ms / 1000, self._complete_fetch, fetch)
+
+    def _on_append(self, part, nbytes: int) -> None:
+        for fetch in list(part.waiters):
+            fetch.bytes_ready += nbytes
+            if fetch.bytes_ready >= fetch.min_bytes:
+                self._complete_fetch(fetch)
+
+    def _complete_fetch(self, fetch: DelayedFetch) -> None:
+        if fetch.done:
+            return
+        fetch.done = True
+        self._delayed_fetches -= 1
+        for part in fetch.partitions:
+            try:
+                part.waiters.remove(fetch)
+            except ValueError:
+                pass
+        fetch.partitions = []
+        meta, data, _, _ = self._read_fetch(fetch)
+        self._send(fetch.ident, protocol.encode_response(fetch.req_id, data, parts=meta))
+
+    def _list_offsets(self, ident, header, blobs):
+        parts = header["parts"]
+        protocol.check_entries("ListOffsets", "parts", parts, protocol.LIST_OFFSETS_PART)
+        out = []
+        for topic, p, timestamp, epoch in parts:
+            try:
+                part = self._partition(topic, p, epoch)
+                plog = part.log
+                found_ts = -1
+                if timestamp == protocol.EARLIEST_TIMESTAMP:
+                    offset = plog.log_start_offset
+                elif timestamp == protocol.LATEST_TIMESTAMP:
+                    offset = part.high_watermark
+                elif timestamp < 0:
+                    raise errors.InvalidRequest(f"The timestamp {timestamp} is neither -2 "
+                                                f"(earliest), -1 (latest) nor a time.")
+                else:
+                    found = plog.offset_for_timestamp(timestamp)
+                    offset = -1 if found is None or found >= part.high_watermark else found
+                    if offset >= 0:
+                        found_ts = self._timestamp_at(plog, offset)
+            except errors.ZbError as e:
+                out.append([topic, p, e.code, -1, -1, -1])
+                continue
+            out.append([topic, p, 0, offset, found_ts, part.leader_epoch])
+        return protocol.encode_response(header["id"], parts=out)
+
+    @staticmethod
+    def _timestamp_at(plog, offset: int) -> int:
+        batch = plog.read(offset, 1)
+        for _, view in records.iter_batches(batch):
+            for rec in records.decode_records(view, check_crc=False):
+                if rec.offset == offset:
+                    return rec.timestamp
+        return -1
+
+    # --- admin APIs (the controller's) ------------------------------------------------------------
+    def _admin(self, ident, header, blobs):
+        controller = self.controller
+        if controller is None or not controller.active:
+            raise errors.NotController(
+                f"Broker {self.broker_id} is not the controller; broker "
+                f"{self.image.controller_id} is.")
+        if not controller.submit(ident, header):
+            raise errors.TooBusy("The controller's queue is full; retry shortly.")
+        return None
+
+    def _on_admin_reply(self, ident: bytes, frames: list, wait) -> None:
+        """A response from the controller. ``wait`` = (api, topics, timeout_ms): hold it until
+        this broker's metadata shows the change (so the caller's next Metadata request here sees
+        it), at most timeout_ms."""
+        if wait is None or not wait[1]:
+            self._send(ident, frames)
+            return
+        api, topics, timeout_ms = wait
+        pending = PendingAdminReply(ident, frames, api, topics)
+        self._pending_admin.append(pending)
+        self._add_timer(min(max(timeout_ms, 0), protocol.REQUEST_TIMEOUT_MS_MAX) / 1000,
+                        self._release_admin, pending)
+        self._check_pending_admin()
+
+    def _check_pending_admin(self) -> None:
+        image = self.image
+        for pending in list(self._pending_admin):
+            if all(self._admin_visible(image, pending.api, t) for t in pending.topics):
+                self._release_admin(pending)
+
+    @staticmethod
+    def _admin_visible(image: md.ClusterImage, api: str, topic) -> bool:
+        name, count = topic
+        t = image.topics.get(name)
+        if api == "DeleteTopics":
+            return t is None
+        return t is not None and len(t.partitions) >= count and \
+            all(st is not None for st in t.partitions)
+
+    def _release_admin(self, pending: PendingAdminReply) -> None:
+        if pending.done:
+            return
+        pending.done = True
+        self._pending_admin.remove(pending)
+        self._send(pending.ident, pending.frames)
+
+    # --- shutdown ---------------------------------------------------------------------------------
+    def _shutdown_quietly(self) -> None:
+        """After a failed start: let go of everything without a word."""
+        for closer in (lambda: self.client and self.client.close(),
+                       lambda: self.router and self.router.close(0),
+                       self.ctx.term, self.replicas.close_all):
+            try:
+                closer()
+            except Exception:
+                pass
+
+    def stop(self, *_args) -> None:
+        self._post(("stop",))
+
+    def _shutdown(self) -> None:
+        log.info("stopping", broker_id=self.broker_id)
+        if self.controller is not None:
+            self.controller.stop()
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.replicas.close_all()
+        if self.client is not None:
+            self.client.close()          # the registration goes at once
+        if self.router is not None:
+            self.router.close(0)
+        self.ctx.term()
+        log.info("stopped", broker_id=self.broker_id)
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="zb-server-start",
+        description="Start a zbroker broker.",
+        epilog="Settings (set them in CONFIG or with --override):\n" +
+               broker_config.BROKER_CONFIG.describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", help="a .properties file (optional)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a configuration key, overriding the file (repeatable)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    try:
+        cfg = broker_config.load(args.config, args.override)
+    except ConfigError as e:
+        print(f"zb-server-start: {e}", file=sys.stderr)
+        return 2
+    configure_logging(cfg["log.level"], process="broker", broker_id=cfg["broker.id"])
+    server = BrokerServer(cfg)
+    signal.signal(signal.SIGTERM, server.stop)
+    signal.signal(signal.SIGINT, server.stop)
+    try:
+        server.open()
+    except StartupError as e:
+        print(f"zb-server-start: {e}", file=sys.stderr)
+        server.stopping = True
+        server._shutdown_quietly()
+        return 1
+    return server.serve_forever()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
