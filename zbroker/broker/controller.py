@@ -71,16 +71,27 @@ def assign_replicas(brokers: dict[int, str | None], num_partitions: int, replica
         raise errors.InvalidReplicationFactor(
             f"The replication factor {replication_factor} must be between 1 and the number of "
             f"live brokers ({n}).")
+    n_racks = len({brokers[b] for b in order}) if any(brokers.values()) else 0
     out = []
     for p in range(first_partition, first_partition + num_partitions):
         first = (start_index + p) % n
         shift = 1 + (p // n) % max(1, n - 1)
         replicas = [order[first]]
+        racks_used = {brokers[order[first]]}
         for j in range(1, replication_factor):
             idx = (first + shift * j) % n
-            while order[idx] in replicas:
-                idx = (idx + 1) % n
-            replicas.append(order[idx])
+            chosen = None
+            for k in range(2 * n):          # first pass: a new rack; second: any broker
+                cand = order[(idx + k) % n]
+                if cand in replicas:
+                    continue
+                if k < n and n_racks and len(racks_used) < n_racks and \
+                        brokers[cand] in racks_used:
+                    continue
+                chosen = cand
+                break
+            replicas.append(chosen)
+            racks_used.add(brokers[chosen])
         out.append(replicas)
     return out
 

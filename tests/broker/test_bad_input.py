@@ -1,0 +1,68 @@
+"""Bad requests get named errors and the broker keeps serving."""
+
+import msgpack
+import pytest
+
+from zbroker import errors, protocol
+from tests.broker.helpers import Conn, batch, values_of
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_bad_requests_then_good_ones(cluster):
+    c = cluster(1, message_max_bytes=2000)
+    c.create_topic("t", 1)
+    conn = Conn(c.brokers[0].port)
+    try:
+        def raw(frames):
+            conn.send_raw(frames)
+            return conn.recv()[0]
+
+        h = raw([b"\xc1not msgpack"])
+        assert h["err"] == errors.InvalidRequest.code and h["id"] is None and h["msg"]
+        assert raw([msgpack.packb([1, 2])])["err"] == errors.InvalidRequest.code
+        assert raw([msgpack.packb({"api": "Metadata", "v": 1})])["err"] == \
+            errors.InvalidRequest.code                                  # no id
+        h = raw([msgpack.packb({"api": "Nope", "v": 1, "id": 7})])
+        assert h["err"] == errors.InvalidRequest.code and h["id"] == 7
+        h = raw([msgpack.packb({"api": "Metadata", "v": 99, "id": 8})])
+        assert h["err"] == errors.UnsupportedVersion.code and h["id"] == 8
+        h = raw([msgpack.packb({"api": "Produce", "v": 1, "id": 9, "acks": "one",
+                                "parts": []})])
+        assert h["err"] == errors.InvalidRequest.code and "acks" in h["msg"]
+        h = raw([msgpack.packb({"api": "Produce", "v": 1, "id": 10, "acks": 1,
+                                "parts": [["t", "zero", -1]]}), b"x"])
+        assert h["err"] == errors.InvalidRequest.code
+        h = raw([msgpack.packb({"api": "Fetch", "v": 1, "id": 11, "parts": [["t", 0]]})])
+        assert h["err"] == errors.InvalidRequest.code
+        h = raw([msgpack.packb({"api": "Produce", "v": 1, "id": 12, "acks": 1,
+                                "parts": [["t", 0, -1]]})])                  # no blob
+        assert h["err"] == errors.InvalidRequest.code and "blob" in h["msg"]
+        h = raw([msgpack.packb({"api": "Produce", "v": 1, "id": 13, "acks": 5,
+                                "parts": [["t", 0, -1]]}), batch([b"x"])])
+        assert h["err"] == errors.InvalidRequiredAcks.code
+        h = raw([msgpack.packb({"api": "Metadata", "v": 1, "id": 14, "topics": [1, 2]})])
+        assert h["err"] == errors.InvalidRequest.code
+        h = raw([msgpack.packb({"api": "ListOffsets", "v": 1, "id": 15,
+                                "parts": [["t", 0, -7, -1]]})])
+        assert h["parts"][0][2] == errors.InvalidRequest.code
+
+        good = batch([b"ok"])
+        corrupt = bytearray(good)
+        corrupt[-1] ^= 0xFF
+        assert conn.produce("t", 0, bytes(corrupt))[2] == errors.CorruptMessage.code
+        assert conn.produce("t", 0, good[:30])[2] == errors.CorruptMessage.code
+        assert conn.produce("t", 0, b"")[2] == errors.CorruptMessage.code
+        assert conn.produce("t", 0, good + b"junk")[2] == errors.CorruptMessage.code
+        assert conn.produce("t", 0, batch([b"x" * 3000]))[2] == errors.MessageTooLarge.code
+        h, _ = conn.request("CreateTopics", topics=[["a", "b"]])
+        assert h["err"] == errors.InvalidRequest.code
+
+        # nothing bad was written; the broker serves everyone normally
+        header, _ = conn.request("ApiVersions")
+        assert header["err"] == 0 and header["apis"]["Produce"] == [1, 1]
+        assert conn.produce("t", 0, good)[2:4] == [0, 0]
+        assert values_of(conn.fetch("t", 0, 0)[1]) == [(0, b"ok")]
+        assert conn.list_offset("t", 0, protocol.LATEST_TIMESTAMP)[3] == 1
+    finally:
+        conn.close()
