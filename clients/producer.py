@@ -1,0 +1,794 @@
+"""The Producer: ``send()`` appends to per-partition batches; a background I/O thread sends them.
+
+    from clients import Producer
+    with Producer(bootstrap_servers="127.0.0.1:9092", acks=1) as p:
+        fut = p.send("events", b"value", key=b"user-1")
+        meta = fut.result(10)          # RecordMetadata(topic, partition, offset, timestamp)
+
+How it works (the design of ../shared/DESIGN.md, "Clients"):
+
+* ``send()`` picks the partition (``clients.partitioner``: xxh32 of the key, or the topic's sticky
+  partition for keyless records), then, under one lock, appends the record to that partition's
+  open ``BatchBuilder`` and returns a ``FutureRecordMetadata``: a three-field handle on the
+  *batch's* shared result (offset = batch base offset + the record's offset delta), so no future,
+  event or lock is made per record. A batch is sealed when it reaches ``batch_size`` bytes.
+* The I/O thread owns the sockets (``clients._net``). Each turn it seals batches older than
+  ``linger_ms``, groups the sealed batches of every partition by leader, and sends one Produce
+  request per broker holding every ready batch (up to ``max_request_size`` bytes), keeping at most
+  ``max_in_flight`` requests in flight per broker. Responses complete the batches; callbacks run
+  on the I/O thread.
+* Retriable errors (leader moved, timeouts, lost connections) put the batch back at the head of
+  its partition's queue after ``retry_backoff_ms`` and refresh metadata, until ``retries`` or
+  ``delivery_timeout_ms`` run out. With ``max_in_flight=1`` a partition has at most one request
+  in flight, so a retry never reorders a partition. A record that was sent when its connection
+  dropped may be written twice (at-least-once, as Kafka without idempotence).
+* ``buffer_memory`` bounds the bytes of unfinished batches: ``send()`` blocks up to
+  ``max_block_ms`` when it is used up (and for metadata of a topic it has not seen yet).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+
+from clients import partitioner
+from clients._net import NetworkClient, topic_error
+from clients.errors import (BrokerConnectionError, IllegalStateError, MessageTooLarge,
+                            NoBrokersAvailable, RequestTimedOut, UnknownServerError,
+                            UnknownTopicOrPartition, ZbError)
+from clients.structs import RecordMetadata
+from zbroker import errors, protocol
+from zbroker.logs import get_logger
+from zbroker.records import BatchBuilder
+
+log = get_logger("clients.producer")
+
+_monotonic = time.monotonic
+_time_ns = time.time_ns
+_xxh32 = partitioner.xxh32
+_UNKNOWN_TOPIC = errors.UnknownTopicOrPartition.code
+RECORD_OVERHEAD_BYTES = 64      # a generous bound of one record's framing in a batch
+
+
+class _Batch:
+    """One partition's batch, from the first ``send()`` into it until its result is known. It is
+    also the shared result object every record's ``FutureRecordMetadata`` points to."""
+
+    __slots__ = ("owner", "topic", "partition", "builder", "append", "seq", "created",
+                 "reserved", "data", "count", "attempts", "retry_at", "last_error",
+                 "done", "error", "base_offset", "log_append_time", "callbacks")
+
+    def __init__(self, owner, topic, partition, builder, seq, created, reserved):
+        self.owner = owner
+        self.topic = topic
+        self.partition = partition
+        self.builder = builder
+        self.append = builder.append
+        self.seq = seq
+        self.created = created
+        self.reserved = reserved
+        self.data = None
+        self.count = 0
+        self.attempts = 0
+        self.retry_at = 0.0
+        self.last_error = None
+        self.done = False
+        self.error = None
+        self.base_offset = -1
+        self.log_append_time = -1
+        self.callbacks = None
+
+
+class FutureRecordMetadata:
+    """What ``Producer.send`` returns: resolves to a ``RecordMetadata`` or raises the error that
+    failed the record. Mirrors ``concurrent.futures.Future`` (``result``, ``exception``, ``done``,
+    ``add_done_callback``) and kafka-python (``get``, ``succeeded``, ``failed``, ``add_callback``,
+    ``add_errback``). Callbacks run on the producer's I/O thread: keep them short."""
+
+    __slots__ = ("_batch", "_delta", "_timestamp")
+
+    def __init__(self, batch: _Batch, delta: int, timestamp: int):
+        self._batch = batch
+        self._delta = delta
+        self._timestamp = timestamp
+
+    def done(self) -> bool:
+        return self._batch.done
+
+    def succeeded(self) -> bool:
+        return self._batch.done and self._batch.error is None
+
+    def failed(self) -> bool:
+        return self._batch.done and self._batch.error is not None
+
+    def _metadata(self) -> RecordMetadata:
+        b = self._batch
+        offset = b.base_offset + self._delta if b.base_offset >= 0 else -1
+        ts = b.log_append_time if b.log_append_time >= 0 else self._timestamp
+        return RecordMetadata(b.topic, b.partition, offset, ts)
+
+    def result(self, timeout: float | None = None) -> RecordMetadata:
+        """Wait up to ``timeout`` seconds (None: for ever); raises TimeoutError if not done."""
+        b = self._batch
+        if not b.done:
+            b.owner._wait_batch(b, timeout)
+        if b.error is not None:
+            raise b.error
+        return self._metadata()
+
+    get = result
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        b = self._batch
+        if not b.done:
+            b.owner._wait_batch(b, timeout)
+        return b.error
+
+    def add_done_callback(self, fn) -> None:
+        """``fn(future)`` once done (at once, on this thread, if already done)."""
+        self._batch.owner._add_callback(self._batch, lambda: fn(self))
+
+    def add_callback(self, fn) -> None:
+        """``fn(record_metadata)`` on success."""
+        self._batch.owner._add_callback(
+            self._batch, lambda: fn(self._metadata()) if self._batch.error is None else None)
+
+    def add_errback(self, fn) -> None:
+        """``fn(exception)`` on failure."""
+        self._batch.owner._add_callback(
+            self._batch, lambda: fn(self._batch.error) if self._batch.error is not None else None)
+
+    def __repr__(self):
+        state = ("pending" if not self._batch.done else
+                 "failed" if self._batch.error is not None else "done")
+        return f"<FutureRecordMetadata {self._batch.topic}-{self._batch.partition} {state}>"
+
+
+def _acks(value) -> int:
+    if value in ("all", "-1", -1):
+        return -1
+    if value in (0, 1, "0", "1"):
+        return int(value)
+    raise ValueError(f"acks must be 0, 1, -1 or 'all', not {value!r}.")
+
+
+class Producer:
+    """Publishes records to topics. Thread-safe: ``send`` may be called from many threads.
+
+    Settings (Kafka's names and defaults where the concept is Kafka's):
+
+    bootstrap_servers    "host:port,..." of one or more brokers
+    acks                 0 (no response; futures resolve with offset -1 once sent), 1 (leader
+                         appended), -1 or "all" (the in-sync replicas have it)
+    linger_ms            how long a batch may wait for more records before it is sent
+    batch_size           bytes at which a partition's batch is sealed and sent (16384)
+    max_in_flight        Produce requests in flight per broker (alias
+                         max_in_flight_requests_per_connection); 1 keeps order under retries
+    retries              resends of a batch after retriable errors (bounded by delivery_timeout_ms)
+    retry_backoff_ms     pause before a resend and between metadata refreshes
+    compression          None or "zlib" (alias compression_type)
+    request_timeout_ms   how long a request may go unanswered
+    delivery_timeout_ms  how long a record may take from send() to success or failure
+    max_request_size     bytes of one Produce request; a bigger record is refused at send()
+    buffer_memory        bytes of unfinished batches before send() blocks
+    max_block_ms         how long send() may block (metadata, full buffer)
+    metadata_max_age_ms  metadata is refreshed at least this often
+    unknown_topic_wait_ms  how long send() keeps asking about a topic the cluster says does not
+                         exist before raising UnknownTopicOrPartition
+    bootstrap_timeout_ms how long the constructor waits for a first answer from the bootstrap
+                         brokers before raising NoBrokersAvailable
+    """
+
+    def __init__(self, bootstrap_servers: str = "localhost:9092", *, client_id: str | None = None,
+                 acks=1, linger_ms: float = 5, batch_size: int = 16384, max_in_flight: int = 5,
+                 max_in_flight_requests_per_connection: int | None = None,
+                 retries: int = 2147483647, retry_backoff_ms: int = 100,
+                 compression: str | None = None, compression_type: str | None = None,
+                 request_timeout_ms: int = 30000, delivery_timeout_ms: int = 120000,
+                 max_request_size: int = 1048576, buffer_memory: int = 33554432,
+                 max_block_ms: int = 60000, metadata_max_age_ms: int = 300000,
+                 unknown_topic_wait_ms: int = 2000, bootstrap_timeout_ms: int = 10000):
+        self.acks = _acks(acks)
+        if max_in_flight_requests_per_connection is not None:
+            max_in_flight = max_in_flight_requests_per_connection
+        compression = compression if compression is not None else compression_type
+        if compression in (None, "none"):
+            compression = "none"
+        BatchBuilder(compression)           # raises ValueError for an unknown codec
+        for name, v, lo in (("batch_size", batch_size, 1), ("max_in_flight", max_in_flight, 1),
+                            ("request_timeout_ms", request_timeout_ms, 1),
+                            ("max_request_size", max_request_size, 1024),
+                            ("buffer_memory", buffer_memory, 1), ("retries", retries, 0),
+                            ("linger_ms", linger_ms, 0), ("max_block_ms", max_block_ms, 0)):
+            if not isinstance(v, (int, float)) or v < lo:
+                raise ValueError(f"{name} must be a number >= {lo}, not {v!r}.")
+        if buffer_memory < batch_size:
+            raise ValueError("buffer_memory must be at least batch_size.")
+        self.client_id = client_id
+        self.compression = compression
+        self.linger_s = linger_ms / 1000
+        self.batch_size = batch_size
+        self.max_in_flight = max_in_flight
+        self.retries = retries
+        self.retry_backoff_s = retry_backoff_ms / 1000
+        self.request_timeout_ms = min(request_timeout_ms, protocol.REQUEST_TIMEOUT_MS_MAX)
+        self.delivery_timeout_s = delivery_timeout_ms / 1000
+        self.max_request_size = max_request_size
+        self.record_bytes_max = max_request_size - 1024     # room for the request's framing
+        self.buffer_memory = buffer_memory
+        self.max_block_s = max_block_ms / 1000
+        self.metadata_max_age_s = metadata_max_age_ms / 1000
+        self.unknown_topic_wait_s = unknown_topic_wait_ms / 1000
+
+        self._net = NetworkClient(bootstrap_servers, request_timeout_ms=self.request_timeout_ms)
+        self.bootstrap_servers = self._net.bootstrap_text
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._waiters = 0
+        # shared with send() (under _lock)
+        self._open: dict[tuple[str, int], _Batch] = {}      # insertion order = creation order
+        self._sealed: collections.deque[_Batch] = collections.deque()
+        self._incomplete: dict[int, _Batch] = {}
+        self._seq = 0
+        self._reserved_bytes = 0        # written by send() under _lock
+        self._released_bytes = 0        # written by the I/O thread only
+        self._sticky: dict[str, int] = {}
+        self._sticky_batch: dict[str, _Batch] = {}     # topic -> its sticky partition's batch
+        self._io_wake_at = 0.0          # when the idle I/O thread wakes by itself
+        self._topics_wanted: set[str] = set()
+        self._io_idle = False
+        self._closing = False
+        self._closed = False
+        self._abort_error: ZbError | None = None
+        # published by the I/O thread (replaced, never mutated)
+        self._partition_counts: dict[str, int] = {}
+        self._topic_errors: dict[str, int] = {}
+        # owned by the I/O thread
+        self._queues: dict[tuple[str, int], collections.deque[_Batch]] = {}
+        self._muted: set[tuple[str, int]] = set()
+        self._metadata_in_flight = False
+        self._metadata_due = 0.0
+        self._metadata_next_refresh = 0.0
+        self._need_metadata = True
+        self._bootstrapped = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._net.add_wake_fd(self._wake_r)
+        self._io_thread = threading.Thread(target=self._io_main, daemon=True,
+                                           name="zb-producer-io")
+        self._io_thread.start()
+        if not self._bootstrapped.wait(bootstrap_timeout_ms / 1000):
+            self.close(0)
+            raise NoBrokersAvailable(f"No broker answered at {self.bootstrap_servers} within "
+                                     f"{bootstrap_timeout_ms / 1000:g} seconds.")
+
+    # --- public API ---------------------------------------------------------------------------
+    def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+             partition: int | None = None, headers=None,
+             timestamp_ms: int | None = None) -> FutureRecordMetadata:
+        """Queue one record; returns a future of its ``RecordMetadata``. ``headers`` is a list
+        of ``(str, bytes | None)`` pairs. Raises at once for what cannot succeed: an unknown
+        topic or partition, a record over ``max_request_size``, a closed producer."""
+        n = self._partition_counts.get(topic)
+        if n is None:
+            n = self._await_topic(topic)
+        if timestamp_ms is None:
+            timestamp_ms = _time_ns() // 1_000_000
+        if key is not None:
+            if partition is None:
+                partition = _xxh32(key) % n
+            if len(key) + (len(value) if value is not None else 0) > self.record_bytes_max:
+                self._check_size(key, value, headers)
+        if headers or (value is not None and len(value) > self.record_bytes_max):
+            self._check_size(key, value, headers)
+        with self._lock:
+            if partition is None:           # keyless: the topic's sticky batch
+                batch = self._sticky_batch.get(topic)
+                if batch is None:
+                    batch = self._new_sticky_batch(topic, n)
+            else:
+                batch = self._open.get((topic, partition))
+                if batch is None:
+                    if not 0 <= partition < n:
+                        raise UnknownTopicOrPartition(
+                            f"The topic {topic!r} has {n} partitions; there is no partition "
+                            f"{partition}.")
+                    batch = self._new_batch(topic, partition)
+            delta = batch.append(value, key, headers, timestamp_ms)
+            if batch.builder.size_in_bytes >= self.batch_size:
+                self._seal(batch)
+        return FutureRecordMetadata(batch, delta, timestamp_ms)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Send everything queued now and wait until each of those records has succeeded or
+        failed. Raises TimeoutError after ``timeout`` seconds."""
+        with self._lock:
+            for batch in list(self._open.values()):
+                self._seal(batch)
+            pending = list(self._incomplete.values())
+            self._wake()
+        deadline = None if timeout is None else _monotonic() + timeout
+        for b in pending:
+            if not b.done:
+                self._wait_batch(b, None if deadline is None else max(0.0, deadline - _monotonic()))
+
+    def partitions_for(self, topic: str) -> set[int]:
+        """The topic's partition numbers (fetches metadata if needed)."""
+        n = self._partition_counts.get(topic)
+        if n is None:
+            n = self._await_topic(topic)
+        return set(range(n))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Send what is queued, wait for it (up to ``timeout`` seconds; None: for ever), stop.
+        Whatever is still unfinished after the timeout fails with RequestTimedOut."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closing = True
+            for batch in list(self._open.values()):
+                self._seal(batch)
+            self._wake()
+        if threading.current_thread() is not self._io_thread:
+            self._io_thread.join(timeout)
+            if self._io_thread.is_alive():
+                self._abort_error = RequestTimedOut(
+                    f"The producer was closed before the record was sent (waited {timeout} s).")
+                self._wake()
+                self._io_thread.join()
+        with self._lock:
+            self._closed = True
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- send() helpers (caller's thread) -----------------------------------------------------
+    def _check_size(self, key, value, headers) -> None:
+        size = (len(key) if key is not None else 0) + (len(value) if value is not None else 0)
+        if headers:
+            for hk, hv in headers:
+                size += len(hk) + (len(hv) if hv is not None else 0)
+        if size + RECORD_OVERHEAD_BYTES > self.record_bytes_max:
+            raise MessageTooLarge(f"The record is {size} bytes, more than max_request_size "
+                                  f"({self.max_request_size} bytes) allows.")
+
+    def _new_sticky_batch(self, topic: str, n: int) -> _Batch:
+        """Under _lock: the open batch of the topic's sticky partition (a new one if needed)."""
+        partition = self._sticky.get(topic)
+        if partition is None or partition >= n:
+            partition = self._sticky[topic] = partitioner.next_sticky_partition(n, None)
+        batch = self._open.get((topic, partition))
+        if batch is None:
+            batch = self._new_batch(topic, partition)
+        self._sticky_batch[topic] = batch
+        return batch
+
+    def _new_batch(self, topic: str, partition: int) -> _Batch:
+        """Under _lock: a new open batch; blocks while buffer_memory is used up."""
+        if self._closing:
+            raise IllegalStateError("The producer is closed; send() is no longer possible.")
+        reserve = self.batch_size
+        if self._reserved_bytes - self._released_bytes + reserve > self.buffer_memory:
+            deadline = _monotonic() + self.max_block_s
+            self._waiters += 1
+            try:
+                while self._reserved_bytes - self._released_bytes + reserve > self.buffer_memory:
+                    left = deadline - _monotonic()
+                    if left <= 0:
+                        raise RequestTimedOut(f"The producer's buffer ({self.buffer_memory} "
+                                              f"bytes) stayed full for max_block_ms.")
+                    self._cond.wait(left)
+                    if self._closing:
+                        raise IllegalStateError("The producer is closed.")
+            finally:
+                self._waiters -= 1
+            existing = self._open.get((topic, partition))
+            if existing is not None:        # another thread made one while we waited
+                return existing
+        self._seq += 1
+        batch = _Batch(self, topic, partition, BatchBuilder(self.compression), self._seq,
+                       _monotonic(), reserve)
+        self._reserved_bytes += reserve
+        self._open[(topic, partition)] = batch
+        self._incomplete[batch.seq] = batch
+        if self._io_idle and self._io_wake_at > batch.created + self.linger_s:
+            self._wake()                    # it sleeps past this batch's linger deadline
+        return batch
+
+    def _seal(self, batch: _Batch) -> None:
+        """Under _lock: no more records go into ``batch``; hand it to the I/O thread."""
+        del self._open[(batch.topic, batch.partition)]
+        self._sealed.append(batch)
+        if self._sticky_batch.get(batch.topic) is batch:
+            del self._sticky_batch[batch.topic]
+        if self._sticky.get(batch.topic) == batch.partition:
+            n = self._partition_counts.get(batch.topic, 1)
+            self._sticky[batch.topic] = partitioner.next_sticky_partition(n, batch.partition)
+        if self._io_idle:
+            self._wake()
+
+    def _wake(self) -> None:
+        self._io_idle = False
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:
+            pass
+
+    def _await_topic(self, topic: str) -> int:
+        protocol.check_topic_name(topic)
+        start = _monotonic()
+        with self._lock:
+            if self._closing:
+                raise IllegalStateError("The producer is closed; send() is no longer possible.")
+            self._topics_wanted.add(topic)
+            self._need_metadata = True
+            self._wake()
+            self._waiters += 1
+            try:
+                while True:
+                    n = self._partition_counts.get(topic)
+                    if n:
+                        return n
+                    now = _monotonic()
+                    err = self._topic_errors.get(topic)
+                    if err is not None:
+                        retriable = errors.error_for_code(err).retriable
+                        if not retriable or (err == _UNKNOWN_TOPIC and
+                                             now - start >= self.unknown_topic_wait_s):
+                            raise topic_error(err, topic, self.bootstrap_servers)
+                    if now - start >= self.max_block_s:
+                        raise RequestTimedOut(f"The topic {topic!r} was not present in the "
+                                              f"metadata after {self.max_block_s * 1000:g} ms.")
+                    self._cond.wait(0.05)
+            finally:
+                self._waiters -= 1
+
+    def _wait_batch(self, batch: _Batch, timeout: float | None) -> None:
+        deadline = None if timeout is None else _monotonic() + timeout
+        with self._lock:
+            self._waiters += 1
+            try:
+                while not batch.done:
+                    if deadline is None:
+                        self._cond.wait(1.0)
+                        continue
+                    left = deadline - _monotonic()
+                    if left <= 0:
+                        raise TimeoutError(f"The record to {batch.topic}-{batch.partition} was "
+                                           f"not acknowledged within {timeout:g} s.")
+                    self._cond.wait(left)
+            finally:
+                self._waiters -= 1
+
+    def _add_callback(self, batch: _Batch, call) -> None:
+        with self._lock:
+            if not batch.done:
+                if batch.callbacks is None:
+                    batch.callbacks = []
+                batch.callbacks.append(call)
+                return
+        call()
+
+    # --- I/O thread ---------------------------------------------------------------------------
+    def _io_main(self) -> None:
+        try:
+            self._io_loop()
+        except Exception as e:
+            log.exception("producer I/O thread failed")
+            self._abort_error = UnknownServerError(f"The producer's I/O thread failed: {e!r}")
+        finally:
+            err = self._abort_error or IllegalStateError("The producer is closed.")
+            with self._lock:
+                self._closing = True
+                for batch in list(self._open.values()):
+                    self._seal(batch)
+            self._take_sealed()
+            self._fail_queued(err)
+            self._net.close()
+
+    def _io_loop(self) -> None:
+        net = self._net
+        while True:
+            now = _monotonic()
+            self._io_wake_at = float("inf")     # until it is known: a new batch wakes us
+            self._io_idle = True
+            linger_at = self._next_linger(now)
+            if linger_at is not None and linger_at <= now:
+                with self._lock:
+                    linger_at = self._seal_lingering(now)
+            closing = self._closing
+            unfinished = len(self._incomplete)
+            self._take_sealed()
+            if self._abort_error is not None:
+                return
+            self._maybe_request_metadata(now)
+            self._drain(now)
+            if closing and unfinished == 0 and net.total_in_flight() == 0:
+                return
+            wake_at = now + 1.0
+            if linger_at is not None:
+                wake_at = min(wake_at, linger_at)
+            if self._need_metadata and not self._metadata_in_flight:
+                wake_at = min(wake_at, self._metadata_due)
+            for q in self._queues.values():
+                if q:
+                    wake_at = min(wake_at, max(q[0].retry_at, now + 0.005))
+            d = net.next_deadline()
+            if d is not None:
+                wake_at = min(wake_at, d)
+            self._io_wake_at = wake_at
+            if net.poll(max(0.0, wake_at - _monotonic())):
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except (BlockingIOError, OSError):
+                    pass
+            self._io_idle = False
+            self._expire_queued(_monotonic())
+
+    def _next_linger(self, now: float) -> float | None:
+        """When the oldest open batch is due (now when closing), read without _lock: one
+        ``next()`` on a fresh dict iterator is atomic under the GIL."""
+        try:
+            oldest = next(iter(self._open.values()))
+        except (StopIteration, RuntimeError):
+            return None
+        return now if self._closing else oldest.created + self.linger_s
+
+    def _seal_lingering(self, now: float) -> float | None:
+        """Under _lock: seal open batches that lingered long enough (all when closing); returns
+        when the next one is due."""
+        linger = self.linger_s
+        for batch in list(self._open.values()):
+            if self._closing or batch.created + linger <= now:
+                self._seal(batch)
+            else:
+                return batch.created + linger
+        return None
+
+    def _take_sealed(self) -> None:
+        sealed = self._sealed
+        queues = self._queues
+        while sealed:
+            b = sealed.popleft()
+            tp = (b.topic, b.partition)
+            q = queues.get(tp)
+            if q is None:
+                q = queues[tp] = collections.deque()
+            q.append(b)
+
+    def _maybe_request_metadata(self, now: float) -> None:
+        if self._metadata_in_flight:
+            return
+        if now >= self._metadata_next_refresh:
+            self._need_metadata = True
+        if not self._need_metadata or now < self._metadata_due:
+            return
+        with self._lock:
+            topics = sorted(self._topics_wanted)
+        self._metadata_in_flight = True
+        self._need_metadata = False
+        self._metadata_due = now + self.retry_backoff_s
+        self._net.request_metadata(topics, self._on_metadata,
+                                   timeout_ms=min(self.request_timeout_ms, 5000))
+
+    def _on_metadata(self, error: ZbError | None) -> None:
+        self._metadata_in_flight = False
+        now = _monotonic()
+        if error is not None:
+            log.debug("metadata request failed", error=str(error))
+            self._need_metadata = True
+            return
+        cluster = self._net.cluster
+        self._metadata_next_refresh = now + self.metadata_max_age_s
+        counts = {t: len(parts) for t, parts in cluster.topics.items() if parts}
+        with self._lock:
+            self._partition_counts = counts
+            self._topic_errors = dict(cluster.topic_errors)
+            missing = [t for t in self._topics_wanted if t not in counts]
+            if self._waiters:
+                self._cond.notify_all()
+        if missing:
+            self._need_metadata = True
+        self._bootstrapped.set()
+
+    def _drain(self, now: float) -> None:
+        net, cluster = self._net, self._net.cluster
+        by_node: dict[int, list[tuple[str, int]]] = {}
+        for tp, q in self._queues.items():
+            if not q or q[0].retry_at > now or tp in self._muted:
+                continue
+            leader = cluster.leader(tp[0], tp[1])
+            if leader < 0:
+                self._need_metadata = True
+                continue
+            by_node.setdefault(leader, []).append(tp)
+        acks, limit = self.acks, self.max_in_flight
+        for node, tps in by_node.items():
+            while tps and (acks == 0 or net.in_flight(node) < limit):
+                if not net.ready(node):
+                    break
+                tps = self._send_request(node, tps, now)
+
+    def _send_request(self, node: int, tps: list, now: float) -> list:
+        """Send one Produce request to ``node`` with the ready batches of ``tps``; returns the
+        partitions that still have ready batches."""
+        parts, blobs, context = [], [], []
+        room = self.max_request_size - 1024
+        rest = []
+        cluster = self._net.cluster
+        mute = self.max_in_flight == 1
+        for tp in tps:
+            q = self._queues[tp]
+            taken, datas = [], []
+            while q and q[0].retry_at <= now:
+                b = q[0]
+                if b.data is None:
+                    if not len(b.builder):        # append() refused its only record
+                        q.popleft()
+                        self._complete([b], None, -1, -1)
+                        continue
+                    b.data = b.builder.build()
+                    b.count = len(b.builder)
+                    b.builder = b.append = None
+                if len(b.data) > room and (taken or context):
+                    break
+                q.popleft()
+                taken.append(b)
+                datas.append(b.data)
+                room -= len(b.data)
+                if mute:
+                    break
+            if taken:
+                parts.append([tp[0], tp[1], cluster.leader_epoch(tp[0], tp[1])])
+                blobs.append(datas[0] if len(datas) == 1 else b"".join(datas))
+                context.append((tp, taken))
+                if mute:
+                    self._muted.add(tp)
+            if q and q[0].retry_at <= now and not mute:
+                rest.append(tp)
+            if room <= 0:
+                rest.extend(t for t in tps[tps.index(tp) + 1:])
+                break
+        if not context:
+            return []
+        for _, taken in context:
+            for b in taken:
+                b.attempts += 1
+        fields = {"acks": self.acks, "timeout_ms": self.request_timeout_ms, "parts": parts}
+        if self.acks == 0:
+            try:
+                self._net.send(node, "Produce", fields, blobs)
+            except ZbError as e:
+                for tp, taken in context:
+                    self._retry_or_fail(tp, taken, e, now)
+                return []
+            for _, taken in context:
+                self._complete(taken, None, -1, -1)
+            return rest
+
+        def on_response(header, _blobs, error, node=node, context=context):
+            self._on_produce_response(node, context, header, error)
+        try:
+            self._net.send(node, "Produce", fields, blobs, handler=on_response)
+        except ZbError as e:
+            on_response(None, None, e)
+            return []
+        return rest
+
+    def _on_produce_response(self, node: int, context: list, header: dict | None,
+                             error: ZbError | None) -> None:
+        now = _monotonic()
+        for tp, _ in context:
+            self._muted.discard(tp)
+        if error is not None:
+            if error.invalid_metadata or isinstance(error, (BrokerConnectionError,
+                                                            RequestTimedOut)):
+                self._need_metadata = True
+            for tp, taken in context:
+                self._retry_or_fail(tp, taken, error, now)
+            return
+        results = {}
+        for part in header.get("parts") or ():
+            results[(part[0], part[1])] = part
+        for tp, taken in context:
+            r = results.get(tp)
+            if r is None:
+                self._retry_or_fail(tp, taken, UnknownServerError(
+                    f"The broker's Produce response did not mention {tp[0]}-{tp[1]}."), now)
+                continue
+            code = r[2]
+            if code:
+                err = errors.make_error(code, r[6] if len(r) > 6 else None)
+                if err.invalid_metadata:
+                    self._need_metadata = True
+                self._retry_or_fail(tp, taken, err, now)
+                continue
+            self._complete(taken, None, r[3], r[4] if len(r) > 4 and r[4] is not None else -1)
+
+    def _retry_or_fail(self, tp, taken: list[_Batch], error: ZbError, now: float) -> None:
+        taken = [b for b in taken if not b.done]
+        retry = [b for b in taken if error.retriable and b.attempts <= self.retries and
+                 now + self.retry_backoff_s < b.created + self.delivery_timeout_s and
+                 self._abort_error is None]
+        fail = [b for b in taken if b not in retry] if len(retry) != len(taken) else []
+        if retry:
+            log.debug("retrying batches", topic=tp[0], partition=tp[1], error=str(error),
+                      batches=len(retry))
+            q = self._queues.setdefault(tp, collections.deque())
+            for b in reversed(retry):
+                b.retry_at = now + self.retry_backoff_s
+                b.last_error = error
+                q.appendleft(b)
+        if fail:
+            self._complete(fail, error, -1, -1)
+
+    def _complete(self, batches: list[_Batch], error: ZbError | None, base_offset: int,
+                  log_append_time: int) -> None:
+        """Record the outcome of ``batches`` (I/O thread). The fields are set without _lock;
+        _lock is then taken once, briefly, to hand over callbacks and wake waiters (who check
+        ``done`` under _lock, so no wake-up and no callback is lost)."""
+        released = 0
+        incomplete = self._incomplete
+        for b in batches:
+            if b.done:
+                continue
+            b.error = error
+            if error is None and base_offset >= 0:
+                b.base_offset = base_offset
+                base_offset += max(b.count, 1)
+            b.log_append_time = log_append_time
+            b.data = None
+            b.done = True
+            incomplete.pop(b.seq, None)
+            released += b.reserved
+        self._released_bytes += released
+        calls = []
+        with self._lock:
+            for b in batches:
+                if b.callbacks:
+                    calls.extend(b.callbacks)
+                    b.callbacks = None
+            if self._waiters:
+                self._cond.notify_all()
+        for call in calls:
+            try:
+                call()
+            except Exception:
+                log.exception("a producer callback raised")
+
+    def _expire_queued(self, now: float) -> None:
+        for tp, q in self._queues.items():
+            if q and q[0].created + self.delivery_timeout_s <= now and tp not in self._muted:
+                late = []
+                while q and q[0].created + self.delivery_timeout_s <= now:
+                    late.append(q.popleft())
+                why = f" (last error: {late[0].last_error})" if late[0].last_error else ""
+                self._complete(late, RequestTimedOut(
+                    f"Records for {tp[0]}-{tp[1]} could not be delivered within "
+                    f"delivery_timeout_ms ({self.delivery_timeout_s * 1000:g} ms){why}."), -1, -1)
+
+    def _fail_queued(self, error: ZbError) -> None:
+        for q in self._queues.values():
+            if q:
+                batches = list(q)
+                q.clear()
+                self._complete(batches, error, -1, -1)
+        with self._lock:
+            left = [b for b in self._incomplete.values()]
+        if left:
+            self._complete(left, error, -1, -1)
+
+
+__all__ = ["Producer", "FutureRecordMetadata"]
