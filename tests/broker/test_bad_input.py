@@ -47,6 +47,11 @@ def test_bad_requests_then_good_ones(cluster):
                                 "parts": [["t", 0, -7, -1]]})])
         assert h["parts"][0][2] == errors.InvalidRequest.code
 
+        # acks=0 promises no response, even for a refused request
+        conn.send_raw([msgpack.packb({"api": "Produce", "v": 1, "id": 16, "acks": 0,
+                                      "parts": [["t", 0, -1]]})])
+        assert not conn.sock.poll(200)
+
         good = batch([b"ok"])
         corrupt = bytearray(good)
         corrupt[-1] ^= 0xFF

@@ -341,6 +341,10 @@ class BrokerServer:
         try:
             return self._handlers[header["api"]](ident, header, blobs)
         except errors.ZbError as e:
+            if header["api"] == "Produce" and header["acks"] == 0:
+                # acks=0 promises no response at all: the caller is not listening for one
+                log.warning("acks=0 produce refused", error=str(e))
+                return None
             return protocol.encode_error(req_id, e)
         except Exception as e:
             log.exception("request handling failed", api=header["api"])
@@ -638,6 +642,9 @@ class BrokerServer:
             self.controller.stop()
         if self.watcher is not None:
             self.watcher.stop()
+        for part in list(self.replicas.partitions.values()):
+            for fetch in list(part.waiters):        # answer long polls with what there is
+                self._complete_fetch(fetch)
         self.replicas.close_all()
         if self.client is not None:
             self.client.close()          # the registration goes at once
