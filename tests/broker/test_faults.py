@@ -104,3 +104,16 @@ def test_data_survives_clean_and_unclean_restarts(cluster):
         meta, blob = conn.fetch("durable", p, 0)
         assert meta[3] == 31 and values_of(blob)[-1] == (30, b"more")
     conn.close()
+
+
+def test_cluster_carries_on_across_a_coordinator_restart(cluster):
+    c = cluster(2)
+    c.create_topic("a", 2)
+    c.coordinator.kill9()
+    c.coordinator.restart()
+    parts = c.create_topic("b", 2)              # the controller still works (same sessions)
+    for p in parts:
+        conn = Conn(c.broker(p[2]).port)
+        assert conn.produce("b", p[0], batch([b"x"]))[2] == 0
+        conn.close()
+    assert sorted(x[0] for x in c.metadata(None)["topics"]) == ["a", "b"]

@@ -166,7 +166,15 @@ class Controller:
             self.active = True
             log.info("became controller", controller_epoch=epoch)
             try:
-                self._reconcile()
+                while True:
+                    try:
+                        self._reconcile()
+                        break
+                    except FencedEpoch:
+                        raise
+                    except ZbError as e:
+                        log.warning("controller start-up read failed; retrying", error=str(e))
+                        time.sleep(0.5)
                 self._serve()
             except FencedEpoch:
                 log.warning("another broker is controller now; stepping down")
@@ -192,23 +200,39 @@ class Controller:
                            None)
 
     def _serve(self) -> None:
+        """Handle events while this broker is controller. Only FencedEpoch (another controller
+        won) ends it; a coordinator hiccup (ConnectionLoss) is retried: our /controller key
+        lives as long as our session, and the fence keeps a stale write out either way."""
+        retry_reconcile = False
         while not self._stopping:
             try:
-                item = self._events.get(timeout=5)
+                item = self._events.get(timeout=0.5 if retry_reconcile else 5)
             except queue.Empty:
-                self._reconcile()     # a safety net: the watches should have told us
-                continue
+                item = ("brokers",)     # a safety net: the watches should have told us
             kind = item[0]
             if kind == "stop":
                 return
-            if kind == "brokers":
-                self._drain_kind("brokers")
-                self._reconcile()
-            elif kind == "auto_create":
-                self._drain_kind("auto_create")
-                self._auto_create()
-            elif kind == "admin":
-                self._admin(item[1], item[2])
+            try:
+                if kind == "brokers":
+                    self._drain_kind("brokers")
+                    retry_reconcile = True
+                    self._reconcile()
+                    retry_reconcile = False
+                elif kind == "auto_create":
+                    self._drain_kind("auto_create")
+                    self._auto_create()
+                elif kind == "admin":
+                    self._admin(item[1], item[2])
+            except FencedEpoch:
+                raise
+            except ZbError as e:
+                log.warning("controller step failed; will retry", event=kind, error=str(e))
+                if kind == "admin":
+                    self.reply(item[1], protocol.encode_error(item[2]["id"], errors.RequestTimedOut(
+                        f"The controller could not reach the coordinator: {e}")), None)
+                elif kind == "auto_create":
+                    time.sleep(0.2)
+                    self._put(("auto_create",))
 
     def _drain_kind(self, kind: str) -> None:
         """Coalesce queued events of one kind (one re-read serves them all)."""
@@ -300,6 +324,8 @@ class Controller:
         except FencedEpoch:
             self.reply(ident, protocol.encode_error(req_id, errors.NotController()), None)
             raise
+        except errors.ConnectionLoss:
+            raise                   # _serve answers REQUEST_TIMED_OUT
         except errors.ZbError as e:
             self.reply(ident, protocol.encode_error(req_id, e), None)
             return
@@ -314,6 +340,11 @@ class Controller:
         except FencedEpoch:
             raise
         except errors.ZbError as e:
+            if e.code >= errors.NoNode.code:      # the coordinator's own errors: not for clients
+                log.warning("coordinator write failed", topic=name, error=str(e))
+                return [name, errors.RequestTimedOut.code,
+                        f"The controller's write to the coordinator failed ({e.name}); the "
+                        f"outcome may be unknown, retry."]
             return [name, e.code, str(e)]
         if wait is not None and count is not None:
             wait.append((name, count))
