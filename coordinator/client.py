@@ -46,7 +46,7 @@ from zmq.utils.monitor import recv_monitor_message
 from coordinator import protocol
 from zbroker import errors
 from zbroker.errors import (BadArguments, BadVersion, ConnectionLoss, FencedEpoch, NoNode,
-                            NodeExists, NotEmpty, SessionExpired, ZbError)
+                            NodeExists, NotEmpty, SessionExpired, SessionMoved, ZbError)
 from zbroker.logs import get_logger
 
 __all__ = ["CoordinatorClient", "Stat", "WatchEvent", "Op", "ZbError", "NoNode", "NodeExists",
@@ -135,7 +135,7 @@ class _Request:
 
 class _Watch:
     __slots__ = ("prefix", "callback", "wid", "last_zxid", "last_seq", "seen_at_last_zxid",
-                 "skip_at_last_zxid", "active")
+                 "skip_at_last_zxid", "active", "pending")
 
     def __init__(self, prefix, callback):
         self.prefix, self.callback = prefix, callback
@@ -145,6 +145,7 @@ class _Watch:
         self.seen_at_last_zxid = 0
         self.skip_at_last_zxid = 0
         self.active = True
+        self.pending = False        # a registration is in flight
 
 
 class CoordinatorClient:
@@ -178,6 +179,8 @@ class CoordinatorClient:
         self._monitor: zmq.Socket | None = None
         self._host_index = 0
         self._connect_id = 0
+        self._ever_connected = False
+        self._reconnect_reason: str | None = None   # set while reading; acted on by the loop
         self._startup_error: ZbError | None = None
         self._cb_thread = threading.Thread(target=self._callback_main, daemon=True,
                                            name="coordinator-callbacks")
@@ -281,6 +284,8 @@ class CoordinatorClient:
         self._wake()
         if threading.current_thread() is not self._io_thread:
             self._io_thread.join(5)
+        if self.state != LOST:
+            self._set_state(CLOSED)
         self._callbacks.put(None)
         if threading.current_thread() is not self._cb_thread:
             self._cb_thread.join(5)
@@ -373,16 +378,21 @@ class CoordinatorClient:
                     self._take_submissions()
             lost = self._monitor in ready and self._monitor_says_disconnected()
             now = time.monotonic()
+            failed, self._reconnect_reason = self._reconnect_reason, None
             if self.state == CONNECTED:
-                if lost or now - last_recv > 2 * interval_s:
-                    self._connection_lost("the connection dropped" if lost
-                                          else "the coordinator went silent")
+                if failed or lost or now - last_recv > 2 * interval_s:
+                    self._connection_lost(failed or ("the connection dropped" if lost
+                                                     else "the coordinator went silent"))
                     continue
                 if now >= next_ping:
                     self._send_raw("ping", next(self._ids), {})
                     next_ping = now + interval_s
+                    for w in self._all_watches:     # registrations that failed: try again
+                        if w.active and not w.wid and not w.pending:
+                            self._register_watch(w, None)
                 backoff_s = 0.05
-            elif self.state in (CONNECTING, SUSPENDED) and (lost or now > attempt_deadline):
+            elif self.state in (CONNECTING, SUSPENDED) and \
+                    (failed or lost or now > attempt_deadline):
                 self._close_socket()
                 self._host_index = (self._host_index + 1) % len(self.hosts)
                 time.sleep(min(backoff_s, 1.0))
@@ -466,6 +476,12 @@ class CoordinatorClient:
         if req.api == "__watch__":
             w = req.fields["watch"]
             self._all_watches.append(w)
+
+            def forget_on_failure(f, w=w):
+                if f.exception() is not None and w in self._all_watches:
+                    w.active = False
+                    self._all_watches.remove(w)
+            req.future.add_done_callback(forget_on_failure)
             self._register_watch(w, req.future)
             return
         if req.api == "__unwatch__":
@@ -492,9 +508,13 @@ class CoordinatorClient:
             since -= 1          # a gap may fall inside one multi's changes: replay all of it
             w.skip_at_last_zxid = w.seen_at_last_zxid
         w.last_seq = 0
+        w.pending = True
 
         def parse(reply, w=w):
+            w.pending = False
             if not w.active:
+                if reply.get("wid"):
+                    self._send_raw("unwatch", next(self._ids), {"wid": reply["wid"]})
                 return None
             w.wid = reply["wid"]
             self._watches[w.wid] = w
@@ -504,9 +524,15 @@ class CoordinatorClient:
                 w.last_zxid, w.seen_at_last_zxid, w.skip_at_last_zxid = reply["zxid"], 0, 0
                 self._callbacks.put((w.callback, WatchEvent("resync", w.prefix, reply["zxid"])))
             return None
+        if future is None:          # a re-registration: on failure, the next ping retries it
+            future = Future()
+
+            def on_done(f, w=w):
+                if f.exception() is not None:
+                    w.pending = False
+            future.add_done_callback(on_done)
         req_id = next(self._ids)
-        self._inflight[req_id] = _Request("watch", {}, future or Future(), parse,
-                                          self._deadline())
+        self._inflight[req_id] = _Request("watch", {}, future, parse, self._deadline())
         self._send_raw("watch", req_id, {"prefix": w.prefix, "since_zxid": since})
 
     def _read_replies(self) -> None:
@@ -534,8 +560,14 @@ class CoordinatorClient:
         if req_id == self._connect_id:
             self._on_connect_reply(msg)
             return
-        if "run" in msg and self._run_id is not None and msg["run"] != self._run_id:
-            self._on_server_restart(msg["run"])
+        err = protocol.reply_error(msg)
+        if isinstance(err, SessionExpired):
+            self._session_expired()         # pings too: a dead session is never CONNECTED
+        elif isinstance(err, SessionMoved) or (
+                "run" in msg and self._run_id is not None and msg["run"] != self._run_id):
+            # this connection no longer speaks for the session (a coordinator restart, or the
+            # session was resumed elsewhere): resume it on a new connection
+            self._reconnect_reason = "the coordinator asked the session to be resumed"
         watches = msg.get("watches")
         if watches:
             for wid, seq in watches.items():
@@ -545,12 +577,12 @@ class CoordinatorClient:
         req = self._inflight.pop(req_id, None)
         if req is None:
             return
-        err = protocol.reply_error(msg)
         if err is not None:
             if "index" in msg:
                 err.index = msg["index"]
-            if isinstance(err, SessionExpired):
-                self._session_expired()
+            if isinstance(err, SessionMoved):
+                err = ConnectionLoss("The session moved while the request was in flight; its "
+                                     "outcome is unknown.")
             if not req.future.done():
                 req.future.set_exception(err)
             return
@@ -567,11 +599,14 @@ class CoordinatorClient:
         if err is not None:
             if isinstance(err, SessionExpired):
                 self._session_expired()
-            else:
+            elif err.retriable or self._ever_connected:
+                self._reconnect_reason = f"the coordinator refused the connection ({err})"
+            else:                   # a first connect the coordinator will never accept
                 self._startup_error = err
                 self._connected.set()
                 self._closing = True
             return
+        self._ever_connected = True
         resumed = self.session_id == msg["sid"]
         self.session_id, self._secret = msg["sid"], msg["secret"]
         self.session_timeout_ms = msg["timeout_ms"]
@@ -583,11 +618,6 @@ class CoordinatorClient:
         if resumed or restarted:
             for w in self._all_watches:
                 self._register_watch(w, None)
-
-    def _on_server_restart(self, run_id) -> None:
-        self._run_id = run_id
-        for w in self._all_watches:
-            self._register_watch(w, None)
 
     def _on_event(self, msg: dict) -> None:
         if msg["ev"] == "expired":

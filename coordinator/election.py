@@ -29,7 +29,10 @@ class Election:
 
     @property
     def is_leader(self) -> bool:
-        return self.epoch is not None
+        """Whether this contender holds the election as far as it knows: a suspended or lost
+        session means it may not (the key goes when the session expires)."""
+        from coordinator.client import CONNECTED
+        return self.epoch is not None and self.client.state == CONNECTED
 
     def try_acquire(self) -> int | None:
         """One attempt. Returns the new epoch when this client now holds ``path``, else None."""
@@ -50,9 +53,18 @@ class Election:
             except BadVersion:
                 continue        # another contender bumped the epoch; look again
             except NodeExists:
-                return None
+                return self._held_already()
             self.epoch = version + 1
             return self.epoch
+
+    def _held_already(self) -> int | None:
+        """After a lost reply our own multi may have won: the holder key is then ours."""
+        stat = self.client.exists(self.path)
+        if stat is None or stat.ephemeral_owner != self.client.session_id:
+            return None
+        _, version = self.client.get(self.epoch_path)
+        self.epoch = version
+        return self.epoch
 
     def run(self, timeout_s: float | None = None) -> int:
         """Block until this client holds ``path``; return the epoch. TimeoutError after

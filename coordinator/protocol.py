@@ -21,7 +21,13 @@ A reply to a request whose id could not be read carries ``"id": None``.
 Operations (fields beyond api/v/id/sid):
 
     connect   timeout_ms, [secret]       -> sid, secret, timeout_ms, run, zxid
+              (sid 0 opens a session; a sid with its secret resumes it on this connection,
+              which drops the session's watches: the client registers them again)
     ping                                 -> zxid, run, watches {wid: last seq sent}
+              (answered at once, not after the disk)
+
+Only the connection that opened or last resumed a session may use it: a request for the
+session from any other connection gets SESSION_MOVED.
     close                                -> (ends the session; its ephemeral keys go)
     create    path, value, ephemeral, sequential -> path, zxid
     get       path                       -> value, stat
@@ -65,6 +71,9 @@ MULTI_OPS_MAX = 1000
 MULTI_BYTES_MAX = 2 * 1024 * 1024       # sum of values in one multi
 SEQUENTIAL_DIGITS = 10                  # create(sequential=True) appends a 10-digit counter
 WATCH_HISTORY_MAX = 100_000             # changes kept for watchers that re-register after a gap
+WATCH_HISTORY_BYTES_MAX = 64 * 1024 * 1024  # ... and the bytes they may hold
+WATCH_REPLAY_MAX = 10_000               # changes replayed to one re-registering watch; beyond
+                                        # that it gets a resync (re-read) instead
 WATCHES_PER_SESSION_MAX = 1000
 
 STAT_FIELDS = ("version", "czxid", "mzxid", "ctime_ms", "mtime_ms", "ephemeral_owner",
@@ -155,9 +164,9 @@ def decode_request(frame: bytes) -> dict:
             raise errors.BadArguments(f"The field {field!r} of {api} must be "
                                       f"{_type_word(types)}, not {type(value).__name__}.")
     if api == "multi":
-        req["ops"] = [_check_multi_op(i, op) for i, op in enumerate(req["ops"])]
         if len(req["ops"]) > MULTI_OPS_MAX:
             raise errors.BadArguments(f"A multi may hold at most {MULTI_OPS_MAX} operations.")
+        req["ops"] = [_check_multi_op(i, op) for i, op in enumerate(req["ops"])]
         if sum(len(op[2]) for op in req["ops"] if op[0] in ("create", "set")) > MULTI_BYTES_MAX:
             raise errors.BadArguments(f"The values of one multi may add up to at most "
                                       f"{MULTI_BYTES_MAX} bytes.")

@@ -57,6 +57,8 @@ CONFIG = ConfigDef([
     Setting("snap.count", int, 100000,
             "Transactions between snapshots (the log rolls at each snapshot).", min=10),
     Setting("snap.retain.count", int, 3, "Snapshots (and the logs they need) to keep.", min=1),
+    Setting("max.sessions", int, 10000,
+            "Open sessions at most; a new session beyond it is refused with TOO_BUSY.", min=1),
     Setting("request.queue.max", int, 100000,
             "Replies waiting for the disk before new requests get TOO_BUSY.", min=100),
     Setting("requests.per.poll.max", int, 16,
@@ -72,10 +74,12 @@ class StartupError(Exception):
 
 
 class Watch:
-    __slots__ = ("wid", "sid", "prefix", "seq")
+    __slots__ = ("wid", "sid", "prefix", "seq", "sent_seq")
 
     def __init__(self, wid: int, sid: int, prefix: str):
-        self.wid, self.sid, self.prefix, self.seq = wid, sid, prefix, 0
+        self.wid, self.sid, self.prefix = wid, sid, prefix
+        self.seq = 0            # events queued for this watch
+        self.sent_seq = 0       # events handed to the socket (what a ping reply reports)
 
 
 class CoordinatorServer:
@@ -90,12 +94,13 @@ class CoordinatorServer:
         self.router: zmq.Socket | None = None
         self.state: CoordinatorState | None = None
         self.txnlog: TxnLog | None = None
-        self.history: collections.deque[Change] = collections.deque(
-            maxlen=protocol.WATCH_HISTORY_MAX)
+        self.history: collections.deque[Change] = collections.deque()
+        self.history_bytes = 0
         self.history_floor = 0          # changes with zxid > floor are all in history
         self.deadlines: dict[int, float] = {}       # sid -> monotonic expiry deadline
         self.idents: dict[int, bytes] = {}          # sid -> ROUTER identity it last spoke from
         self.watches: dict[int, Watch] = {}
+        self.session_watches: dict[int, dict[int, Watch]] = {}     # sid -> wid -> watch
         self.watches_by_prefix: dict[str, list[Watch]] = collections.defaultdict(list)
         self.next_wid = 1
         self.outbox: collections.deque = collections.deque()   # (zxid needed, ident, frame)
@@ -104,10 +109,10 @@ class CoordinatorServer:
         self.durable_zxid = 0
         self.pending_records: list[bytes] = []
         self.pending_zxid = 0
+        self.txns_since_snapshot = 0
         self.snapshot_jobs: queue.Queue = queue.Queue()
         self.log_writes = 0             # durable log writes, and the records they carried
         self.log_records = 0
-        self.txns_since_snapshot = 0
         self.stopping = False
         self._lock_fd: int | None = None
 
@@ -143,13 +148,14 @@ class CoordinatorServer:
         self.txnlog = TxnLog(data_dir, self.cfg["snap.retain.count"])
         started = time.monotonic()
         try:
-            self.state = self.txnlog.recover(on_change=self.history.append)
+            self.history_floor = 0
+            self.state = self.txnlog.recover(on_change=self._remember)
         except RecoveryError as e:
             raise StartupError(str(e))
-        if len(self.history) == self.history.maxlen:
-            self.history_floor = self.history[0].zxid
-        else:
+        if self.txnlog.snapshot_zxid > self.history_floor:
             self.history_floor = self.txnlog.snapshot_zxid
+        # count the replayed records, so a coordinator restarted often still snapshots
+        self.txns_since_snapshot = self.txnlog.recovered_txns
         self.durable_zxid = self.pending_zxid = self.state.zxid
         now = time.monotonic()
         for sid, session in self.state.sessions.items():
@@ -203,6 +209,9 @@ class CoordinatorServer:
                     self._sync_log()
                 now = time.monotonic()
                 if now >= next_tick:
+                    late = now - next_tick
+                    if late > tick_s:
+                        self._forgive(late)
                     self._expire_sessions(now)
                     self._sync_log()
                     self._flush_ready()
@@ -253,7 +262,9 @@ class CoordinatorServer:
     def _release_outbox(self) -> None:
         outbox, durable, ready = self.outbox, self.durable_zxid, self.ready
         while outbox and outbox[0][0] <= durable:
-            _, ident, frame = outbox.popleft()
+            _, ident, frame, watch, seq = outbox.popleft()
+            if watch is not None:
+                watch.sent_seq = seq
             frames = ready.get(ident)
             if frames is None:
                 ready[ident] = [ident, frame]
@@ -270,18 +281,21 @@ class CoordinatorServer:
             send(frames)
         self.ready = {}
 
-    def _send(self, ident: bytes, frame: bytes) -> None:
+    def _send(self, ident: bytes, frame: bytes, watch: Watch | None = None, seq: int = 0,
+              now: bool = False) -> None:
         """Queue a frame for ``ident``; it goes once the log is durable up to everything the
-        current state holds (at once when it already is)."""
+        current state holds (at once when it already is, or when ``now``: pings)."""
         needed = self.state.zxid
-        if needed <= self.durable_zxid and not self.outbox:
+        if now or (needed <= self.durable_zxid and not self.outbox):
+            if watch is not None:
+                watch.sent_seq = seq
             frames = self.ready.get(ident)
             if frames is None:
                 self.ready[ident] = [ident, frame]
             else:
                 frames.append(frame)
         else:
-            self.outbox.append((needed, ident, frame))
+            self.outbox.append((needed, ident, frame, watch, seq))
 
     # --- requests ---------------------------------------------------------------------------------
     def _handle(self, ident: bytes, frame: bytes) -> None:
@@ -289,7 +303,8 @@ class CoordinatorServer:
         try:
             req = protocol.decode_request(frame)
             req_id = req["id"]
-            if len(self.outbox) >= self.cfg["request.queue.max"] and req["api"] != "ping":
+            if len(self.outbox) >= self.cfg["request.queue.max"] and \
+                    req["api"] not in ("ping", "connect", "close"):
                 raise errors.TooBusy()
             reply = self._dispatch(ident, req)
         except errors.ZbError as e:
@@ -310,14 +325,20 @@ class CoordinatorServer:
         session = self.state.sessions.get(sid)
         if session is None:
             raise errors.SessionExpired(f"Session {sid:#x} has expired or never existed.")
-        self.deadlines[sid] = time.monotonic() + session.timeout_ms / 1000
         if self.idents.get(sid) != ident:
-            self.idents[sid] = ident
+            # Only the connection that opened or resumed the session (with its secret) speaks
+            # for it; anyone else must resume first.
+            raise errors.SessionMoved()
+        self.deadlines[sid] = time.monotonic() + session.timeout_ms / 1000
         st = self.state
         if api == "ping":
-            return protocol.encode_reply(req_id, zxid=st.zxid, run=self.run_id,
-                                         watches={w.wid: w.seq for w in self.watches.values()
-                                                  if w.sid == sid})
+            # answered at once (an overloaded coordinator must not starve heartbeats); it reports
+            # the watch events already handed to the socket, so a gap in them is a real one
+            watches = self.session_watches.get(sid, {})
+            self._send(ident, protocol.encode_reply(
+                req_id, zxid=self.durable_zxid, run=self.run_id,
+                watches={wid: w.sent_seq for wid, w in watches.items()}), now=True)
+            return None
         if api == "get":
             node = st.get(req["path"])
             return protocol.encode_reply(req_id, value=node.value, stat=node.stat())
@@ -359,8 +380,13 @@ class CoordinatorServer:
                 raise errors.SessionExpired(f"Session {sid:#x} has expired.")
             self.idents[sid] = ident
             self.deadlines[sid] = time.monotonic() + session.timeout_ms / 1000
+            for wid in list(self.session_watches.get(sid, ())):
+                self._drop_watch(wid, sid)          # the client registers them again
             log.info("session resumed", sid=sid)
         else:
+            if len(self.state.sessions) >= self.cfg["max.sessions"]:
+                raise errors.TooBusy(f"The coordinator holds max.sessions "
+                                     f"({self.cfg['max.sessions']}) sessions already.")
             timeout_ms = min(max(req["timeout_ms"], self.cfg["min.session.timeout.ms"]),
                              self.cfg["max.session.timeout.ms"])
             sid = self._write(["session", timeout_ms, os.urandom(8)])
@@ -381,11 +407,20 @@ class CoordinatorServer:
         self.pending_zxid = txn[0]
         self.txns_since_snapshot += 1
         for change in changes:
-            self.history.append(change)
+            self._remember(change)
             self._notify(change)
-        if len(self.history) == self.history.maxlen:
-            self.history_floor = self.history[0].zxid
         return result
+
+    def _remember(self, change: Change) -> None:
+        """Keep a change for watchers that re-register after a gap, within both limits."""
+        history = self.history
+        history.append(change)
+        self.history_bytes += len(change.path) + len(change.value or b"") + 64
+        while len(history) > protocol.WATCH_HISTORY_MAX or \
+                self.history_bytes > protocol.WATCH_HISTORY_BYTES_MAX:
+            old = history.popleft()
+            self.history_bytes -= len(old.path) + len(old.value or b"") + 64
+            self.history_floor = old.zxid
 
     # --- watches ----------------------------------------------------------------------------------
     def _notify(self, change: Change) -> None:
@@ -406,27 +441,35 @@ class CoordinatorServer:
             return
         w.seq += 1
         self._send(ident, protocol.encode_watch_event(
-            w.wid, w.seq, change.zxid, change.type, change.path, change.version, change.value))
+            w.wid, w.seq, change.zxid, change.type, change.path, change.version, change.value),
+            watch=w, seq=w.seq)
 
     def _add_watch(self, ident: bytes, sid: int, req: dict) -> bytes:
         prefix = req["prefix"]
         protocol.check_path(prefix)
-        if sum(1 for w in self.watches.values() if w.sid == sid) >= \
-                protocol.WATCHES_PER_SESSION_MAX:
+        mine = self.session_watches.setdefault(sid, {})
+        if len(mine) >= protocol.WATCHES_PER_SESSION_MAX:
             raise errors.BadArguments(f"A session may hold at most "
                                       f"{protocol.WATCHES_PER_SESSION_MAX} watches.")
         since = req.get("since_zxid", -1)
+        resync = 0 <= since < self.history_floor
+        missed: list[Change] = []
+        if since >= 0 and not resync and since < self.state.zxid:
+            for change in self.history:
+                if change.zxid > since and protocol.prefix_matches(prefix, change.path):
+                    missed.append(change)
+                    if len(missed) > protocol.WATCH_REPLAY_MAX:
+                        resync, missed = True, []       # cheaper for the client to re-read
+                        break
         w = Watch(self.next_wid, sid, prefix)
         self.next_wid += 1
         self.watches[w.wid] = w
+        mine[w.wid] = w
         self.watches_by_prefix[prefix].append(w)
-        resync = 0 <= since < self.history_floor
         self._send(ident, protocol.encode_reply(req["id"], wid=w.wid, zxid=self.state.zxid,
                                                 resync=resync))
-        if since >= 0 and not resync:
-            for change in self.history:
-                if change.zxid > since and protocol.prefix_matches(prefix, change.path):
-                    self._send_event(w, change)
+        for change in missed:
+            self._send_event(w, change)
         return None
 
     def _drop_watch(self, wid: int, sid: int) -> None:
@@ -434,6 +477,11 @@ class CoordinatorServer:
         if w is None or w.sid != sid:
             return
         del self.watches[wid]
+        mine = self.session_watches.get(sid)
+        if mine is not None:
+            mine.pop(wid, None)
+            if not mine:
+                del self.session_watches[sid]
         lst = self.watches_by_prefix[w.prefix]
         lst.remove(w)
         if not lst:
@@ -443,9 +491,17 @@ class CoordinatorServer:
     def _close_session(self, sid: int, reason: str) -> None:
         self._write(["close", sid])
         self.deadlines.pop(sid, None)
-        for wid in [w.wid for w in self.watches.values() if w.sid == sid]:
+        for wid in list(self.session_watches.get(sid, ())):
             self._drop_watch(wid, sid)
+        if reason != "expired":
+            self.idents.pop(sid, None)
         log.info("session ended", sid=sid, reason=reason)
+
+    def _forgive(self, late_s: float) -> None:
+        """The loop fell behind (a stall, a flood): nobody's session expires for our delay."""
+        for sid in self.deadlines:
+            self.deadlines[sid] += late_s
+        log.warning("the loop fell behind; session deadlines moved out", seconds=round(late_s, 3))
 
     def _expire_sessions(self, now: float) -> None:
         expired = [sid for sid, deadline in self.deadlines.items() if deadline < now]

@@ -288,5 +288,12 @@ class TooBusy(ZbError):
     message = "The server's queue is full; retry shortly."
 
 
+@_register
+class SessionMoved(ZbError):
+    code, name, retriable = 112, "SESSION_MOVED", True
+    message = ("The session is bound to another connection; reconnect with the session's "
+               "secret to move it here.")
+
+
 __all__ = [n for n, v in list(globals().items()) if isinstance(v, type) and issubclass(v, ZbError)]
 __all__ += ["error_for_code", "make_error"]

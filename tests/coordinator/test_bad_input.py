@@ -146,3 +146,20 @@ def test_shell_commands(coordinator):
     assert r.stdout.splitlines()[-1] == "[]"
     assert "usage" in subprocess.run([sys.executable, "-m", "coordinator.shell", "--help"],
                                      capture_output=True, text=True).stdout
+
+
+def test_another_connection_cannot_speak_for_a_session(coordinator, raw):
+    victim = CoordinatorClient(coordinator.address)
+    victim.create("/broker1", b"", ephemeral=True)
+    for api, fields in [("ping", {}), ("close", {}),
+                        ("create", {"path": "/stolen", "ephemeral": True}),
+                        ("delete", {"path": "/broker1"})]:
+        reply = ask(raw, req(api=api, id=1, sid=victim.session_id, **fields))
+        from zbroker.errors import error_for_code
+        assert error_for_code(reply["err"]).name == "SESSION_MOVED", (api, reply)
+    wrong_secret = ask(raw, req(api="connect", id=2, sid=victim.session_id, timeout_ms=5000,
+                                secret=b"guess"))
+    assert wrong_secret["err"] != 0
+    assert victim.exists("/broker1") is not None and victim.exists("/stolen") is None
+    victim.create("/still-mine")
+    victim.close()

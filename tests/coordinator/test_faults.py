@@ -132,3 +132,49 @@ def test_election_in_process_fence_helper(coordinator):
     b.multi([eb.fence(), Op.create("/x")])
     assert eb.holder() == (b"b", 2)
     b.close()
+
+
+def test_watch_survives_coordinator_restarts_without_duplicates_or_leaks(procs, tmp_path):
+    coord = CoordinatorProc(procs, tmp_path / "data").start()
+    c = CoordinatorClient(coord.address, session_timeout_ms=8000)
+    got = []
+    c.create("/w")
+    c.watch("/w", got.append)
+    expected = []
+    for round_ in range(3):
+        for i in range(5):
+            path = f"/w/r{round_}-{i}"
+            c.create(path)
+            expected.append(path)
+        coord.kill9()
+        coord.restart()
+        deadline = time.monotonic() + 15
+        while True:         # the client resumes its session on the new coordinator
+            try:
+                c.exists("/w")
+                break
+            except Exception:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    c.create("/w/last")
+    expected.append("/w/last")
+    deadline = time.monotonic() + 10
+    while len(got) < len(expected):
+        assert time.monotonic() < deadline, [e.path for e in got]
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert [e.path for e in got] == expected        # each change once, in order
+    c.close()
+
+
+def test_election_recovers_its_own_win_after_a_lost_reply(coordinator):
+    c = CoordinatorClient(coordinator.address)
+    c.create("/leader_epoch", b"0")
+    # the winning multi is applied, but pretend its reply was lost
+    c.multi([Op.set("/leader_epoch", b"1", 0), Op.create("/leader", b"me", ephemeral=True)])
+    e = Election(c, "/leader", b"me")
+    assert e.try_acquire() == 1 and e.is_leader
+    other = CoordinatorClient(coordinator.address)
+    assert Election(other, "/leader", b"other").try_acquire() is None
+    other.close()
+    c.close()
