@@ -117,3 +117,34 @@ def test_cluster_carries_on_across_a_coordinator_restart(cluster):
         assert conn.produce("b", p[0], batch([b"x"]))[2] == 0
         conn.close()
     assert sorted(x[0] for x in c.metadata(None)["topics"]) == ["a", "b"]
+
+
+def test_a_broker_whose_session_expired_registers_again_and_leads_again(cluster):
+    import os
+    import signal
+    import time
+    c = cluster(2)
+    parts = c.create_topic("s", 2)
+    victim_id = 2 if c.controller_id() == 1 else 1
+    victim = c.broker(victim_id)
+    p = next(x for x in parts if x[2] == victim_id)
+    conn = Conn(victim.port)
+    assert conn.produce("s", p[0], batch([b"one"]))[2] == 0
+    os.kill(victim.proc.pid, signal.SIGSTOP)
+    try:
+        other = c.broker(3 - victim_id)
+        c.wait_for(lambda: victim_id not in [b[0] for b in other.metadata([])["brokers"]],
+                   10, "the session expiring")
+    finally:
+        os.kill(victim.proc.pid, signal.SIGCONT)
+
+    def led_again():
+        got = victim.metadata(["s"], allow_auto_create=False)["topics"][0][3]
+        st = next(x for x in got if x[0] == p[0])
+        return st if st[2] == victim_id and st[3] > p[3] else None
+    st = c.wait_for(led_again, 15, "leading again after re-registering")
+    time.sleep(0.2)
+    assert conn.produce("s", p[0], batch([b"two"]), leader_epoch=st[3])[2] == 0
+    assert values_of(conn.fetch("s", p[0], 0)[1]) == [(0, b"one"), (1, b"two")]
+    conn.close()
+    assert victim.alive

@@ -26,6 +26,12 @@ Fetch long polls: a fetch that finds fewer than ``min_bytes`` waits (``max_wait_
 the partitions it asked for; an append to one of them adds its size to the fetch's count and
 answers it once ``min_bytes`` is reached; a timer answers it at its deadline either way.
 
+Coordinator session: while the session's connection is down for more than 2/3 of its timeout
+the broker stops acting as leader (Produce/Fetch/ListOffsets get NOT_LEADER_OR_FOLLOWER), since
+its session may have expired elsewhere; when the coordinator says it did expire, the broker opens
+a new session and registers again (new broker epoch), and the controller makes it leader of its
+partitions again with bumped leader epochs.
+
 Replication is not built yet: a partition's leader is its only in-sync replica, so the high
 watermark is the log end offset and acks=-1 behaves like acks=1. Extra replicas (RF > 1) are
 assigned and shown in Metadata but hold no data yet.
@@ -46,7 +52,7 @@ import uuid
 
 import zmq
 
-from coordinator.client import LOST, CoordinatorClient, NodeExists, NoNode
+from coordinator.client import CONNECTED, LOST, SUSPENDED, CoordinatorClient, NodeExists, NoNode
 from zbroker import errors, protocol, records
 from zbroker.broker import config as broker_config
 from zbroker.broker import metadata as md
@@ -113,6 +119,10 @@ class BrokerServer:
         self._auto_create_asked: dict[str, float] = {}
         self.stopping = False
         self.exit_code = 0
+        # Set while the coordinator session may have expired without our knowing: the broker
+        # then refuses to act as a leader (DESIGN: a leader that lost its session stops first).
+        self.leadership_paused = False
+        self._suspended_at: float | None = None
         self._handlers = {
             "ApiVersions": self._api_versions, "Metadata": self._metadata,
             "Produce": self._produce, "Fetch": self._fetch, "ListOffsets": self._list_offsets,
@@ -136,6 +146,12 @@ class BrokerServer:
                 raise StartupError(f"The address {self.endpoint} is already in use; is another "
                                    f"broker running?")
             raise StartupError(f"Cannot listen on {self.endpoint}: {e.strerror}.")
+        self._open_session()
+        log.info("broker started", broker_id=self.broker_id, listener=self.endpoint,
+                 advertised=f"{self.host}:{self.port}", log_dirs=self.replicas.log_dirs)
+
+    def _open_session(self) -> None:
+        """A coordinator session, our registration in it, and the threads that use it."""
         connect = self.cfg["coordinator.connect"]
         try:
             self.client = CoordinatorClient(
@@ -157,15 +173,69 @@ class BrokerServer:
         except errors.ZbError as e:
             raise StartupError(f"The coordinator refused the registration: "
                                f"{str(e).rstrip('.')}.")
-        self.client.add_listener(self._on_session_state)
+        client = self.client
+        client.add_listener(lambda state: self._post(("session", state, client)))
         self.watcher = md.MetadataWatcher(self.client, lambda image: self._post(("image", image)))
         self.watcher.start()
         self.controller = Controller(self.client, self.broker_id, self.cfg,
                                      lambda ident, frames, wait:
                                      self._post(("admin_reply", ident, frames, wait)))
         self.controller.start()
-        log.info("broker started", broker_id=self.broker_id, listener=self.endpoint,
-                 advertised=f"{self.host}:{self.port}", log_dirs=self.replicas.log_dirs)
+
+    def _close_session(self) -> None:
+        for closer in (self.controller, self.watcher):
+            if closer is not None:
+                try:
+                    closer.stop()
+                except Exception:
+                    log.exception("stopping a coordinator thread failed")
+        self.controller = self.watcher = None
+        if self.client is not None:
+            try:
+                self.client.close()
+            except Exception:
+                pass
+            self.client = None
+
+    def _renew_session(self) -> None:
+        """Our session expired (our registration, and /controller if we held it, are gone):
+        stop leading, open a new session and register again. The controller then sees a broker
+        with a new broker epoch and makes it leader again with a bumped leader epoch."""
+        log.warning("the coordinator session expired; registering again")
+        self.leadership_paused = True
+        self._close_session()
+        try:
+            self._open_session()
+        except StartupError as e:
+            log.error("could not register again; stopping", error=str(e))
+            self.exit_code = 3
+            self.stopping = True
+            return
+        self.leadership_paused = False
+        self._suspended_at = None
+        log.info("registered again", broker_id=self.broker_id)
+
+    def _on_session_event(self, state: str, client) -> None:
+        if client is not self.client:
+            return              # a listener of a session we already left
+        if state == SUSPENDED:
+            if self._suspended_at is None:
+                self._suspended_at = time.monotonic()
+                limit_s = self.client.session_timeout_ms * 2 / 3000
+                self._add_timer(limit_s, self._check_suspended, self._suspended_at)
+        elif state == CONNECTED:
+            if self.leadership_paused:
+                log.info("coordinator session back; leading again")
+            self._suspended_at = None
+            self.leadership_paused = False
+        elif state == LOST:
+            self._renew_session()
+
+    def _check_suspended(self, since: float) -> None:
+        if self._suspended_at == since and not self.leadership_paused:
+            log.warning("no coordinator contact for 2/3 of the session timeout; not acting as "
+                        "leader until it is back")
+            self.leadership_paused = True
 
     def _register(self) -> None:
         path = md.broker_path(self.broker_id)
@@ -201,10 +271,6 @@ class BrokerServer:
                                    f"earlier process that has not expired.")
             time.sleep(0.1)
 
-    def _on_session_state(self, state: str) -> None:
-        if state == LOST:
-            self._post(("session_lost",))
-
     # --- cross-thread hand-off -------------------------------------------------------------------
     def _post(self, item) -> None:
         """Called from other threads (and the signal handler): queue ``item`` for the loop."""
@@ -228,11 +294,8 @@ class BrokerServer:
                 self._apply_image(item[1])
             elif kind == "admin_reply":
                 self._on_admin_reply(*item[1:])
-            elif kind == "session_lost":
-                log.error("the coordinator session expired: this broker may no longer act on "
-                          "its registration; stopping")
-                self.exit_code = 3
-                self.stopping = True
+            elif kind == "session":
+                self._on_session_event(item[1], item[2])
             elif kind == "stop":
                 self.stopping = True
 
@@ -355,6 +418,10 @@ class BrokerServer:
     def _partition(self, topic: str, partition: int, leader_epoch: int):
         """The Partition this broker leads, or raise the error the client should see."""
         part = self.replicas.partitions.get((topic, partition))
+        if self.leadership_paused:
+            raise errors.NotLeaderOrFollower(
+                f"Broker {self.broker_id} has lost contact with the coordinator and does not "
+                f"act as leader until it is back.")
         if part is None:
             st = self.image.partition(topic, partition)
             if st is None:
@@ -441,7 +508,8 @@ class BrokerServer:
         for (topic, p, epoch), blob in zip(parts, blobs):
             part = get((topic, p))
             try:
-                if part is None or (epoch != -1 and epoch != part.leader_epoch):
+                if part is None or (epoch != -1 and epoch != part.leader_epoch) or \
+                        self.leadership_paused:
                     part = self._partition(topic, p, epoch)
                 result = part.log.append(blob.buffer, part.leader_epoch)
             except errors.ZbError as e:
@@ -485,7 +553,8 @@ class BrokerServer:
         for topic, p, offset, epoch, part_max in fetch.parts:
             part = get((topic, p))
             try:
-                if part is None or (epoch != -1 and epoch != part.leader_epoch):
+                if part is None or (epoch != -1 and epoch != part.leader_epoch) or \
+                        self.leadership_paused:
                     part = self._partition(topic, p, epoch)
                 hw = part.high_watermark
                 if remaining > 0 and part_max > 0:
@@ -638,10 +707,9 @@ class BrokerServer:
 
     def _shutdown(self) -> None:
         log.info("stopping", broker_id=self.broker_id)
-        if self.controller is not None:
-            self.controller.stop()
-        if self.watcher is not None:
-            self.watcher.stop()
+        for closer in (self.controller, self.watcher):
+            if closer is not None:
+                closer.stop()
         for part in list(self.replicas.partitions.values()):
             for fetch in list(part.waiters):        # answer long polls with what there is
                 self._complete_fetch(fetch)
