@@ -217,18 +217,23 @@ class AdminClient:
             if node in cluster.brokers:
                 try:
                     header, _ = self._call(node, api, fields, deadline)
-                    for name, code, msg in header.get("topics") or ():
-                        if code:
-                            err = errors.make_error(code, msg or None)
-                            if not err.retriable:
-                                raise self._explain(err, name)
-                            raise err
-                    return
-                except ZbError as e:
+                except ZbError as e:        # the whole request failed: connection, timeout
                     if not e.retriable:
                         raise
                     last = e
-                    log.debug("admin request will be retried", api=api, error=str(e))
+                else:
+                    for name, code, msg in header.get("topics") or ():
+                        if code:
+                            err = errors.make_error(code, msg or None)
+                            # only a controller change is worth another try: the topic's own
+                            # errors (unknown, exists, invalid) are the answer
+                            if not isinstance(err, NotController):
+                                raise self._explain(err, name)
+                            last = err
+                            break
+                    else:
+                        return
+                log.debug("admin request will be retried", api=api, error=str(last))
             else:
                 last = NotController("The cluster has no controller right now.")
             if _monotonic() + self.retry_backoff_s >= deadline:

@@ -5,6 +5,7 @@ replication, no disk; just enough to exercise the client side, plus fault inject
 from __future__ import annotations
 
 import threading
+import time
 
 import zmq
 
@@ -25,6 +26,7 @@ class FakeBroker:
         self.produce_errors: list[int] = []     # codes answered to the next Produce parts
         self.drop_next = 0                      # requests to swallow without answering
         self.lock = threading.Lock()
+        self._parked: list = []                 # empty fetches held until data or max_wait
         self._stop = False
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
@@ -59,8 +61,9 @@ class FakeBroker:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         while not self._stop:
-            if not poller.poll(50):
-                continue
+            poller.poll(10)
+            with self.lock:
+                self._unpark()
             while True:
                 try:
                     frames = self._sock.recv_multipart(zmq.NOBLOCK)
@@ -78,9 +81,25 @@ class FakeBroker:
                     if self.drop_next:
                         self.drop_next -= 1
                         continue
+                    if header["api"] == "Fetch":
+                        self._parked.append((ident, header, time.monotonic() +
+                                             header.get("max_wait_ms", 0) / 1000))
+                        self._unpark()
+                        continue
                     reply = getattr(self, "_" + header["api"])(header, blobs)
                 if reply is not None:
                     self._sock.send_multipart([ident, *reply])
+
+    def _unpark(self) -> None:
+        now = time.monotonic()
+        keep = []
+        for ident, header, deadline in self._parked:
+            reply, has_data = self._Fetch(header, [])
+            if has_data or now >= deadline:
+                self._sock.send_multipart([ident, *reply])
+            else:
+                keep.append((ident, header, deadline))
+        self._parked = keep
 
     def _metadata_topics(self, names):
         out = []
@@ -125,17 +144,20 @@ class FakeBroker:
 
     def _Fetch(self, h, blobs):
         parts, out = [], []
+        has_data = False
         budget = h.get("max_bytes", 1 << 20)
         for topic, p, offset, _epoch, pmax in h["parts"]:
             tp = (topic, p)
             if tp not in self.logs:
                 parts.append([topic, p, errors.UnknownTopicOrPartition.code, -1, -1, -1])
                 out.append(b"")
+                has_data = True
                 continue
             end = self.next_offset[tp]
             if offset > end or offset < 0:
                 parts.append([topic, p, errors.OffsetOutOfRange.code, end, 0, end])
                 out.append(b"")
+                has_data = True
                 continue
             chunk = bytearray()
             for b in self.logs[tp]:
@@ -146,9 +168,10 @@ class FakeBroker:
                     break
                 chunk += b
             budget -= len(chunk)
+            has_data = has_data or bool(chunk)
             parts.append([topic, p, 0, end, 0, end])
             out.append(bytes(chunk))
-        return protocol.encode_response(h["id"], out, parts=parts)
+        return protocol.encode_response(h["id"], out, parts=parts), has_data
 
     def _ListOffsets(self, h, blobs):
         parts = []

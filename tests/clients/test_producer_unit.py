@@ -1,0 +1,181 @@
+"""Producer I/O logic against an in-process fake broker: batching, linger, the sticky
+partitioner, futures and callbacks, acks=0, retries and their order, timeouts, errors."""
+
+import threading
+import time
+
+import pytest
+
+from clients import (IllegalStateError, MessageTooLarge, NoBrokersAvailable, Producer,
+                     RecordMetadata, RequestTimedOut, UnknownTopicOrPartition)
+from clients.partitioner import partition_for_key
+from tests.procs import free_port
+from zbroker import errors, records
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def batches_of(fb, topic, partition):
+    return [records.read_header(b) for b in fb.logs[(topic, partition)]]
+
+
+def test_send_returns_metadata_with_offsets_in_order(fake_broker):
+    with Producer(fake_broker.bootstrap, linger_ms=1) as p:
+        futs = [p.send("one", b"v%d" % i) for i in range(1000)]
+        metas = [f.result(10) for f in futs]
+    assert [m.offset for m in metas] == list(range(1000))
+    assert all(isinstance(m, RecordMetadata) and m.topic == "one" and m.partition == 0
+               for m in metas)
+    assert [r.value for r in fake_broker.records("one", 0)] == [b"v%d" % i for i in range(1000)]
+
+
+def test_keyed_records_follow_the_key_hash(fake_broker):
+    with Producer(fake_broker.bootstrap) as p:
+        metas = [p.send("t", b"x", key=b"key-%d" % i).result(10) for i in range(50)]
+    for i, m in enumerate(metas):
+        assert m.partition == partition_for_key(b"key-%d" % i, 3)
+
+
+def test_keyless_records_stick_to_one_partition_per_batch(fake_broker):
+    with Producer(fake_broker.bootstrap, batch_size=2000, linger_ms=1000) as p:
+        for i in range(200):
+            p.send("t", b"x" * 50)
+        p.flush(10)
+    sizes = []
+    for part in range(3):
+        for h in batches_of(fake_broker, "t", part):
+            sizes.append(h.records_count)
+    # every batch but the last ones filled up (size-sealed): 200 records in few batches
+    assert sum(sizes) == 200
+    assert len(sizes) <= 200 * 80 // 2000 + 3
+
+
+def test_batch_size_bounds_batches_and_linger_sends_a_lone_record(fake_broker):
+    with Producer(fake_broker.bootstrap, batch_size=1024, linger_ms=50) as p:
+        futs = [p.send("one", b"y" * 100) for _ in range(40)]
+        p.flush(10)
+        assert all(f.done() for f in futs)
+        assert all(h.size <= 1024 + 200 for h in batches_of(fake_broker, "one", 0))
+        start = time.monotonic()
+        meta = p.send("one", b"alone").result(5)     # no flush: linger_ms sends it
+        assert time.monotonic() - start < 2
+        assert meta.offset == 40
+
+
+def test_many_threads_send_safely(fake_broker):
+    with Producer(fake_broker.bootstrap, linger_ms=2) as p:
+        out = [[] for _ in range(4)]
+
+        def work(i):
+            for j in range(2000):
+                out[i].append(p.send("one", b"%d-%d" % (i, j)))
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        offsets = [f.result(10).offset for fs in out for f in fs]
+    assert sorted(offsets) == list(range(8000))
+
+
+def test_callbacks_and_future_surface(fake_broker):
+    seen, done_seen = [], []
+    with Producer(fake_broker.bootstrap) as p:
+        f = p.send("one", b"a", headers=[("h", b"1")], timestamp_ms=1234)
+        f.add_callback(seen.append)
+        f.add_done_callback(done_seen.append)
+        meta = f.get(10)
+        assert f.succeeded() and not f.failed() and f.exception() is None
+        assert meta.timestamp == 1234
+        late = []
+        f.add_callback(late.append)            # already done: runs at once
+        assert late == [meta]
+    assert seen == [meta] and done_seen == [f]
+    rec = fake_broker.records("one", 0)[0]
+    assert rec.headers == (("h", b"1"),) and rec.timestamp == 1234
+
+
+def test_acks_0_resolves_with_offset_minus_one(fake_broker):
+    with Producer(fake_broker.bootstrap, acks=0) as p:
+        metas = [p.send("one", b"z").result(10) for _ in range(10)]
+    assert all(m.offset == -1 for m in metas)
+    deadline = time.monotonic() + 5
+    while len(fake_broker.records("one", 0)) < 10 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(fake_broker.records("one", 0)) == 10
+
+
+def test_retriable_errors_are_retried_in_order_with_max_in_flight_1(fake_broker):
+    fake_broker.produce_errors = [errors.NotLeaderOrFollower.code,
+                                  errors.RequestTimedOut.code]
+    with Producer(fake_broker.bootstrap, max_in_flight=1, retry_backoff_ms=10,
+                  batch_size=200, linger_ms=0) as p:
+        futs = [p.send("one", b"%d" % i) for i in range(300)]
+        p.flush(10)
+    assert [f.result().offset for f in futs] == list(range(300))
+    assert [r.value for r in fake_broker.records("one", 0)] == [b"%d" % i for i in range(300)]
+    assert sum(1 for r in fake_broker.requests if r["api"] == "Metadata") >= 2
+
+
+def test_a_lost_request_times_out_and_is_retried(fake_broker):
+    with Producer(fake_broker.bootstrap, request_timeout_ms=300, retry_backoff_ms=10) as p:
+        fake_broker.drop_next = 1
+        meta = p.send("one", b"once").result(10)
+    assert meta.offset == 0
+
+
+def test_non_retriable_error_fails_the_future(fake_broker):
+    fake_broker.produce_errors = [errors.MessageTooLarge.code]
+    with Producer(fake_broker.bootstrap) as p:
+        f = p.send("one", b"x")
+        with pytest.raises(MessageTooLarge):
+            f.result(10)
+        assert f.failed() and isinstance(f.exception(), MessageTooLarge)
+        assert p.send("one", b"next").result(10).offset == 0
+
+
+def test_delivery_timeout_bounds_retries(fake_broker):
+    fake_broker.produce_errors = [errors.NotLeaderOrFollower.code] * 1000
+    with Producer(fake_broker.bootstrap, delivery_timeout_ms=500, retry_backoff_ms=20) as p:
+        f = p.send("one", b"x")
+        with pytest.raises(errors.ZbError) as e:
+            f.result(10)
+        assert isinstance(e.value, (RequestTimedOut, errors.NotLeaderOrFollower))
+
+
+def test_clear_errors_at_send(fake_broker):
+    with Producer(fake_broker.bootstrap, unknown_topic_wait_ms=300) as p:
+        start = time.monotonic()
+        with pytest.raises(UnknownTopicOrPartition, match="'missing' does not exist"):
+            p.send("missing", b"x")
+        assert time.monotonic() - start < 5
+        with pytest.raises(MessageTooLarge, match="max_request_size"):
+            p.send("one", b"x" * 2_000_000)
+        with pytest.raises(UnknownTopicOrPartition, match="no partition 7"):
+            p.send("t", b"x", partition=7)
+        with pytest.raises(TypeError):
+            p.send("one", "not bytes")
+        assert p.send("one", b"still fine").result(10).offset == 0
+    with pytest.raises(IllegalStateError):
+        p.send("one", b"after close")
+
+
+def test_unreachable_bootstrap_fails_within_the_bound():
+    port = free_port()
+    start = time.monotonic()
+    with pytest.raises(NoBrokersAvailable, match=f"127.0.0.1:{port}"):
+        Producer(f"127.0.0.1:{port}", bootstrap_timeout_ms=500)
+    assert time.monotonic() - start < 3
+
+
+def test_buffer_memory_blocks_then_times_out(fake_broker):
+    p = Producer(fake_broker.bootstrap, buffer_memory=4096, batch_size=1024,
+                 max_block_ms=300, request_timeout_ms=60000)
+    p.partitions_for("one")
+    fake_broker.drop_next = 10**6          # from now on nothing is answered
+    try:
+        with pytest.raises(RequestTimedOut, match="buffer"):
+            for _ in range(1000):
+                p.send("one", b"x" * 200)
+    finally:
+        p.close(0.5)
