@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -29,11 +30,22 @@ def why_not_available() -> str | None:
     return None
 
 
+def _remove_stale() -> None:
+    """Delete test namespaces left by a test process that died before it could clean up."""
+    listing = _ip("netns", "list", check=False).stdout
+    for line in listing.splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = re.match(r"^zb(\d+)x\d+", name)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            _ip("netns", "del", name, check=False)
+
+
 class Hosts:
     """``n`` hosts named h0..h{n-1} on one private subnet, each reachable at ``address(i)``."""
 
     def __init__(self, n: int):
-        self.tag = f"zb{os.getpid() % 10000}{random.randrange(1000)}"
+        _remove_stale()
+        self.tag = f"zb{os.getpid()}x{random.randrange(100)}"     # veth names stay <= 15 chars
         self.subnet = f"10.{random.randrange(200, 250)}.{random.randrange(1, 250)}"
         self.switch = f"{self.tag}sw"
         self.names = [f"{self.tag}h{i}" for i in range(n)]
