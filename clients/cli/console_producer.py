@@ -55,7 +55,8 @@ PRODUCER_PROPS = {"linger.ms": ("linger_ms", float), "batch.size": ("batch_size"
                   "retry.backoff.ms": ("retry_backoff_ms", int),
                   "metadata.max.age.ms": ("metadata_max_age_ms", int),
                   "bootstrap.servers": ("bootstrap_servers", str),
-                  "client.id": ("client_id", str)}
+                  "client.id": ("client_id", str),
+                  "bootstrap.timeout.ms": ("bootstrap_timeout_ms", int)}
 
 
 def producer_settings(props: dict[str, str], flag: str) -> dict:
