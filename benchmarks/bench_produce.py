@@ -1,0 +1,89 @@
+"""Client benchmark: producer and consumer records/s against one broker (acks=1, 100-byte
+records, one partition).
+
+    python benchmarks/bench_produce.py
+
+Starts its own coordinator and broker on free loopback ports with temporary data directories,
+then: the producer calls ``send()`` once per record for BENCH_RECORDS records (default
+2,000,000) and flushes; a consumer reads them all back from the beginning. Stops everything and
+prints the figures last, as one line of name=value pairs. Client and broker share this
+machine's cores, as they would in the quick start.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from clients import AdminClient, Consumer, Producer  # noqa: E402
+from tests.procs import BrokerProc, CoordinatorProc, Procs  # noqa: E402
+
+RECORDS = int(os.environ.get("BENCH_RECORDS", "2000000"))
+RECORD_BYTES = 100
+
+
+def produce(bootstrap: str, topic: str) -> tuple[float, float]:
+    value = b"x" * RECORD_BYTES
+    with Producer(bootstrap, acks=1, linger_ms=5) as p:
+        send = p.send
+        send(topic, value).result(30)              # metadata and connection are warm
+        start = time.perf_counter()
+        for _ in range(RECORDS):
+            send(topic, value)
+        p.flush()
+        elapsed = time.perf_counter() - start
+        last = send(topic, value).result(30)
+    assert last.offset == RECORDS + 1, last
+    return RECORDS / elapsed, elapsed
+
+
+def consume(bootstrap: str, topic: str) -> tuple[float, float]:
+    total = RECORDS + 2
+    n = 0
+    with Consumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                  max_poll_records=10000) as c:
+        got = c.poll(10000, max_records=1)           # connection and first fetch are warm
+        n += sum(len(v) for v in got.values())
+        start = time.perf_counter()
+        deadline = time.monotonic() + 120
+        while n < total and time.monotonic() < deadline:
+            for recs in c.poll(1000).values():
+                n += len(recs)
+        elapsed = time.perf_counter() - start
+    assert n == total, f"read {n} of {total} records"
+    return (total - 1) / elapsed, elapsed
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-produce-") as tmp:
+        procs = Procs(Path(tmp))
+        try:
+            coord = CoordinatorProc(procs, Path(tmp) / "coordinator").start()
+            broker = BrokerProc(procs, 1, coord.address, Path(tmp) / "broker",
+                                {"log.level": "WARNING"}).start()
+            with AdminClient(broker.address) as admin:
+                admin.create_topic("bench", 1, 1)
+            print(f"producer: {RECORDS:,} records of {RECORD_BYTES} bytes, send() per record, "
+                  f"acks=1 ...", flush=True)
+            p_rate, p_s = produce(broker.address, "bench")
+            print(f"  {p_rate:,.0f} records/s ({p_rate * RECORD_BYTES / 1e6:.1f} MB/s) in "
+                  f"{p_s:.1f} s", flush=True)
+            print("consumer: reading them back from the beginning ...", flush=True)
+            c_rate, c_s = consume(broker.address, "bench")
+            print(f"  {c_rate:,.0f} records/s ({c_rate * RECORD_BYTES / 1e6:.1f} MB/s) in "
+                  f"{c_s:.1f} s", flush=True)
+        finally:
+            procs.cleanup()
+    print(f"producer_records_per_s={p_rate:.0f} producer_mb_per_s={p_rate * RECORD_BYTES / 1e6:.1f}"
+          f" consumer_records_per_s={c_rate:.0f} "
+          f"consumer_mb_per_s={c_rate * RECORD_BYTES / 1e6:.1f} records={RECORDS} "
+          f"record_bytes={RECORD_BYTES} acks=1 partitions=1")
+
+
+if __name__ == "__main__":
+    main()
