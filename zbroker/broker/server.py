@@ -746,6 +746,9 @@ def main(argv: list[str] | None = None) -> int:
     server = BrokerServer(cfg)
     signal.signal(signal.SIGTERM, server.stop)
     signal.signal(signal.SIGINT, server.stop)
+    # A signal may land on another thread; the C-level handler then writes to the wake pipe so
+    # the loop's poll returns at once and the Python handler runs on the main thread.
+    signal.set_wakeup_fd(server._wake_w, warn_on_full_buffer=False)
     try:
         server.open()
     except StartupError as e:
