@@ -576,8 +576,9 @@ class PartitionLog:
             if generation is not None and generation != self._flush_generation:
                 return
             if offset > self._recovery_point or (lower and offset != self._recovery_point):
-                self._recovery_point = offset
+                # the file first: whoever sees the new value may count on it being on disk
                 self._recovery_point_file.write(offset)
+                self._recovery_point = offset
 
     def _submit(self, **job) -> None:
         self._pending_jobs = [j for j in self._pending_jobs if not j.done.is_set()]
