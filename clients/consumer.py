@@ -461,7 +461,10 @@ class Consumer:
                 return [f.tp, st, gen, recs, 0]
 
     def _decode(self, tp: TopicPartition, blob, position: int) -> list[ConsumerRecord]:
-        topic, partition = tp
+        """The records of a fetched blob from ``position`` on, as ConsumerRecords: Records
+        decoded by ``zbroker.records`` and re-tagged with the partition's ConsumerRecord class
+        (same layout; see ``ConsumerRecord``)."""
+        cls = ConsumerRecord.of(tp.topic, tp.partition)
         out = []
         check = self.check_crcs
         try:
@@ -471,11 +474,12 @@ class Consumer:
                 recs = records.decode_records(batch, check)
                 if header.base_offset < position:
                     recs = [r for r in recs if r.offset >= position]
-                out.extend([ConsumerRecord(topic, partition, r.offset, r.timestamp, r.key,
-                                           r.value, r.headers) for r in recs])
+                for r in recs:
+                    r.__class__ = cls
+                out += recs
         except CorruptMessage as e:
-            raise CorruptMessage(f"A fetched batch of {topic}-{partition} is corrupt: {e}") \
-                from None
+            raise CorruptMessage(f"A fetched batch of {tp.topic}-{tp.partition} is corrupt: "
+                                 f"{e}") from None
         return out
 
     def _wake(self) -> None:
