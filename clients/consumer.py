@@ -103,6 +103,9 @@ class Consumer:
     bootstrap_timeout_ms      how long the constructor waits for the bootstrap brokers before
                               raising NoBrokersAvailable
     check_crcs                verify every batch's checksum while decoding
+    allow_auto_create_topics  let Metadata create a missing topic (off by default)
+    enable_auto_commit        accepted for kafka-python compatibility; nothing to commit
+                              without a group
     """
 
     def __init__(self, *topics: str, bootstrap_servers: str = "localhost:9092",
@@ -113,7 +116,8 @@ class Consumer:
                  consumer_timeout_ms: float = float("inf"), request_timeout_ms: int = 30000,
                  retry_backoff_ms: int = 100, metadata_max_age_ms: int = 300000,
                  unknown_topic_wait_ms: int = 2000, bootstrap_timeout_ms: int = 10000,
-                 check_crcs: bool = True, enable_auto_commit: bool = False):
+                 check_crcs: bool = True, enable_auto_commit: bool = False,
+                 allow_auto_create_topics: bool = False):
         if group_id is not None:
             raise NotImplementedError(
                 f"Consumer groups are not supported yet (group_id={group_id!r}); pass "
@@ -136,6 +140,7 @@ class Consumer:
         self.metadata_max_age_s = metadata_max_age_ms / 1000
         self.unknown_topic_wait_s = unknown_topic_wait_ms / 1000
         self.check_crcs = check_crcs
+        self.allow_auto_create_topics = allow_auto_create_topics
 
         self._net = NetworkClient(bootstrap_servers, request_timeout_ms=self.request_timeout_ms)
         self.bootstrap_servers = self._net.bootstrap_text
@@ -538,6 +543,7 @@ class Consumer:
         self._need_metadata = False
         self._metadata_due = now + self.retry_backoff_s
         self._net.request_metadata(topics, self._on_metadata,
+                                   allow_auto_create=self.allow_auto_create_topics,
                                    timeout_ms=min(self.request_timeout_ms, 5000))
 
     def _on_metadata(self, error: ZbError | None) -> None:

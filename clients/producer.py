@@ -179,6 +179,9 @@ class Producer:
                          exist before raising UnknownTopicOrPartition
     bootstrap_timeout_ms how long the constructor waits for a first answer from the bootstrap
                          brokers before raising NoBrokersAvailable
+    allow_auto_create_topics  let Metadata create a missing topic (when the brokers allow it,
+                         auto.create.topics.enable); off by default, so a mistyped topic name
+                         is an error instead of a new topic
     """
 
     def __init__(self, bootstrap_servers: str = "localhost:9092", *, client_id: str | None = None,
@@ -189,8 +192,10 @@ class Producer:
                  request_timeout_ms: int = 30000, delivery_timeout_ms: int = 120000,
                  max_request_size: int = 1048576, buffer_memory: int = 33554432,
                  max_block_ms: int = 60000, metadata_max_age_ms: int = 300000,
-                 unknown_topic_wait_ms: int = 2000, bootstrap_timeout_ms: int = 10000):
+                 unknown_topic_wait_ms: int = 2000, bootstrap_timeout_ms: int = 10000,
+                 allow_auto_create_topics: bool = False):
         self.acks = _acks(acks)
+        self.allow_auto_create_topics = allow_auto_create_topics
         if max_in_flight_requests_per_connection is not None:
             max_in_flight = max_in_flight_requests_per_connection
         compression = compression if compression is not None else compression_type
@@ -558,10 +563,18 @@ class Producer:
         return None
 
     def _take_sealed(self) -> None:
+        """Move sealed batches to their partition's queue, building each at once: a built
+        batch is one bytes object, while an unbuilt one holds two GC-tracked objects per record
+        (its row tuple and header list) that every garbage collection would walk while the
+        batch waits for a free in-flight slot."""
         sealed = self._sealed
         queues = self._queues
         while sealed:
             b = sealed.popleft()
+            if b.data is None and len(b.builder):
+                b.data = b.builder.build()
+                b.count = len(b.builder)
+                b.builder = b.append = None
             tp = (b.topic, b.partition)
             q = queues.get(tp)
             if q is None:
@@ -581,6 +594,7 @@ class Producer:
         self._need_metadata = False
         self._metadata_due = now + self.retry_backoff_s
         self._net.request_metadata(topics, self._on_metadata,
+                                   allow_auto_create=self.allow_auto_create_topics,
                                    timeout_ms=min(self.request_timeout_ms, 5000))
 
     def _on_metadata(self, error: ZbError | None) -> None:
