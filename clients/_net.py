@@ -62,7 +62,7 @@ class Cluster:
 
     def __init__(self, brokers: dict[int, BrokerMetadata], controller_id: int,
                  cluster_id, topics: dict[str, dict[int, PartitionMetadata]],
-                 topic_errors: dict[str, int], internal: dict | None = None):
+                 topic_errors: dict[str, int]):
         self.brokers = brokers
         self.controller_id = controller_id
         self.cluster_id = cluster_id
@@ -85,7 +85,7 @@ class Cluster:
         else:
             topics, topic_errors = dict(self.topics), dict(self.topic_errors)
         for t in header.get("topics") or ():
-            name, err, _internal, parts = t[0], t[1], t[2], t[3]
+            name, err, parts = t[0], t[1], t[3]
             if err:
                 topics.pop(name, None)
                 topic_errors[name] = err

@@ -26,7 +26,7 @@ import time
 from clients._net import NetworkClient, topic_error
 from clients.errors import (NoBrokersAvailable, NotController, RequestTimedOut,
                             UnknownTopicOrPartition, ZbError)
-from clients.structs import BrokerMetadata, TopicDescription
+from clients.structs import TopicDescription
 from zbroker import errors, protocol
 from zbroker.logs import get_logger
 
@@ -267,4 +267,4 @@ class AdminClient:
             time.sleep(0.05)
 
 
-__all__ = ["AdminClient", "BrokerMetadata"]
+__all__ = ["AdminClient"]
