@@ -642,7 +642,9 @@ class Producer:
         room = self.max_request_size - 1024
         rest = []
         cluster = self._net.cluster
-        mute = self.max_in_flight == 1
+        mute = self.max_in_flight == 1     # one request per partition in flight: the
+        # partition's batches of one request succeed or fail together (one frame), so a retry
+        # resends them in order before anything newer
         for tp in tps:
             q = self._queues[tp]
             taken, datas = [], []
@@ -662,8 +664,6 @@ class Producer:
                 taken.append(b)
                 datas.append(b.data)
                 room -= len(b.data)
-                if mute:
-                    break
             if taken:
                 parts.append([tp[0], tp[1], cluster.leader_epoch(tp[0], tp[1])])
                 blobs.append(datas[0] if len(datas) == 1 else b"".join(datas))
