@@ -34,6 +34,18 @@ APIs (fields beyond api/v/id; "p" lists are positional for compactness on hot pa
                 parts: [[topic, partition,
                          fetch_offset, leader_epoch,
                          partition_max_bytes]]
+                A consumer (replica_id -1) sees only batches below the high watermark; a follower
+                (replica_id = its broker id, leader_epoch = the epoch it follows in) reads up to
+                the log end offset, and its fetch_offset tells the leader its log end offset.
+                On OFFSET_OUT_OF_RANGE the leader still fills in log_start_offset and
+                log_end_offset, so the follower can tell which end it fell off.
+  OffsetForLeaderEpoch  replica_id,      -> parts: [[topic, partition, err, leader_epoch,
+                parts: [[topic, partition,               end_offset]]
+                         current_leader_epoch, epoch]]
+                (broker to broker) Where ``epoch`` ends in the leader's log: the largest epoch
+                the leader knows that is <= ``epoch``, and the offset where it ended (the log
+                end offset for the leader's latest epoch); -1, -1 when the leader knows none.
+                A follower that starts following a new leader truncates its log there first.
   ListOffsets   parts: [[topic, partition,   -> parts: [[topic, partition, err, offset,
                          timestamp,                      timestamp, leader_epoch]]
                          leader_epoch]]
@@ -118,6 +130,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[str, ...], bool]]] = {
     "Fetch": {"replica_id": ((_I,), False), "max_wait_ms": ((_I,), False),
               "min_bytes": ((_I,), False), "max_bytes": ((_I,), False),
               "parts": ((_L,), True)},
+    "OffsetForLeaderEpoch": {"replica_id": ((_I,), True), "parts": ((_L,), True)},
     "ListOffsets": {"parts": ((_L,), True)},
     "CreateTopics": {"topics": ((_L,), True), "timeout_ms": ((_I,), False),
                      "validate_only": ((_B,), False)},
@@ -128,6 +141,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[str, ...], bool]]] = {
 # positional layouts of the "parts" / "topics" entries, checked by check_entries()
 PRODUCE_PART = (_S, _I, _I)                      # topic, partition, leader_epoch
 FETCH_PART = (_S, _I, _I, _I, _I)                # topic, partition, offset, epoch, max_bytes
+OFFSET_FOR_EPOCH_PART = (_S, _I, _I, _I)        # topic, partition, current epoch, epoch
 LIST_OFFSETS_PART = (_S, _I, _I, _I)             # topic, partition, timestamp, epoch
 CREATE_TOPIC = (_S, _I, _I, (_M, _N), (_M, _N))  # name, partitions, rf, config, assignment
 CREATE_PARTITIONS = (_S, _I)                     # name, total

@@ -23,8 +23,10 @@ BROKER_CONFIG = ConfigDef([
             "one with fewest partitions."),
     Setting("coordinator.connect", str, "127.0.0.1:2181",
             "Coordinator addresses, host:port[,host:port...]."),
-    Setting("coordinator.session.timeout.ms", int, 18000,
-            "Coordinator session timeout: how long a dead broker keeps its registration.",
+    Setting("coordinator.session.timeout.ms", int, 6000,
+            "Coordinator session timeout: how long a dead broker keeps its registration, so "
+            "about how long its partitions wait for a new leader after a crash (heartbeats go "
+            "every third of it). 6 s suits a LAN; Kafka's ZooKeeper default is 18 s.",
             min=100),
     Setting("coordinator.connection.timeout.ms", int, 10000,
             "How long start-up waits for the coordinator.", min=100),
@@ -59,6 +61,40 @@ BROKER_CONFIG = ConfigDef([
             "fsync when unflushed records are this old; -1 leaves it to the OS.", min=-1),
     Setting("replica.high.watermark.checkpoint.interval.ms", int, 5000,
             "How often high watermarks are checkpointed.", min=10),
+    Setting("min.insync.replicas", int, 1,
+            "acks=all produce is refused (NOT_ENOUGH_REPLICAS) while fewer replicas than this are "
+            "in sync (a topic may override it).", min=1),
+    Setting("unclean.leader.election.enable", bool, False,
+            "Elect a replica outside the ISR when no in-sync replica is alive (may lose "
+            "acknowledged records; a topic may override it)."),
+    Setting("replica.lag.time.max.ms", int, 30000,
+            "A follower that has not caught up with the leader's log end offset for this long "
+            "leaves the ISR.", min=10),
+    Setting("replica.fetch.wait.max.ms", int, 500,
+            "How long a follower's fetch waits at the leader for new data.", min=0,
+            max=60000),
+    Setting("replica.fetch.max.bytes", int, MiB, "Bytes a follower fetches per partition.",
+            min=1024, max=64 * MiB),
+    Setting("replica.fetch.response.max.bytes", int, 10 * MiB,
+            "Bytes a follower fetches per request.", min=1024, max=64 * MiB),
+    Setting("replica.fetch.backoff.ms", int, 200,
+            "Pause after a follower's fetch failed (Kafka: 1000; shorter here so a "
+            "partition is replicated again soon after a leader change).", min=0),
+    Setting("replica.socket.timeout.ms", int, 5000,
+            "A follower's request unanswered for this long beyond its wait is sent again on a "
+            "new connection (a request lost with a connection is only noticed this way).",
+            min=100),
+    Setting("auto.leader.rebalance.enable", bool, True,
+            "The controller moves leadership back to each partition's preferred (first) "
+            "replica when it is alive and in sync."),
+    Setting("leader.imbalance.check.interval.seconds", int, 300,
+            "How often the controller checks for partitions not led by their preferred "
+            "replica.", min=1),
+    Setting("controlled.shutdown.enable", bool, True,
+            "On SIGTERM, have the controller move this broker's leaderships to other in-sync "
+            "replicas before exiting."),
+    Setting("controlled.shutdown.timeout.ms", int, 15000,
+            "The longest a controlled shutdown waits for its leaderships to move.", min=0),
     Setting("requests.per.poll.max", int, 1000,
             "Messages handled per loop turn before timers run.", min=1),
     Setting("delayed.fetches.max", int, 10000,
@@ -84,6 +120,27 @@ TOPIC_CONFIG_KEYS = {
     "max.message.bytes": "message.max.bytes",
     "message.max.bytes": "message.max.bytes",
 }
+
+
+# Topic-level settings that are not the log's: replication.
+TOPIC_REPLICATION_KEYS = {
+    "min.insync.replicas": int,
+    "unclean.leader.election.enable": bool,
+}
+
+
+def topic_min_insync_replicas(cfg: Config, topic_config: dict) -> int:
+    try:
+        return max(1, int(topic_config["min.insync.replicas"]))
+    except (KeyError, ValueError, TypeError):
+        return cfg["min.insync.replicas"]
+
+
+def topic_unclean_election(cfg: Config, topic_config: dict) -> bool:
+    value = topic_config.get("unclean.leader.election.enable")
+    if value is None:
+        return cfg["unclean.leader.election.enable"]
+    return str(value).lower() == "true"
 
 
 def load(path: str | None, overrides) -> Config:
@@ -153,10 +210,19 @@ def check_topic_config(config: dict) -> dict:
     for key, value in config.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise ConfigError("Topic config keys and values must be strings.")
+        kind = TOPIC_REPLICATION_KEYS.get(key)
+        if kind is int:
+            if not value.isdigit() or int(value) < 1:
+                raise ConfigError(f"The topic config {key} must be a whole number of 1 or more.")
+            continue
+        if kind is bool:
+            if value.lower() not in ("true", "false"):
+                raise ConfigError(f"The topic config {key} must be true or false.")
+            continue
         log_key = TOPIC_CONFIG_KEYS.get(key)
         if log_key is None:
-            raise ConfigError(f"Unknown topic config {key!r}; known: "
-                              f"{', '.join(sorted(TOPIC_CONFIG_KEYS))}.")
+            known = sorted([*TOPIC_CONFIG_KEYS, *TOPIC_REPLICATION_KEYS])
+            raise ConfigError(f"Unknown topic config {key!r}; known: {', '.join(known)}.")
         out[log_key] = value
     log_config(out)     # raises ConfigError for a bad value
     return out

@@ -4,9 +4,16 @@ epoch (coordinator.election.Election on /controller). It
 - assigns the partitions of new topics to live brokers (leaders spread round-robin, replicas
   spread across racks when brokers have one) and writes the topic record and every partition's
   state (leader, leader_epoch, isr, controller_epoch);
-- keeps partition leaders right as brokers come and go: a partition whose leader's registration
-  disappeared gets the next live in-sync replica or, when there is none (RF=1), leader -1 until
-  the broker returns; a returning broker (new broker epoch) leads again with a bumped epoch;
+- keeps partition leaders right as brokers come and go (``decide_partition``): a broker whose
+  registration disappeared (or that came back with a new broker epoch) leaves every ISR; a
+  partition whose leader went gets the first live in-sync replica with a bumped leader epoch or,
+  when there is none, leader -1 until an in-sync replica returns (unless the topic sets
+  unclean.leader.election.enable=true: then any live replica, which may lose records);
+- controlled shutdown: a broker shutting down (``/brokers/shutdown/<id>``) hands its leaderships
+  to other in-sync replicas and leaves every ISR, and is not elected while it goes;
+- preferred leaders: every leader.imbalance.check.interval.seconds (with
+  auto.leader.rebalance.enable) a partition whose first replica is alive and in sync but not
+  leading is handed back to it;
 - answers the admin APIs (CreateTopics, DeleteTopics, CreatePartitions) and auto-create requests
   written under /admin/create_topics.
 
@@ -14,7 +21,8 @@ Every write carries ``election.fence()`` in the same multi, so a deposed control
 all or nothing. The controller runs on its own thread (its coordinator calls block); the broker's
 loop hands it admin requests through ``submit`` and gets the reply back through a callback.
 
-``assign_replicas`` and ``elect_leader`` are pure functions, testable without processes.
+``assign_replicas``, ``elect_leader`` and ``decide_partition`` are pure functions, testable
+without processes.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from coordinator.client import (BadVersion, CoordinatorClient, FencedEpoch, Node
 from coordinator.election import Election
 from zbroker import errors, protocol
 from zbroker.broker import metadata as md
-from zbroker.broker.config import check_topic_config
+from zbroker.broker.config import check_topic_config, topic_unclean_election
 from zbroker.config import ConfigError
 from zbroker.logs import get_logger
 
@@ -104,6 +112,43 @@ def elect_leader(replicas, isr, live) -> int:
     return md.NO_LEADER
 
 
+def decide_partition(replicas, leader: int, isr, live, shutting_down=frozenset(),
+                     unclean: bool = False, preferred: bool = False):
+    """The partition state the controller should write: (leader, isr, bump_epoch) or None for
+    no change. ``live``: brokers registered now, in their current life (a broker that came back
+    with a new broker epoch counts as gone for this round: it lost its place in the ISR).
+    Pure: no I/O."""
+    isr = list(isr)
+    isr_live = [r for r in isr if r in live]
+
+    def keep_out(new_leader):
+        # shutting-down brokers leave the ISR, unless one is the only leader we have
+        return [r for r in isr_live if r not in shutting_down or r == new_leader]
+
+    if leader != md.NO_LEADER and leader in live and leader not in shutting_down:
+        if preferred and replicas and replicas[0] != leader and replicas[0] in isr_live and \
+                replicas[0] not in shutting_down:
+            return replicas[0], keep_out(replicas[0]), True
+        new_isr = keep_out(leader)
+        return None if new_isr == isr else (leader, new_isr, False)
+    candidates = [r for r in replicas if r in isr_live and r not in shutting_down]
+    if candidates:
+        return candidates[0], keep_out(candidates[0]), True
+    if leader != md.NO_LEADER and leader in live:
+        # leading and shutting down, with nobody in sync to take over: it stays
+        new_isr = keep_out(leader)
+        return None if new_isr == isr else (leader, new_isr, False)
+    if unclean:
+        anyone = [r for r in replicas if r in live and r not in shutting_down]
+        if anyone:
+            return anyone[0], [anyone[0]], True
+    if leader == md.NO_LEADER:
+        return None
+    # No in-sync replica is alive: no leader until one returns. The ISR keeps its last members,
+    # so the first of them to come back can lead without losing acknowledged records.
+    return md.NO_LEADER, isr, True
+
+
 # --- the controller thread --------------------------------------------------------------------
 
 class Controller:
@@ -125,6 +170,7 @@ class Controller:
 
     def start(self) -> None:
         self.client.watch(md.BROKER_IDS, lambda ev: self._put(("brokers",)))
+        self.client.watch(md.SHUTDOWN, lambda ev: self._put(("brokers",)))
         self.client.watch(md.CREATE_TOPIC_REQUESTS, lambda ev: self._put(("auto_create",)))
         self._thread.start()
 
@@ -204,11 +250,21 @@ class Controller:
         won) ends it; a coordinator hiccup (ConnectionLoss) is retried: our /controller key
         lives as long as our session, and the fence keeps a stale write out either way."""
         retry_reconcile = False
+        interval_s = self.cfg["leader.imbalance.check.interval.seconds"]
+        next_rebalance = time.monotonic() + interval_s
         while not self._stopping:
+            now = time.monotonic()
+            if self.cfg["auto.leader.rebalance.enable"] and now >= next_rebalance:
+                next_rebalance = now + interval_s
+                self._put(("rebalance",))
+            wait = min(0.5 if retry_reconcile else 5, max(next_rebalance - now, 0.01))
             try:
-                item = self._events.get(timeout=0.5 if retry_reconcile else 5)
+                item = self._events.get(timeout=wait)
             except queue.Empty:
-                item = ("brokers",)     # a safety net: the watches should have told us
+                if time.monotonic() < next_rebalance:
+                    item = ("brokers",)     # a safety net: the watches should have told us
+                else:
+                    continue
             kind = item[0]
             if kind == "stop":
                 return
@@ -218,6 +274,8 @@ class Controller:
                     retry_reconcile = True
                     self._reconcile()
                     retry_reconcile = False
+                elif kind == "rebalance":
+                    self._reconcile(preferred=True)
                 elif kind == "auto_create":
                     self._drain_kind("auto_create")
                     self._auto_create()
@@ -271,42 +329,53 @@ class Controller:
             live[int(c)] = (info.rack, stat.czxid)
         return live
 
-    def _reconcile(self) -> None:
-        for _attempt in range(5):
+    def _reconcile(self, preferred: bool = False) -> None:
+        for _attempt in range(10):
             live = self._live_brokers()
             image = md.read_image(self.client)
             restarted = {b for b, (_, ep) in live.items()
                          if b in self._broker_epochs and self._broker_epochs[b] != ep}
             ops = []
             for t in image.topics.values():
+                unclean = topic_unclean_election(self.cfg, t.config)
                 for st in t.partitions:
                     if st is None:
                         continue
-                    op = self._leader_change(st, live, restarted)
+                    op = self._leader_change(st, live, restarted, image.shutting_down, unclean,
+                                             preferred)
                     if op is not None:
                         ops.append(op)
             try:
                 if ops:
                     self._multi(ops)
-                    log.info("partition leaders changed", partitions=len(ops),
-                             live=sorted(live))
+                    log.info("partition states changed", partitions=len(ops),
+                             live=sorted(live), shutting_down=sorted(image.shutting_down),
+                             preferred=preferred)
             except BadVersion:
-                continue        # someone else wrote a state meanwhile; read again
+                time.sleep(0.01)
+                continue        # a leader changed its ISR meanwhile; read again
+            # A restarted broker was taken out of the ISRs above; from now on it counts as live.
             self._broker_epochs = {b: ep for b, (_, ep) in live.items()}
+            if restarted and ops:
+                continue        # a second pass may elect it where nobody else is in sync
             return
-        log.warning("could not settle partition leaders after 5 attempts; will retry")
+        log.warning("could not settle partition states after 10 attempts; will retry")
 
-    def _leader_change(self, st: md.PartitionState, live, restarted) -> list | None:
-        leader, isr = st.leader, list(st.isr)
-        if leader != md.NO_LEADER and leader in live and leader not in restarted:
+    def _leader_change(self, st: md.PartitionState, live, restarted, shutting_down,
+                       unclean: bool, preferred: bool) -> list | None:
+        alive = {b for b in live if b not in restarted}
+        decision = decide_partition(st.replicas, st.leader, st.isr, alive, shutting_down,
+                                    unclean, preferred)
+        if decision is None:
             return None
-        if leader != md.NO_LEADER and leader not in live and len(isr) > 1:
-            isr = [r for r in isr if r != leader]     # it is gone: out of the ISR
-        new_leader = elect_leader(st.replicas, isr, live)
-        if new_leader == md.NO_LEADER and leader == md.NO_LEADER:
-            return None
+        leader, isr, bump = decision
+        if leader != st.leader or bump:
+            log.info("partition leader changed", topic=st.topic, partition=st.partition,
+                     leader=leader, was=st.leader, leader_epoch=st.leader_epoch + 1,
+                     isr=isr)
         return Op.set(md.partition_path(st.topic, st.partition),
-                      md.encode_state(new_leader, st.leader_epoch + 1, isr, self.epoch),
+                      md.encode_state(leader, st.leader_epoch + (1 if bump else 0), isr,
+                                      self.epoch),
                       st.version)
 
     # --- topics ----------------------------------------------------------------------------------
@@ -408,7 +477,8 @@ class Controller:
         ops = []
         for p, reps in enumerate(replicas, first):
             leader = elect_leader(reps, reps, live)
-            isr = [leader] if leader != md.NO_LEADER else [reps[0]]
+            # every replica starts empty, so every live one is in sync
+            isr = [r for r in reps if r in live] if leader != md.NO_LEADER else [reps[0]]
             ops.append(Op.create(md.partition_path(name, p),
                                  md.encode_state(leader, 0, isr, self.epoch)))
         return ops

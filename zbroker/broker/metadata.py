@@ -9,7 +9,12 @@ Coordinator keys (values are msgpack maps)::
     /brokers/topics/<name>         {id: topic id (hex), replicas: [[broker ids] per partition],
                                    config: {str: str}}  - written by the controller
     /brokers/topics/<name>/<p>     partition state {leader, leader_epoch, isr, controller_epoch}
-                                   - written by the controller, always with its fence
+                                   - written by the controller, always with its fence, and by
+                                   the partition's leader when it shrinks or grows the ISR
+                                   (same leader and epoch, with a check of the key's version)
+    /brokers/shutdown/<id>         ephemeral: broker <id> is shutting down (controlled
+                                   shutdown); the controller moves its leaderships away and
+                                   keeps it out of ISRs and elections
     /controller, /controller_epoch the election (coordinator.election.Election)
     /admin/create_topics/<name>    a broker asking the controller to create a topic (Metadata
                                    auto-create): {partitions, replication_factor}
@@ -38,12 +43,17 @@ TOPICS = "/brokers/topics"
 CONTROLLER = "/controller"
 CONTROLLER_EPOCH = "/controller_epoch"
 CREATE_TOPIC_REQUESTS = "/admin/create_topics"
+SHUTDOWN = "/brokers/shutdown"
 
 NO_LEADER = -1
 
 
 def broker_path(broker_id: int) -> str:
     return f"{BROKER_IDS}/{broker_id}"
+
+
+def shutdown_path(broker_id: int) -> str:
+    return f"{SHUTDOWN}/{broker_id}"
 
 
 def topic_path(name: str) -> str:
@@ -117,11 +127,13 @@ class ClusterImage:
     """One immutable view of the cluster's metadata. Never mutated after construction."""
 
     __slots__ = ("brokers", "topics", "controller_id", "controller_epoch", "cluster_id",
-                 "_metadata_entries")
+                 "shutting_down", "_metadata_entries")
 
     def __init__(self, brokers: dict[int, BrokerInfo], topics: dict[str, TopicImage],
-                 controller_id: int, controller_epoch: int, cluster_id: str | None):
+                 controller_id: int, controller_epoch: int, cluster_id: str | None,
+                 shutting_down: frozenset = frozenset()):
         self.brokers = brokers
+        self.shutting_down = shutting_down
         self.topics = topics
         self.controller_id = controller_id
         self.controller_epoch = controller_epoch
@@ -179,6 +191,7 @@ def read_image(client: CoordinatorClient, timeout_s: float = 10.0) -> ClusterIma
 
     broker_ids = [int(c) for c in children(BROKER_IDS) if c.isdigit()]
     topic_names = children(TOPICS)
+    shutting_down = frozenset(int(c) for c in children(SHUTDOWN) if c.isdigit())
     f_brokers = {b: client.get_async(broker_path(b)) for b in broker_ids}
     f_topics = {t: client.get_async(topic_path(t)) for t in topic_names}
     f_controller = client.get_async(CONTROLLER)
@@ -231,7 +244,8 @@ def read_image(client: CoordinatorClient, timeout_s: float = 10.0) -> ClusterIma
     controller_epoch = int(got[0]) if got is not None and got[0].isdigit() else 0
     got = result(f_cluster)
     cluster_id = got[0].decode() if got is not None else None
-    return ClusterImage(brokers, topics, controller_id, controller_epoch, cluster_id)
+    return ClusterImage(brokers, topics, controller_id, controller_epoch, cluster_id,
+                        shutting_down)
 
 
 class MetadataWatcher:

@@ -1,7 +1,8 @@
 """The partition logs this broker hosts, opened and closed as the metadata image says.
 
-A broker opens the log of every partition it leads (``<log.dir>/<topic>-<partition>``) and
-closes the ones it no longer leads; when a topic is deleted it deletes that topic's directories.
+A broker opens the log of every partition it holds a replica of
+(``<log.dir>/<topic>-<partition>``), as leader or follower as the partition state says, and
+closes the ones it no longer holds; when a topic is deleted it deletes that topic's directories.
 Each partition directory holds a ``partition.metadata`` file naming the topic id, so a directory
 left behind by a deleted topic (say its broker was down during the delete) is recognised and
 wiped when a new topic of the same name lands on it, instead of resurrecting old records.
@@ -18,7 +19,7 @@ import threading
 
 from zbroker import errors
 from zbroker.broker import metadata as md
-from zbroker.broker.config import topic_log_config
+from zbroker.broker.config import topic_log_config, topic_min_insync_replicas
 from zbroker.logs import get_logger
 from zbroker.storage import PartitionLog
 
@@ -33,28 +34,171 @@ class StartupError(Exception):
     """The broker cannot start; the text is one sentence for the operator."""
 
 
-class Partition:
-    """A partition this broker leads: its log and the epoch it leads in."""
+class FollowerState:
+    """What a leader knows of one follower (Kafka's Replica): its log end offset (its last
+    fetch offset; -1 until it fetches in this leadership) and when it was last caught up."""
 
-    __slots__ = ("topic", "partition", "topic_id", "log", "leader_epoch", "waiters")
+    __slots__ = ("log_end_offset", "last_caught_up_s", "last_fetch_s", "last_fetch_leader_leo")
+
+    def __init__(self, caught_up_s: float):
+        self.log_end_offset = -1
+        self.last_caught_up_s = caught_up_s
+        self.last_fetch_s = 0.0
+        self.last_fetch_leader_leo = -1
+
+
+class Partition:
+    """A partition this broker holds a replica of: its log, its role (leader or follower) in the
+    current leader epoch, and as leader the followers' progress, the ISR and the high watermark.
+
+    The replication state machine (no I/O): ``become_leader`` / ``become_follower`` on a new
+    partition state, ``update_follower`` on each follower fetch, ``maybe_advance_high_watermark``,
+    and ``isr_to_expand`` / ``isr_to_shrink`` that return the ISR the leader should write (the
+    loop writes it through the coordinator with a version check and calls ``isr_written``)."""
+
+    __slots__ = ("topic", "partition", "topic_id", "log", "leader_epoch", "waiters",
+                 "hw_waiters", "produce_waiters", "is_leader", "leader_id", "replicas", "isr",
+                 "state_version", "controller_epoch", "high_watermark", "followers",
+                 "pending_isr", "min_insync_replicas", "broker_id", "epoch_start_offset")
 
     def __init__(self, topic: str, partition: int, topic_id: str, log_: PartitionLog,
-                 leader_epoch: int):
+                 broker_id: int):
         self.topic, self.partition, self.topic_id = topic, partition, topic_id
         self.log = log_
-        self.leader_epoch = leader_epoch
-        self.waiters: list = []         # delayed fetches waiting for data here
+        self.broker_id = broker_id
+        self.leader_epoch = -1
+        self.waiters: list = []         # delayed follower fetches waiting for data here
+        self.hw_waiters: list = []      # delayed consumer fetches waiting for the HW to move
+        self.produce_waiters: list = []  # acks=all produces waiting for the HW
+        self.is_leader = False
+        self.leader_id = md.NO_LEADER
+        self.replicas: tuple = ()
+        self.isr: tuple = ()
+        self.state_version = -1
+        self.controller_epoch = 0
+        self.high_watermark = max(log_.log_start_offset,
+                                  min(log_.high_watermark_checkpoint, log_.log_end_offset))
+        self.followers: dict[int, FollowerState] = {}
+        self.pending_isr: tuple | None = None
+        self.min_insync_replicas = 1
+        self.epoch_start_offset = 0
 
-    @property
-    def high_watermark(self) -> int:
-        # One replica: everything the leader has is committed. With followers this becomes the
-        # lowest log end offset in the ISR.
-        return self.log.log_end_offset
+    # --- role changes ---------------------------------------------------------------------------
+    def become_leader(self, st: md.PartitionState, now_s: float) -> None:
+        assert st.leader == self.broker_id
+        if self.is_leader and st.leader_epoch < self.leader_epoch:
+            raise AssertionError(f"leader epoch went back for {self.topic}-{self.partition}")
+        self.is_leader = True
+        self.leader_id = st.leader
+        self.leader_epoch = st.leader_epoch
+        self.replicas = st.replicas
+        self.isr = st.isr
+        self.state_version = st.version
+        self.controller_epoch = st.controller_epoch
+        self.pending_isr = None
+        self.followers = {r: FollowerState(now_s if r in st.isr else 0.0)
+                          for r in st.replicas if r != self.broker_id}
+        cache = self.log.leader_epoch_cache
+        if st.leader_epoch > cache.latest_epoch:
+            # The epoch starts at our log end offset (Kafka assigns it at election), so a
+            # follower asking where its older epoch ends gets our log end offset.
+            cache.assign(st.leader_epoch, self.log.log_end_offset)
+        self.epoch_start_offset = self.log.log_end_offset
+        self.high_watermark = min(self.high_watermark, self.log.log_end_offset)
+        self.maybe_advance_high_watermark()
+
+    def become_follower(self, st: md.PartitionState) -> None:
+        self.is_leader = False
+        self.leader_id = st.leader
+        self.leader_epoch = st.leader_epoch
+        self.replicas = st.replicas
+        self.isr = st.isr
+        self.state_version = st.version
+        self.controller_epoch = st.controller_epoch
+        self.followers = {}
+        self.pending_isr = None
+
+    def adopt_state(self, st: md.PartitionState) -> bool:
+        """A newer version of our partition state in the same leader epoch (the controller took a
+        dead or departing broker out of the ISR, or our own ISR write came back). True when the
+        ISR changed."""
+        if st.version <= self.state_version:
+            return False
+        self.state_version = st.version
+        self.controller_epoch = st.controller_epoch
+        changed = st.isr != self.isr
+        self.isr = st.isr
+        if self.pending_isr is not None and self.pending_isr == st.isr:
+            self.pending_isr = None
+        return changed
+
+    # --- the leader's view of its followers -------------------------------------------------------
+    def update_follower(self, replica_id: int, fetch_offset: int, now_s: float) -> None:
+        f = self.followers.get(replica_id)
+        if f is None:
+            return
+        leo = self.log.log_end_offset
+        if fetch_offset >= leo:
+            f.last_caught_up_s = now_s
+        elif fetch_offset >= f.last_fetch_leader_leo:
+            f.last_caught_up_s = max(f.last_caught_up_s, f.last_fetch_s)
+        f.log_end_offset = min(fetch_offset, leo)
+        f.last_fetch_s = now_s
+        f.last_fetch_leader_leo = leo
+
+    def maximal_isr(self) -> tuple:
+        if self.pending_isr is None:
+            return self.isr
+        return tuple(sorted(set(self.isr) | set(self.pending_isr)))
+
+    def maybe_advance_high_watermark(self) -> bool:
+        """High watermark = lowest log end offset in the ISR (including a member being added or
+        removed right now); it never goes back while leading. True when it moved."""
+        if not self.is_leader:
+            return False
+        hw = self.log.log_end_offset
+        for r in self.maximal_isr():
+            if r == self.broker_id:
+                continue
+            f = self.followers.get(r)
+            if f is None or f.log_end_offset < 0:
+                return False
+            hw = min(hw, f.log_end_offset)
+        if hw > self.high_watermark:
+            self.high_watermark = hw
+            return True
+        return False
+
+    def isr_to_expand(self, replica_id: int, shutting_down) -> tuple | None:
+        """The ISR with ``replica_id`` added, when it has caught up (its log end offset reached
+        the high watermark and the start of this leader epoch), else None."""
+        if self.pending_isr is not None or replica_id in self.isr or                 replica_id in shutting_down:
+            return None
+        f = self.followers.get(replica_id)
+        if f is None or f.log_end_offset < self.high_watermark or                 f.log_end_offset < self.epoch_start_offset:
+            return None
+        return tuple(sorted((*self.isr, replica_id)))
+
+    def isr_to_shrink(self, now_s: float, lag_max_s: float) -> tuple | None:
+        """The ISR without followers that have not caught up for ``lag_max_s``, or None."""
+        if self.pending_isr is not None:
+            return None
+        out = [r for r in self.isr if r == self.broker_id or
+               (r in self.followers and now_s - self.followers[r].last_caught_up_s <= lag_max_s)]
+        if len(out) == len(self.isr):
+            return None
+        return tuple(out)
+
+    def isr_written(self, isr: tuple, version: int) -> None:
+        self.isr = isr
+        self.state_version = version
+        self.pending_isr = None
 
 
 class ReplicaManager:
-    def __init__(self, broker_id: int, log_dirs: list[str], log_defaults: dict):
+    def __init__(self, broker_id: int, log_dirs: list[str], log_defaults: dict, cfg=None):
         self.broker_id = broker_id
+        self.cfg = cfg
         self.log_dirs = [os.path.abspath(d) for d in log_dirs]
         self.log_defaults = log_defaults
         self.partitions: dict[tuple[str, int], Partition] = {}
@@ -86,10 +230,12 @@ class ReplicaManager:
                     shutil.rmtree(os.path.join(d, name), ignore_errors=True)
 
     # --- following the metadata -------------------------------------------------------------------
-    def apply_image(self, image: md.ClusterImage) -> tuple[list[Partition], list[Partition]]:
-        """Open logs of partitions this broker now leads, close the others, delete the logs of
-        deleted topics. Returns (opened or re-epoched, closed) partitions."""
-        changed, closed = [], []
+    def apply_image(self, image: md.ClusterImage, now_s: float):
+        """Open logs of partitions this broker now holds, close the others, delete the logs of
+        deleted topics, and move each to the role the image gives it. Returns (partitions that
+        became leader in a new epoch, that became followers in a new epoch, whose ISR changed in
+        the same epoch, closed)."""
+        leaders, followers, isr_changed, closed = [], [], [], []
         me = self.broker_id
         for key, part in list(self.partitions.items()):
             t = image.topics.get(part.topic)
@@ -98,12 +244,12 @@ class ReplicaManager:
                 self._close(key)
                 closed.append(part)
                 self._delete_dir(part.log.dir)
-            elif st is None or st.leader != me:
+            elif st is None or me not in st.replicas:
                 self._close(key)
                 closed.append(part)
         for t in image.topics.values():
             for st in t.partitions:
-                if st is None or st.leader != me:
+                if st is None or me not in st.replicas:
                     continue
                 key = (t.name, st.partition)
                 part = self.partitions.get(key)
@@ -115,11 +261,26 @@ class ReplicaManager:
                                   partition=st.partition, error=str(e))
                         continue
                     self.partitions[key] = part
-                    changed.append(part)
-                elif part.leader_epoch != st.leader_epoch:
-                    part.leader_epoch = st.leader_epoch
-                    changed.append(part)
-        return changed, closed
+                part.min_insync_replicas = topic_min_insync_replicas(self.cfg, t.config)
+                if st.leader_epoch > part.leader_epoch or \
+                        (st.leader_epoch == part.leader_epoch and
+                         (st.leader == me) != part.is_leader):
+                    if st.leader == me:
+                        part.become_leader(st, now_s)
+                        leaders.append(part)
+                        log.info("leading partition", topic=t.name, partition=st.partition,
+                                 leader_epoch=st.leader_epoch, isr=list(st.isr),
+                                 log_end_offset=part.log.log_end_offset)
+                    else:
+                        part.become_follower(st)
+                        followers.append(part)
+                        log.info("following partition", topic=t.name, partition=st.partition,
+                                 leader=st.leader, leader_epoch=st.leader_epoch,
+                                 log_end_offset=part.log.log_end_offset)
+                elif st.leader_epoch == part.leader_epoch:
+                    if part.adopt_state(st):
+                        isr_changed.append(part)
+        return leaders, followers, isr_changed, closed
 
     def _find_dir(self, name: str) -> str:
         for d in self.log_dirs:
@@ -154,9 +315,7 @@ class ReplicaManager:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, meta)
-        log.info("leading partition", topic=t.name, partition=st.partition,
-                 leader_epoch=st.leader_epoch, log_end_offset=plog.log_end_offset)
-        return Partition(t.name, st.partition, t.topic_id, plog, st.leader_epoch)
+        return Partition(t.name, st.partition, t.topic_id, plog, self.broker_id)
 
     def _close(self, key) -> None:
         part = self.partitions.pop(key)
@@ -193,8 +352,9 @@ class ReplicaManager:
     def checkpoint_high_watermarks(self) -> None:
         for part in self.partitions.values():
             try:
-                if part.log.high_watermark_checkpoint != part.high_watermark:
-                    part.log.write_high_watermark(part.high_watermark)
+                hw = min(part.high_watermark, part.log.log_end_offset)
+                if part.log.high_watermark_checkpoint != hw and hw >= part.log.log_start_offset:
+                    part.log.write_high_watermark(hw)
             except (OSError, ValueError, errors.ZbError) as e:
                 log.error("high watermark checkpoint failed", dir=part.log.dir, error=str(e))
 

@@ -32,9 +32,21 @@ its session may have expired elsewhere; when the coordinator says it did expire,
 a new session and registers again (new broker epoch), and the controller makes it leader of its
 partitions again with bumped leader epochs.
 
-Replication is not built yet: a partition's leader is its only in-sync replica, so the high
-watermark is the log end offset and acks=-1 behaves like acks=1. Extra replicas (RF > 1) are
-assigned and shown in Metadata but hold no data yet.
+Replication (Kafka's pull model). Every broker holds a log for each partition it is a replica
+of. Followers fetch from their leaders (fetcher.py, on this loop); the leader counts a follower's
+fetch offset as its log end offset, moves the high watermark to the lowest log end offset in the
+ISR, and wakes what waits for it: consumer long polls (they only see records below it) and
+acks=all produces (a delayed operation answered when the high watermark passes the batch, or
+REQUEST_TIMED_OUT after the request's timeout_ms; refused with NOT_ENOUGH_REPLICAS up front when
+the ISR is smaller than min.insync.replicas). The leader adds a follower to the ISR once it has
+caught up and removes it after replica.lag.time.max.ms without catching up, writing the new ISR
+to the partition state key with a check of its version (so a concurrent write by the controller,
+or a newer leader epoch, makes ours fail and we take the state from the metadata instead).
+
+Controlled shutdown: SIGTERM writes /brokers/shutdown/<id> (ephemeral); the controller moves this
+broker's leaderships to other in-sync replicas and takes it out of every ISR; the loop keeps
+serving until the metadata shows that done (or controlled.shutdown.timeout.ms), then stops. A
+second SIGTERM stops at once.
 """
 
 from __future__ import annotations
@@ -57,6 +69,7 @@ from zbroker import errors, protocol, records
 from zbroker.broker import config as broker_config
 from zbroker.broker import metadata as md
 from zbroker.broker.controller import Controller
+from zbroker.broker.fetcher import FetcherManager
 from zbroker.broker.replicas import ReplicaManager, StartupError
 from zbroker.config import ConfigError
 from zbroker.logs import configure_logging, get_logger
@@ -76,14 +89,26 @@ ADMIN_APIS = ("CreateTopics", "DeleteTopics", "CreatePartitions")
 
 class DelayedFetch:
     __slots__ = ("ident", "req_id", "parts", "min_bytes", "max_bytes", "bytes_ready", "done",
-                 "partitions")
+                 "partitions", "replica_id")
 
-    def __init__(self, ident, req_id, parts, min_bytes, max_bytes):
+    def __init__(self, ident, req_id, parts, min_bytes, max_bytes, replica_id=-1):
         self.ident, self.req_id, self.parts = ident, req_id, parts
         self.min_bytes, self.max_bytes = min_bytes, max_bytes
+        self.replica_id = replica_id
         self.bytes_ready = 0
         self.done = False
         self.partitions: list = []      # Partition objects whose waiters list holds this
+
+
+class DelayedProduce:
+    """An acks=all produce waiting for the high watermark of its partitions to pass its
+    batches. ``out`` is the response's parts list; ``waiting`` maps an index of it to
+    (partition, offset the high watermark must reach)."""
+    __slots__ = ("ident", "req_id", "out", "waiting", "done")
+
+    def __init__(self, ident, req_id, out, waiting):
+        self.ident, self.req_id, self.out, self.waiting = ident, req_id, out, waiting
+        self.done = False
 
 
 class PendingAdminReply:
@@ -101,10 +126,13 @@ class BrokerServer:
         self.endpoint = broker_config.listener_endpoint(cfg)
         self.host, self.port = broker_config.advertised_host_port(cfg)
         self.replicas = ReplicaManager(self.broker_id, cfg["log.dirs"],
-                                       broker_config.default_log_props(cfg))
+                                       broker_config.default_log_props(cfg), cfg)
         self.image = md.ClusterImage.empty()
         self.ctx = zmq.Context()
         self.router: zmq.Socket | None = None
+        self.poller = zmq.Poller()
+        self.fetchers = FetcherManager(self, self.ctx, self.poller)
+        self._shutdown_deadline: float | None = None
         self.client: CoordinatorClient | None = None
         self.watcher: md.MetadataWatcher | None = None
         self.controller: Controller | None = None
@@ -126,6 +154,7 @@ class BrokerServer:
         self._handlers = {
             "ApiVersions": self._api_versions, "Metadata": self._metadata,
             "Produce": self._produce, "Fetch": self._fetch, "ListOffsets": self._list_offsets,
+            "OffsetForLeaderEpoch": self._offset_for_leader_epoch,
             "CreateTopics": self._admin, "DeleteTopics": self._admin,
             "CreatePartitions": self._admin,
         }
@@ -163,7 +192,8 @@ class BrokerServer:
         except ValueError as e:
             raise StartupError(str(e))
         try:
-            for path in (md.BROKER_IDS, md.TOPICS, md.CREATE_TOPIC_REQUESTS, "/cluster"):
+            for path in (md.BROKER_IDS, md.TOPICS, md.CREATE_TOPIC_REQUESTS, md.SHUTDOWN,
+                         "/cluster"):
                 self.client.ensure_path(path)
             try:
                 self.client.create(md.CLUSTER_ID_PATH, uuid.uuid4().hex[:22].encode())
@@ -296,18 +326,32 @@ class BrokerServer:
                 self._on_admin_reply(*item[1:])
             elif kind == "session":
                 self._on_session_event(item[1], item[2])
+            elif kind == "isr_done":
+                self._on_isr_done(*item[1:])
             elif kind == "stop":
-                self.stopping = True
+                self._on_stop()
 
     def _apply_image(self, image: md.ClusterImage) -> None:
         # Keep only the newest image when several are queued.
         while self._inbox and self._inbox[0][0] == "image":
             image = self._inbox.popleft()[1]
         self.image = image
-        changed, closed = self.replicas.apply_image(image)
+        leaders, followers, isr_changed, closed = self.replicas.apply_image(image,
+                                                                            time.monotonic())
         for part in closed:
-            for f in list(part.waiters):
-                self._complete_fetch(f)
+            self.fetchers.remove((part.topic, part.partition))
+            self._lost_leadership(part)
+        for part in followers:
+            self._lost_leadership(part)
+            self.fetchers.follow(part)
+        for part in leaders:
+            self.fetchers.remove((part.topic, part.partition))
+            self._hw_advanced(part)
+        for part in isr_changed:
+            if part.is_leader:
+                part.maybe_advance_high_watermark()
+                self._hw_advanced(part)
+        self.fetchers.on_image()
         if self._pending_admin:
             self._check_pending_admin()
 
@@ -333,9 +377,12 @@ class BrokerServer:
 
     # --- the loop -------------------------------------------------------------------------------
     def serve_forever(self) -> int:
-        poller = zmq.Poller()
+        poller = self.poller
         poller.register(self.router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        lag_s = self.cfg["replica.lag.time.max.ms"] / 1000
+        self._periodic(min(max(lag_s / 4, 0.02), 1.0), self._shrink_isrs)
+        self._periodic(0.05, self.fetchers.check_timeouts)
         self._periodic(self.cfg["log.retention.check.interval.ms"] / 1000,
                        self.replicas.run_retention)
         self._periodic(PERIODIC_FLUSH_MS / 1000, self.replicas.maybe_flush)
@@ -358,6 +405,9 @@ class BrokerServer:
                 self._take_inbox()
             if router in ready:
                 self._drain_requests(per_poll)
+            for sock in ready:
+                if sock is not router and sock != self._wake_r:
+                    self.fetchers.on_readable(sock)
             if self._timers and self._timers[0][0] <= time.monotonic():
                 self._run_timers()
         self._shutdown()
@@ -422,7 +472,7 @@ class BrokerServer:
             raise errors.NotLeaderOrFollower(
                 f"Broker {self.broker_id} has lost contact with the coordinator and does not "
                 f"act as leader until it is back.")
-        if part is None:
+        if part is None or not part.is_leader:
             st = self.image.partition(topic, partition)
             if st is None:
                 raise errors.UnknownTopicOrPartition(
@@ -504,13 +554,19 @@ class BrokerServer:
             raise errors.InvalidRequest(f"A Produce request carries one blob per part: "
                                         f"{len(parts)} parts, {len(blobs)} blobs.")
         out = []
+        waiting = {}
         get = self.replicas.partitions.get
         for (topic, p, epoch), blob in zip(parts, blobs):
             part = get((topic, p))
             try:
-                if part is None or (epoch != -1 and epoch != part.leader_epoch) or \
-                        self.leadership_paused:
+                if part is None or not part.is_leader or \
+                        (epoch != -1 and epoch != part.leader_epoch) or self.leadership_paused:
                     part = self._partition(topic, p, epoch)
+                if acks == -1 and len(part.isr) < part.min_insync_replicas:
+                    raise errors.NotEnoughReplicas(
+                        f"{topic}-{p} has {len(part.isr)} in-sync replicas "
+                        f"({','.join(map(str, part.isr))}); min.insync.replicas is "
+                        f"{part.min_insync_replicas}.")
                 result = part.log.append(blob.buffer, part.leader_epoch)
             except errors.ZbError as e:
                 out.append([topic, p, e.code, -1, -1, -1, str(e)])
@@ -519,11 +575,202 @@ class BrokerServer:
                 out.append([topic, p, errors.KafkaStorageError.code, -1, -1, -1, str(e)])
                 continue
             out.append([topic, p, 0, result.base_offset, -1, part.log.log_start_offset, None])
+            if acks == -1:
+                waiting[len(out) - 1] = (part, part.log.log_end_offset)
             if part.waiters:
                 self._on_append(part, len(blob))
+            if part.maybe_advance_high_watermark():     # alone in the ISR
+                self._hw_advanced(part, len(blob))
         if acks == 0:
             return None
+        if waiting:
+            dp = DelayedProduce(ident, header["id"], out, waiting)
+            if not self._check_produce(dp):
+                for part, _ in waiting.values():
+                    part.produce_waiters.append(dp)
+                timeout_ms = min(max(header.get("timeout_ms", 30000), 0),
+                                 protocol.REQUEST_TIMEOUT_MS_MAX)
+                self._add_timer(timeout_ms / 1000, self._expire_produce, dp)
+            return None
         return protocol.encode_response(header["id"], parts=out)
+
+    # --- acks=all ---------------------------------------------------------------------------------
+    def _check_produce(self, dp: DelayedProduce) -> bool:
+        """Answer ``dp`` when every partition's high watermark passed its batch. True if done."""
+        if dp.done:
+            return True
+        for i, (part, required) in list(dp.waiting.items()):
+            if part.high_watermark >= required:
+                if len(part.isr) < part.min_insync_replicas:
+                    e = errors.NotEnoughReplicasAfterAppend(
+                        f"The ISR of {part.topic}-{part.partition} shrank below "
+                        f"min.insync.replicas ({part.min_insync_replicas}) before the batch "
+                        f"was replicated.")
+                    dp.out[i] = [part.topic, part.partition, e.code, -1, -1, -1, str(e)]
+                del dp.waiting[i]
+        if dp.waiting:
+            return False
+        self._finish_produce(dp)
+        return True
+
+    def _finish_produce(self, dp: DelayedProduce) -> None:
+        dp.done = True
+        for part, _ in dp.waiting.values():
+            try:
+                part.produce_waiters.remove(dp)
+            except ValueError:
+                pass
+        self._send(dp.ident, protocol.encode_response(dp.req_id, parts=dp.out))
+
+    def _fail_produce_entries(self, dp: DelayedProduce, part, err: errors.ZbError) -> None:
+        for i, (p, _) in list(dp.waiting.items()):
+            if part is None or p is part:
+                dp.out[i] = [p.topic, p.partition, err.code, -1, -1, -1, str(err)]
+                del dp.waiting[i]
+                try:
+                    p.produce_waiters.remove(dp)
+                except ValueError:
+                    pass
+        if not dp.waiting and not dp.done:
+            self._finish_produce(dp)
+
+    def _expire_produce(self, dp: DelayedProduce) -> None:
+        if not dp.done:
+            self._fail_produce_entries(dp, None, errors.RequestTimedOut(
+                "The batch was written by the leader but not replicated to the in-sync "
+                "replicas within the request's timeout_ms."))
+
+    def _hw_advanced(self, part, nbytes: int | None = None) -> None:
+        """The high watermark of a partition we lead may have moved: answer what waits on it."""
+        for dp in list(part.produce_waiters):
+            if self._check_produce(dp):
+                try:
+                    part.produce_waiters.remove(dp)
+                except ValueError:
+                    pass
+        for fetch in list(part.hw_waiters):
+            if nbytes is None:
+                self._complete_fetch(fetch)
+                continue
+            fetch.bytes_ready += nbytes
+            if fetch.bytes_ready >= fetch.min_bytes:
+                self._complete_fetch(fetch)
+
+    def _lost_leadership(self, part) -> None:
+        """``part`` is no longer led here (or gone): answer everything waiting on it."""
+        for dp in list(part.produce_waiters):
+            self._fail_produce_entries(dp, part, errors.NotLeaderOrFollower(
+                f"Broker {self.broker_id} is no longer the leader of {part.topic}-"
+                f"{part.partition}; the batch may or may not be committed, retry."))
+        part.produce_waiters = []
+        for f in list(part.waiters) + list(part.hw_waiters):
+            self._complete_fetch(f)
+
+    # --- ISR changes (the leader's) ---------------------------------------------------------------
+    def _follower_fetched(self, part, replica_id: int, offset: int) -> None:
+        part.update_follower(replica_id, offset, time.monotonic())
+        if part.maybe_advance_high_watermark():
+            self._hw_advanced(part)
+        new_isr = part.isr_to_expand(replica_id, self.image.shutting_down)
+        if new_isr is not None:
+            self._write_isr(part, new_isr, "caught up", replica_id)
+
+    def _shrink_isrs(self) -> None:
+        if self.leadership_paused:
+            return
+        now = time.monotonic()
+        lag_s = self.cfg["replica.lag.time.max.ms"] / 1000
+        for part in self.replicas.partitions.values():
+            if part.is_leader and len(part.isr) > 1:
+                new_isr = part.isr_to_shrink(now, lag_s)
+                if new_isr is not None:
+                    out = sorted(set(part.isr) - set(new_isr))
+                    self._write_isr(part, new_isr, "lagging", out)
+
+    def _write_isr(self, part, new_isr: tuple, why: str, who) -> None:
+        client = self.client
+        if client is None or self.leadership_paused:
+            return
+        part.pending_isr = new_isr
+        value = md.encode_state(self.broker_id, part.leader_epoch, list(new_isr),
+                                part.controller_epoch)
+        epoch = part.leader_epoch
+        log.info("changing the ISR", topic=part.topic, partition=part.partition,
+                 isr=list(part.isr), new_isr=list(new_isr), reason=why, replica=who)
+        try:
+            fut = client.set_async(md.partition_path(part.topic, part.partition), value,
+                                   part.state_version)
+        except Exception as e:
+            part.pending_isr = None
+            log.warning("ISR write not sent", error=str(e))
+            return
+        fut.add_done_callback(lambda f: self._post(("isr_done", part, epoch, new_isr, f)))
+
+    def _on_isr_done(self, part, epoch: int, new_isr: tuple, fut) -> None:
+        key = (part.topic, part.partition)
+        if self.replicas.partitions.get(key) is not part or not part.is_leader or \
+                part.leader_epoch != epoch or part.pending_isr != new_isr:
+            return
+        exc = fut.exception()
+        if exc is not None:
+            part.pending_isr = None
+            log.warning("ISR write refused; taking the state from the metadata",
+                        topic=part.topic, partition=part.partition, error=str(exc))
+            if self.watcher is not None:
+                self.watcher.poke()
+            return
+        part.isr_written(new_isr, fut.result())
+        part.maybe_advance_high_watermark()
+        self._hw_advanced(part)
+
+    # --- controlled shutdown ----------------------------------------------------------------------
+    def _on_stop(self) -> None:
+        if self._shutdown_deadline is not None or not self.cfg["controlled.shutdown.enable"] or \
+                self.client is None or not any(len(p.replicas) > 1
+                                               for p in self.replicas.partitions.values()):
+            self.stopping = True
+            return
+        log.info("controlled shutdown: asking the controller to move leaderships away")
+        self._shutdown_deadline = time.monotonic() + \
+            self.cfg["controlled.shutdown.timeout.ms"] / 1000
+        try:
+            fut = self.client.create_async(md.shutdown_path(self.broker_id), b"",
+                                           ephemeral=True)
+            fut.add_done_callback(lambda f: f.exception())
+        except Exception as e:
+            log.warning("controlled shutdown request failed", error=str(e))
+            self.stopping = True
+            return
+        self._add_timer(0.02, self._check_controlled_shutdown)
+
+    def _controlled_shutdown_done(self) -> bool:
+        image = self.image
+        me = self.broker_id
+        if me not in image.shutting_down:
+            return False
+        for t in image.topics.values():
+            for st in t.partitions:
+                if st is None or me not in st.replicas:
+                    continue
+                if st.leader == me:
+                    if any(r != me and r in image.brokers and r not in image.shutting_down
+                           for r in st.isr):
+                        return False
+                elif st.leader != md.NO_LEADER and me in st.isr:
+                    return False
+        return True
+
+    def _check_controlled_shutdown(self) -> None:
+        if self.stopping:
+            return
+        if self._controlled_shutdown_done():
+            log.info("controlled shutdown: leaderships moved")
+            self.stopping = True
+        elif time.monotonic() > self._shutdown_deadline:
+            log.warning("controlled shutdown timed out; stopping anyway")
+            self.stopping = True
+        else:
+            self._add_timer(0.02, self._check_controlled_shutdown)
 
     def _fetch(self, ident, header, blobs):
         parts = header["parts"]
@@ -533,7 +780,8 @@ class BrokerServer:
         min_bytes = max(header.get("min_bytes", 1), 0)
         max_bytes = min(max(header.get("max_bytes", FETCH_MAX_BYTES_DEFAULT), 0),
                         FETCH_RESPONSE_BYTES_MAX)
-        fetch = DelayedFetch(ident, header["id"], parts, min_bytes, max_bytes)
+        fetch = DelayedFetch(ident, header["id"], parts, min_bytes, max_bytes,
+                             header.get("replica_id", protocol.CONSUMER_REPLICA_ID))
         if max_wait_ms > 0 and min_bytes > 0 and \
                 self._delayed_fetches < self.cfg["delayed.fetches.max"]:
             meta, data, nbytes, failed = self._read_fetch(fetch)
@@ -550,15 +798,28 @@ class BrokerServer:
         total = 0
         failed = False
         get = self.replicas.partitions.get
+        replica_id = fetch.replica_id
         for topic, p, offset, epoch, part_max in fetch.parts:
             part = get((topic, p))
             try:
-                if part is None or (epoch != -1 and epoch != part.leader_epoch) or \
-                        self.leadership_paused:
+                if part is None or not part.is_leader or \
+                        (epoch != -1 and epoch != part.leader_epoch) or self.leadership_paused:
                     part = self._partition(topic, p, epoch)
+                bound = part.high_watermark
+                if replica_id >= 0:
+                    if replica_id not in part.followers:
+                        raise errors.NotLeaderOrFollower(
+                            f"Broker {replica_id} is not a follower of {topic}-{p}.")
+                    if part.log.log_start_offset <= offset <= part.log.log_end_offset:
+                        self._follower_fetched(part, replica_id, offset)
+                    else:
+                        raise errors.OffsetOutOfRange(
+                            f"The offset {offset} is outside [{part.log.log_start_offset}, "
+                            f"{part.log.log_end_offset}].")
+                    bound = None
                 hw = part.high_watermark
                 if remaining > 0 and part_max > 0:
-                    chunk = part.log.read(offset, min(part_max, remaining), max_offset=hw,
+                    chunk = part.log.read(offset, min(part_max, remaining), max_offset=bound,
                                           min_one_batch=total == 0)
                 else:
                     if not part.log.log_start_offset <= offset <= part.log.log_end_offset:
@@ -567,7 +828,11 @@ class BrokerServer:
                             f"{part.log.log_end_offset}].")
                     chunk = b""
             except errors.ZbError as e:
-                meta.append([topic, p, e.code, -1, -1, -1])
+                if isinstance(e, errors.OffsetOutOfRange) and part is not None:
+                    meta.append([topic, p, e.code, part.high_watermark,
+                                 part.log.log_start_offset, part.log.log_end_offset])
+                else:
+                    meta.append([topic, p, e.code, -1, -1, -1])
                 data.append(b"")
                 failed = True
                 continue
@@ -583,7 +848,7 @@ class BrokerServer:
         for topic, p, *_ in fetch.parts:
             part = get((topic, p))
             if part is not None and part not in fetch.partitions:
-                part.waiters.append(fetch)
+                (part.waiters if fetch.replica_id >= 0 else part.hw_waiters).append(fetch)
                 fetch.partitions.append(part)
         self._delayed_fetches += 1
         self._add_timer(max_wait_ms / 1000, self._complete_fetch, fetch)
@@ -601,12 +866,30 @@ class BrokerServer:
         self._delayed_fetches -= 1
         for part in fetch.partitions:
             try:
-                part.waiters.remove(fetch)
+                (part.waiters if fetch.replica_id >= 0 else part.hw_waiters).remove(fetch)
             except ValueError:
                 pass
         fetch.partitions = []
         meta, data, _, _ = self._read_fetch(fetch)
         self._send(fetch.ident, protocol.encode_response(fetch.req_id, data, parts=meta))
+
+    def _offset_for_leader_epoch(self, ident, header, blobs):
+        """A follower asks where its latest epoch ends in our log (we must lead in the epoch it
+        names as current)."""
+        parts = header["parts"]
+        protocol.check_entries("OffsetForLeaderEpoch", "parts", parts,
+                               protocol.OFFSET_FOR_EPOCH_PART)
+        out = []
+        for topic, p, current_epoch, epoch in parts:
+            try:
+                part = self._partition(topic, p, current_epoch)
+                found_epoch, end_offset = part.log.leader_epoch_cache.end_offset_for_epoch(
+                    epoch, part.log.log_end_offset)
+            except errors.ZbError as e:
+                out.append([topic, p, e.code, -1, -1])
+                continue
+            out.append([topic, p, 0, found_epoch, end_offset])
+        return protocol.encode_response(header["id"], parts=out)
 
     def _list_offsets(self, ident, header, blobs):
         parts = header["parts"]
@@ -711,8 +994,8 @@ class BrokerServer:
             if closer is not None:
                 closer.stop()
         for part in list(self.replicas.partitions.values()):
-            for fetch in list(part.waiters):        # answer long polls with what there is
-                self._complete_fetch(fetch)
+            self._lost_leadership(part)             # answer long polls and acks=all waits
+        self.fetchers.close_all()
         self.replicas.close_all()
         if self.client is not None:
             self.client.close()          # the registration goes at once
