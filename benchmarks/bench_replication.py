@@ -1,0 +1,213 @@
+"""Replication benchmark: three brokers, replication factor 3, acks=all.
+
+    python benchmarks/bench_replication.py
+
+Starts a coordinator and three brokers on free loopback ports (temporary data directories,
+the default coordinator.session.timeout.ms of 6000 unless BENCH_SESSION_MS says otherwise), then
+measures:
+
+1. throughput: one Producer (acks=all, send() per record) writes BENCH_RECORDS (default
+   300,000) 100-byte records to a 3-partition topic (RF=3, min.insync.replicas=2) and flushes;
+2. end-to-end latency at BENCH_RATE (default 10,000) records/s for 5 s: a Consumer reads what
+   the paced acks=all producer writes; latency = time seen by the consumer - record timestamp
+   (ms clock), median and 99th percentile;
+3. failover: a raw acks=all writer hammers one partition (RF=3); its leader is killed with
+   kill -9; time until the first acknowledged acks=all write on that partition (new leader found
+   through Metadata, request timeout 500 ms, retries every 20 ms), done BENCH_KILLS (3) times;
+4. controlled shutdown: SIGTERM to the partition's leader; time until another broker's Metadata
+   names a new leader, and until the process has exited.
+
+Prints the figures last, as one line of name=value pairs. Clients and brokers share this
+machine's cores.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from clients import AdminClient, Consumer, Producer  # noqa: E402
+from tests.broker.helpers import Conn, batch  # noqa: E402
+from tests.procs import BrokerProc, Cluster, CoordinatorProc, Procs  # noqa: E402
+
+RECORDS = int(os.environ.get("BENCH_RECORDS", "300000"))
+RATE = int(os.environ.get("BENCH_RATE", "10000"))
+KILLS = int(os.environ.get("BENCH_KILLS", "3"))
+SESSION_MS = int(os.environ.get("BENCH_SESSION_MS", "6000"))
+RECORD_BYTES = 100
+
+
+def throughput(bootstrap: str) -> float:
+    value = b"x" * RECORD_BYTES
+    with Producer(bootstrap, acks="all", linger_ms=5) as p:
+        p.send("tput", value).result(30)
+        start = time.perf_counter()
+        send = p.send
+        for _ in range(RECORDS):
+            send("tput", value)
+        p.flush()
+        return RECORDS / (time.perf_counter() - start)
+
+
+def latency(bootstrap: str) -> tuple[float, float]:
+    lat: list[float] = []
+    stop = threading.Event()
+
+    def consume():
+        with Consumer("lat", bootstrap_servers=bootstrap, auto_offset_reset="latest") as c:
+            c.poll(2000)
+            ready.set()
+            while not stop.is_set():
+                for recs in c.poll(200).values():
+                    now_ms = time.time() * 1000
+                    lat.extend(now_ms - r.timestamp for r in recs)
+
+    ready = threading.Event()
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    ready.wait(15)
+    time.sleep(0.5)
+    value = b"x" * RECORD_BYTES
+    with Producer(bootstrap, acks="all", linger_ms=1) as p:
+        start = time.monotonic()
+        n = 0
+        while time.monotonic() - start < 5:
+            due = start + n / RATE
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            p.send("lat", value)
+            n += 1
+        p.flush()
+    time.sleep(1.0)
+    stop.set()
+    t.join(5)
+    lat.sort()
+    if not lat:
+        return float("nan"), float("nan")
+    return statistics.median(lat), lat[int(len(lat) * 0.99)]
+
+
+def leader_of(cluster: Cluster, topic: str) -> int:
+    try:
+        md = cluster.metadata([topic], allow_auto_create=False)
+        return md["topics"][0][3][0][2]
+    except Exception:
+        return -1
+
+
+def failover_once(cluster: Cluster, topic: str) -> float:
+    """Kill -9 the leader of topic-0 while writing; seconds to the first acks=all success."""
+    leader = leader_of(cluster, topic)
+    victim = cluster.broker(leader)
+    conn = Conn(victim.port)
+    assert conn.produce(topic, 0, [batch([b"warm"])], acks=-1)[2] == 0
+    conn.close()
+    killed = time.monotonic()
+    victim.kill9()
+    while True:
+        new = leader_of(cluster, topic)
+        if new >= 0 and new != leader:
+            conn = Conn(cluster.broker(new).port)
+            try:
+                h, _ = conn.request("Produce", [batch([b"after"])], timeout_s=0.6, acks=-1,
+                                    timeout_ms=500, parts=[[topic, 0, -1]])
+                if h["parts"][0][2] == 0:
+                    took = time.monotonic() - killed
+                    conn.close()
+                    break
+            except TimeoutError:
+                pass
+            conn.close()
+        time.sleep(0.02)
+        if time.monotonic() - killed > 60:
+            raise RuntimeError("no acks=all write succeeded within 60 s of the kill")
+    victim.restart()
+    deadline = time.monotonic() + 60       # until it is back in the ISR
+    while time.monotonic() < deadline:
+        md = cluster.metadata([topic], allow_auto_create=False)
+        if len(md["topics"][0][3][0][5]) == 3:
+            break
+        time.sleep(0.05)
+    return took
+
+
+def controlled_shutdown(cluster: Cluster, topic: str) -> tuple[float, float]:
+    leader = leader_of(cluster, topic)
+    victim = cluster.broker(leader)
+    other = next(b for b in cluster.brokers if b.broker_id != leader)
+    start = time.monotonic()
+    victim.proc.popen.send_signal(15)
+    moved = None
+    while time.monotonic() - start < 30:
+        md = other.metadata([topic], allow_auto_create=False)
+        new = md["topics"][0][3][0][2]
+        if moved is None and new >= 0 and new != leader:
+            moved = time.monotonic() - start
+        if victim.proc.popen.poll() is not None and moved is not None:
+            break
+        time.sleep(0.005)
+    exited = time.monotonic() - start
+    victim.proc.popen.wait(30)
+    victim.start()
+    return moved if moved is not None else float("nan"), exited
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-replication-") as tmp:
+        procs = Procs(Path(tmp))
+        try:
+            coord = CoordinatorProc(procs, Path(tmp) / "coordinator").start()
+            settings = {"log.level": "WARNING", "coordinator.session.timeout.ms": str(SESSION_MS),
+                        "auto.leader.rebalance.enable": "false"}
+            brokers = [BrokerProc(procs, i, coord.address, Path(tmp) / f"broker{i}", settings)
+                       for i in (1, 2, 3)]
+            for b in brokers:
+                b.start(wait=False)
+            for b in brokers:
+                b.wait_ready(SESSION_MS / 1000 + 20)
+            cluster = Cluster(coord, brokers)
+            cluster.wait_ready()
+            cfg = {"min.insync.replicas": "2"}
+            with AdminClient(cluster.bootstrap) as admin:
+                admin.create_topic("tput", 3, 3, config=cfg)
+                admin.create_topic("lat", 1, 3, config=cfg)
+                admin.create_topic("fo", 1, 3, config=cfg)
+            cluster.wait_topic("fo", 1)
+            time.sleep(1.0)
+            print(f"throughput: {RECORDS:,} records of {RECORD_BYTES} bytes, acks=all, RF=3, "
+                  f"3 partitions ...", flush=True)
+            rate = throughput(cluster.bootstrap)
+            print(f"  {rate:,.0f} records/s ({rate * RECORD_BYTES / 1e6:.1f} MB/s)", flush=True)
+            print(f"end-to-end latency at {RATE:,} records/s for 5 s ...", flush=True)
+            p50, p99 = latency(cluster.bootstrap)
+            print(f"  median {p50:.1f} ms, p99 {p99:.1f} ms", flush=True)
+            print(f"failover: kill -9 of the leader, {KILLS} times, session timeout "
+                  f"{SESSION_MS} ms ...", flush=True)
+            times = []
+            for _ in range(KILLS):
+                times.append(failover_once(cluster, "fo"))
+                print(f"  first acks=all write {times[-1]:.2f} s after the kill", flush=True)
+            print("controlled shutdown of the leader ...", flush=True)
+            moved, exited = controlled_shutdown(cluster, "fo")
+            print(f"  leadership moved in {moved * 1000:.0f} ms, process exited after "
+                  f"{exited * 1000:.0f} ms", flush=True)
+        finally:
+            procs.cleanup()
+    print(f"acks_all_records_per_s={rate:.0f} acks_all_mb_per_s={rate * RECORD_BYTES / 1e6:.1f} "
+          f"e2e_latency_p50_ms={p50:.1f} e2e_latency_p99_ms={p99:.1f} e2e_rate={RATE} "
+          f"failover_s_median={statistics.median(times):.2f} failover_s_max={max(times):.2f} "
+          f"session_timeout_ms={SESSION_MS} controlled_shutdown_move_ms={moved * 1000:.0f} "
+          f"controlled_shutdown_exit_ms={exited * 1000:.0f} records={RECORDS} "
+          f"record_bytes={RECORD_BYTES} replication_factor=3 partitions=3")
+
+
+if __name__ == "__main__":
+    main()
