@@ -21,7 +21,8 @@ as in ZooKeeper); requests made while reconnecting wait for the connection up to
 SessionExpired from then on: its ephemeral keys are gone and a new client must be made.
 
 Watch callbacks and session-state listeners run on a separate callback thread, in order, so a
-callback may call the client. A watch sees every change of its prefix in transaction order. If a
+callback may call the client. A future's done-callbacks run on the I/O thread: they may submit
+more ``*_async`` requests (that is how a caller pipelines) but must not block on a result. A watch sees every change of its prefix in transaction order. If a
 change went missing (a gap in the watch's sequence numbers, or a reconnect), the client
 re-registers the watch from the last transaction it saw and the coordinator replays what was
 missed; when the coordinator no longer holds that history, the callback gets a ``resync`` event

@@ -160,6 +160,10 @@ class CoordinatorServer:
         now = time.monotonic()
         for sid, session in self.state.sessions.items():
             self.deadlines[sid] = now + session.timeout_ms / 1000
+        if self.txnlog.truncated_bytes:
+            log.warning("cut a torn or corrupt tail off the transaction log: a write that was "
+                        "in progress when the coordinator stopped was never acknowledged",
+                        bytes=self.txnlog.truncated_bytes)
         log.info("recovered", zxid=self.state.zxid, txns_replayed=self.txnlog.recovered_txns,
                  torn_bytes_cut=self.txnlog.truncated_bytes, sessions=len(self.state.sessions),
                  keys=len(self.state.nodes), seconds=round(time.monotonic() - started, 3))

@@ -105,6 +105,9 @@ class TxnLog:
 
     # --- recovery (loop thread, before serving) ------------------------------------------------
     def recover(self, on_change=None) -> CoordinatorState:
+        for name in os.listdir(self.data_dir):      # a snapshot that was being written
+            if name.startswith(SNAP_PREFIX) and name.endswith(".tmp"):
+                os.unlink(os.path.join(self.data_dir, name))
         state = self._load_snapshot()
         logs = _list(self.data_dir, LOG_PREFIX)
         for i, (first_zxid, path) in enumerate(logs):
