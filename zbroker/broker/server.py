@@ -330,6 +330,8 @@ class BrokerServer:
                 self._on_isr_done(*item[1:])
             elif kind == "stop":
                 self._on_stop()
+            elif kind == "stop_now":
+                self.stopping = True
 
     def _apply_image(self, image: md.ClusterImage) -> None:
         # Keep only the newest image when several are queued.
@@ -736,12 +738,18 @@ class BrokerServer:
         try:
             fut = self.client.create_async(md.shutdown_path(self.broker_id), b"",
                                            ephemeral=True)
-            fut.add_done_callback(lambda f: f.exception())
+            fut.add_done_callback(self._on_shutdown_key)
         except Exception as e:
             log.warning("controlled shutdown request failed", error=str(e))
             self.stopping = True
             return
         self._add_timer(0.02, self._check_controlled_shutdown)
+
+    def _on_shutdown_key(self, fut) -> None:       # on the coordinator client's thread
+        exc = fut.exception()
+        if exc is not None and not isinstance(exc, NodeExists):
+            log.warning("controlled shutdown request failed; stopping", error=str(exc))
+            self._post(("stop_now",))
 
     def _controlled_shutdown_done(self) -> bool:
         image = self.image
