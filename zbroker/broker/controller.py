@@ -272,8 +272,7 @@ class Controller:
                 if kind == "brokers":
                     self._drain_kind("brokers")
                     retry_reconcile = True
-                    self._reconcile()
-                    retry_reconcile = False
+                    retry_reconcile = not self._reconcile()
                 elif kind == "rebalance":
                     self._reconcile(preferred=True)
                 elif kind == "auto_create":
@@ -329,7 +328,7 @@ class Controller:
             live[int(c)] = (info.rack, stat.czxid)
         return live
 
-    def _reconcile(self, preferred: bool = False) -> None:
+    def _reconcile(self, preferred: bool = False) -> bool:
         for _attempt in range(10):
             live = self._live_brokers()
             image = md.read_image(self.client)
@@ -352,14 +351,24 @@ class Controller:
                              live=sorted(live), shutting_down=sorted(image.shutting_down),
                              preferred=preferred)
             except BadVersion:
-                time.sleep(0.01)
-                continue        # a leader changed its ISR meanwhile; read again
+                # A leader changed its ISR meanwhile. Write the others one by one (each fenced)
+                # so one busy partition does not hold up the rest, then read again.
+                stale = 0
+                for op in ops:
+                    try:
+                        self.client.multi([self.election.fence(), op])
+                    except BadVersion:
+                        stale += 1
+                if stale:
+                    time.sleep(0.01)
+                    continue
             # A restarted broker was taken out of the ISRs above; from now on it counts as live.
             self._broker_epochs = {b: ep for b, (_, ep) in live.items()}
             if restarted and ops:
                 continue        # a second pass may elect it where nobody else is in sync
-            return
+            return True
         log.warning("could not settle partition states after 10 attempts; will retry")
+        return False
 
     def _leader_change(self, st: md.PartitionState, live, restarted, shutting_down,
                        unclean: bool, preferred: bool) -> list | None:

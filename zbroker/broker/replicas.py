@@ -172,10 +172,12 @@ class Partition:
     def isr_to_expand(self, replica_id: int, shutting_down) -> tuple | None:
         """The ISR with ``replica_id`` added, when it has caught up (its log end offset reached
         the high watermark and the start of this leader epoch), else None."""
-        if self.pending_isr is not None or replica_id in self.isr or                 replica_id in shutting_down:
+        if self.pending_isr is not None or replica_id in self.isr or \
+                replica_id in shutting_down:
             return None
         f = self.followers.get(replica_id)
-        if f is None or f.log_end_offset < self.high_watermark or                 f.log_end_offset < self.epoch_start_offset:
+        if f is None or f.log_end_offset < self.high_watermark or \
+                f.log_end_offset < self.epoch_start_offset:
             return None
         return tuple(sorted((*self.isr, replica_id)))
 
