@@ -23,9 +23,10 @@ def partition_info(cluster, topic: str, p: int):
     return part[2], part[3], part[4], part[5]
 
 
-def wait_isr(cluster, topic: str, p: int, isr: set, timeout_s: float = 20.0):
+def wait_isr(cluster, topic: str, p: int, isr: set, timeout_s: float = 20.0, via=None):
+    """Until every live broker (or those in ``via``) shows ``isr`` and a leader."""
     def check():
-        for b in cluster.live_brokers():
+        for b in via or cluster.live_brokers():
             md = b.metadata([topic], allow_auto_create=False)
             part = md["topics"][0][3][p]
             if set(part[5]) != isr or part[2] < 0:

@@ -76,12 +76,14 @@ def test_lone_leader_refuses_acks_all_serves_acks_1_and_followers_rejoin(cluster
         conn.close()
 
 
-def test_acks_all_times_out_when_the_isr_cannot_follow(cluster):
-    # A follower that is stopped (SIGSTOP) stays registered and in the ISR until it lags for
-    # replica.lag.time.max.ms: an acks=all request with a shorter timeout gets REQUEST_TIMED_OUT.
+def test_leader_shrinks_a_stalled_follower_out_of_the_isr_and_takes_it_back(cluster):
+    # A stopped follower (SIGSTOP) stays registered (6 s sessions here) but fetches nothing:
+    # acks=all first times out, then the leader itself drops it from the ISR after
+    # replica.lag.time.max.ms (a version-checked write), then refuses acks=all below
+    # min.insync.replicas; resumed, the follower catches up and the leader adds it back.
     import os
     import signal
-    c = cluster(2, overrides={**FAST, "replica.lag.time.max.ms": "4000"})
+    c = cluster(2, overrides={**FAST, "coordinator.session.timeout.ms": "6000"})
     c.create_topic("slow", 1, 2, {"min.insync.replicas": "2"})
     wait_isr(c, "slow", 0, {1, 2})
     leader, *_ = partition_info(c, "slow", 0)
@@ -94,6 +96,17 @@ def test_acks_all_times_out_when_the_isr_cannot_follow(cluster):
                             parts=[["slow", 0, -1]])
         assert h["parts"][0][2] == errors.RequestTimedOut.code, h
         assert 0.4 < time.monotonic() - t0 < 3
+        wait_isr(c, "slow", 0, {leader}, timeout_s=5, via=[c.broker(leader)])
+        assert conn.produce("slow", 0, [batch([b"refused"])], acks=-1)[2] == \
+            errors.NotEnoughReplicas.code
+        assert conn.produce("slow", 0, [batch([b"acks1"])], acks=1)[2] == 0
     finally:
         os.kill(follower.proc.pid, signal.SIGCONT)
+    try:
+        wait_isr(c, "slow", 0, {1, 2}, timeout_s=10)
+        r = conn.produce("slow", 0, [batch([b"back"])], acks=-1)
+        assert r[2] == 0, r
+        got, _ = read_all(c.broker(leader).port, "slow", 0)
+        assert [v for _, v in got] == [b"late", b"acks1", b"back"]
+    finally:
         conn.close()
