@@ -208,13 +208,17 @@ class FetcherManager:
             _, api, _, keys = f.in_flight
             f.in_flight = None
             err = protocol.response_error(header)
-            if err is not None:
-                log.warning("replica request refused", leader=f.leader_id, error=str(err))
-                f.backoff_until = time.monotonic() + self.backoff_s
-            elif api == "Fetch":
-                self._on_fetch(f, header, blobs)
-            else:
-                self._on_offset_for_epoch(f, header)
+            try:
+                if err is not None:
+                    log.warning("replica request refused", leader=f.leader_id, error=str(err))
+                    f.backoff_until = time.monotonic() + self.backoff_s
+                elif api == "Fetch":
+                    self._on_fetch(f, header, blobs)
+                else:
+                    self._on_offset_for_epoch(f, header)
+            except Exception:       # our bug or a disk error: keep the loop, retry later
+                log.exception("handling a leader's reply failed", leader=f.leader_id, api=api)
+                f.backoff_until = time.monotonic() + max(self.backoff_s, 1.0)
             if f.sock is None:
                 return      # dropped while handling (no partitions left)
         self.kick(f)

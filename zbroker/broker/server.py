@@ -1004,6 +1004,7 @@ class BrokerServer:
         for part in list(self.replicas.partitions.values()):
             self._lost_leadership(part)             # answer long polls and acks=all waits
         self.fetchers.close_all()
+        self.replicas.checkpoint_high_watermarks()
         self.replicas.close_all()
         if self.client is not None:
             self.client.close()          # the registration goes at once
