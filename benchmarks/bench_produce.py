@@ -33,12 +33,17 @@ def produce(bootstrap: str, topic: str) -> tuple[float, float]:
         send = p.send
         send(topic, value).result(30)              # metadata and connection are warm
         start = time.perf_counter()
+        cpu0, thread0 = time.process_time(), time.thread_time()
         for _ in range(RECORDS):
             send(topic, value)
+        thread_s = time.thread_time() - thread0
         p.flush()
         elapsed = time.perf_counter() - start
+        cpu_s = time.process_time() - cpu0
         last = send(topic, value).result(30)
     assert last.offset == RECORDS + 1, last
+    print(f"  CPU per record: send() {thread_s / RECORDS * 1e6:.2f} us, whole client "
+          f"{cpu_s / RECORDS * 1e6:.2f} us", flush=True)
     return RECORDS / elapsed, elapsed
 
 
@@ -50,12 +55,16 @@ def consume(bootstrap: str, topic: str) -> tuple[float, float]:
         got = c.poll(10000, max_records=1)           # connection and first fetch are warm
         n += sum(len(v) for v in got.values())
         start = time.perf_counter()
+        cpu0, thread0 = time.process_time(), time.thread_time()
         deadline = time.monotonic() + 120
         while n < total and time.monotonic() < deadline:
             for recs in c.poll(1000).values():
                 n += len(recs)
         elapsed = time.perf_counter() - start
+        thread_s, cpu_s = time.thread_time() - thread0, time.process_time() - cpu0
     assert n == total, f"read {n} of {total} records"
+    print(f"  CPU per record: poll() {thread_s / total * 1e6:.2f} us, whole client "
+          f"{cpu_s / total * 1e6:.2f} us", flush=True)
     return (total - 1) / elapsed, elapsed
 
 

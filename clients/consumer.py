@@ -466,9 +466,8 @@ class Consumer:
                 return [f.tp, st, gen, recs, 0]
 
     def _decode(self, tp: TopicPartition, blob, position: int) -> list[ConsumerRecord]:
-        """The records of a fetched blob from ``position`` on, as ConsumerRecords: Records
-        decoded by ``zbroker.records`` and re-tagged with the partition's ConsumerRecord class
-        (same layout; see ``ConsumerRecord``)."""
+        """The records of a fetched blob from ``position`` on, as ConsumerRecords: decoded by
+        ``zbroker.records`` as instances of the partition's ConsumerRecord class."""
         cls = ConsumerRecord.of(tp.topic, tp.partition)
         out = []
         check = self.check_crcs
@@ -476,11 +475,9 @@ class Consumer:
             for header, batch in records.iter_batches(blob):
                 if header.base_offset + header.last_offset_delta < position:
                     continue
-                recs = records.decode_records(batch, check)
+                recs = records.decode_records(batch, check, cls)
                 if header.base_offset < position:
                     recs = [r for r in recs if r.offset >= position]
-                for r in recs:
-                    r.__class__ = cls
                 out += recs
         except CorruptMessage as e:
             raise CorruptMessage(f"A fetched batch of {tp.topic}-{tp.partition} is corrupt: "

@@ -41,7 +41,7 @@ from clients.errors import (BrokerConnectionError, IllegalStateError, MessageToo
 from clients.structs import RecordMetadata
 from zbroker import errors, protocol
 from zbroker.logs import get_logger
-from zbroker.records import BatchBuilder
+from zbroker import records
 
 log = get_logger("clients.producer")
 
@@ -49,6 +49,8 @@ _monotonic = time.monotonic
 _time_ns = time.time_ns
 _xxh32 = partitioner.xxh32
 _UNKNOWN_TOPIC = errors.UnknownTopicOrPartition.code
+_ROW_BYTES = records.ROW_BYTES
+_NO_HEADERS = records.NO_HEADERS
 RECORD_OVERHEAD_BYTES = 64      # a generous bound of one record's framing in a batch
 
 
@@ -56,16 +58,17 @@ class _Batch:
     """One partition's batch, from the first ``send()`` into it until its result is known. It is
     also the shared result object every record's ``FutureRecordMetadata`` points to."""
 
-    __slots__ = ("owner", "topic", "partition", "builder", "append", "seq", "created",
-                 "reserved", "data", "count", "attempts", "retry_at", "last_error",
+    __slots__ = ("owner", "topic", "partition", "rows", "base_timestamp", "size", "seq",
+                 "created", "reserved", "data", "count", "attempts", "retry_at", "last_error",
                  "done", "error", "base_offset", "log_append_time", "callbacks")
 
-    def __init__(self, owner, topic, partition, builder, seq, created, reserved):
+    def __init__(self, owner, topic, partition, base_timestamp, seq, created, reserved):
         self.owner = owner
         self.topic = topic
         self.partition = partition
-        self.builder = builder
-        self.append = builder.append
+        self.rows = []                  # records.make_row's tuples, until the batch is built
+        self.base_timestamp = base_timestamp
+        self.size = records.HEADER_SIZE + 5     # a bound of the built size, in bytes
         self.seq = seq
         self.created = created
         self.reserved = reserved
@@ -201,7 +204,7 @@ class Producer:
         compression = compression if compression is not None else compression_type
         if compression in (None, "none"):
             compression = "none"
-        BatchBuilder(compression)           # raises ValueError for an unknown codec
+        codec = records.codec_of(compression)   # raises ValueError for an unknown codec
         for name, v, lo in (("batch_size", batch_size, 1), ("max_in_flight", max_in_flight, 1),
                             ("request_timeout_ms", request_timeout_ms, 1),
                             ("max_request_size", max_request_size, 1024),
@@ -213,6 +216,7 @@ class Producer:
             raise ValueError("buffer_memory must be at least batch_size.")
         self.client_id = client_id
         self.compression = compression
+        self._codec = codec
         self.linger_s = linger_ms / 1000
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
@@ -222,6 +226,7 @@ class Producer:
         self.delivery_timeout_s = delivery_timeout_ms / 1000
         self.max_request_size = max_request_size
         self.record_bytes_max = max_request_size - 1024     # room for the request's framing
+        self._fast_value_bytes_max = self.record_bytes_max - RECORD_OVERHEAD_BYTES
         self.buffer_memory = buffer_memory
         self.max_block_s = max_block_ms / 1000
         self.metadata_max_age_s = metadata_max_age_ms / 1000
@@ -277,23 +282,44 @@ class Producer:
         """Queue one record; returns a future of its ``RecordMetadata``. ``headers`` is a list
         of ``(str, bytes | None)`` pairs. Raises at once for what cannot succeed: an unknown
         topic or partition, a record over ``max_request_size``, a closed producer."""
+        if timestamp_ms is None:
+            timestamp_ms = _time_ns() // 1_000_000
+        if (key is None and partition is None and headers is None and
+                value.__class__ is bytes and len(value) <= self._fast_value_bytes_max):
+            # The common case, kept short: a keyless record without headers goes into the
+            # topic's sticky batch as one row tuple; build() packs the rows in C later.
+            lock = self._lock
+            lock.acquire()
+            try:
+                batch = self._sticky_batch.get(topic)
+                if batch is not None:
+                    rows = batch.rows
+                    delta = len(rows)
+                    rows.append((delta, timestamp_ms - batch.base_timestamp, None, value,
+                                 _NO_HEADERS))
+                    batch.size += len(value) + _ROW_BYTES
+                    if batch.size >= self.batch_size:
+                        self._seal(batch)
+                    return FutureRecordMetadata(batch, delta, timestamp_ms)
+            finally:
+                lock.release()
+        return self._send(topic, value, key, partition, headers, timestamp_ms)
+
+    def _send(self, topic, value, key, partition, headers, timestamp_ms) -> FutureRecordMetadata:
+        """``send()`` for every record the fast path does not take."""
         n = self._partition_counts.get(topic)
         if n is None:
             n = self._await_topic(topic)
-        if timestamp_ms is None:
-            timestamp_ms = _time_ns() // 1_000_000
-        if key is not None:
-            if partition is None:
-                partition = _xxh32(key) % n
-            if len(key) + (len(value) if value is not None else 0) > self.record_bytes_max:
-                self._check_size(key, value, headers)
-        if headers or (value is not None and len(value) > self.record_bytes_max):
+        if key is not None and partition is None:
+            partition = _xxh32(key) % n
+        row, size = records.make_row(0, 0, key, value, headers)    # checks the types
+        if size - _ROW_BYTES > self.record_bytes_max - RECORD_OVERHEAD_BYTES:
             self._check_size(key, value, headers)
         with self._lock:
             if partition is None:           # keyless: the topic's sticky batch
                 batch = self._sticky_batch.get(topic)
                 if batch is None:
-                    batch = self._new_sticky_batch(topic, n)
+                    batch = self._new_sticky_batch(topic, n, timestamp_ms)
             else:
                 batch = self._open.get((topic, partition))
                 if batch is None:
@@ -301,9 +327,12 @@ class Producer:
                         raise UnknownTopicOrPartition(
                             f"The topic {topic!r} has {n} partitions; there is no partition "
                             f"{partition}.")
-                    batch = self._new_batch(topic, partition)
-            delta = batch.append(value, key, headers, timestamp_ms)
-            if batch.builder.size_in_bytes >= self.batch_size:
+                    batch = self._new_batch(topic, partition, timestamp_ms)
+            rows = batch.rows
+            delta = len(rows)
+            rows.append((delta, timestamp_ms - batch.base_timestamp, row[2], row[3], row[4]))
+            batch.size += size
+            if batch.size >= self.batch_size:
                 self._seal(batch)
         return FutureRecordMetadata(batch, delta, timestamp_ms)
 
@@ -368,19 +397,20 @@ class Producer:
             raise MessageTooLarge(f"The record is {size} bytes, more than max_request_size "
                                   f"({self.max_request_size} bytes) allows.")
 
-    def _new_sticky_batch(self, topic: str, n: int) -> _Batch:
+    def _new_sticky_batch(self, topic: str, n: int, timestamp_ms: int) -> _Batch:
         """Under _lock: the open batch of the topic's sticky partition (a new one if needed)."""
         partition = self._sticky.get(topic)
         if partition is None or partition >= n:
             partition = self._sticky[topic] = partitioner.next_sticky_partition(n, None)
         batch = self._open.get((topic, partition))
         if batch is None:
-            batch = self._new_batch(topic, partition)
+            batch = self._new_batch(topic, partition, timestamp_ms)
         self._sticky_batch[topic] = batch
         return batch
 
-    def _new_batch(self, topic: str, partition: int) -> _Batch:
-        """Under _lock: a new open batch; blocks while buffer_memory is used up."""
+    def _new_batch(self, topic: str, partition: int, timestamp_ms: int) -> _Batch:
+        """Under _lock: a new open batch (``timestamp_ms``: of its first record); blocks while
+        buffer_memory is used up."""
         if self._closing:
             raise IllegalStateError("The producer is closed; send() is no longer possible.")
         reserve = self.batch_size
@@ -402,8 +432,7 @@ class Producer:
             if existing is not None:        # another thread made one while we waited
                 return existing
         self._seq += 1
-        batch = _Batch(self, topic, partition, BatchBuilder(self.compression), self._seq,
-                       _monotonic(), reserve)
+        batch = _Batch(self, topic, partition, timestamp_ms, self._seq, _monotonic(), reserve)
         self._reserved_bytes += reserve
         self._open[(topic, partition)] = batch
         self._incomplete[batch.seq] = batch
@@ -571,15 +600,18 @@ class Producer:
         queues = self._queues
         while sealed:
             b = sealed.popleft()
-            if b.data is None and len(b.builder):
-                b.data = b.builder.build()
-                b.count = len(b.builder)
-                b.builder = b.append = None
+            if b.data is None and b.rows:
+                self._build(b)
             tp = (b.topic, b.partition)
             q = queues.get(tp)
             if q is None:
                 q = queues[tp] = collections.deque()
             q.append(b)
+
+    def _build(self, b: _Batch) -> None:
+        b.data = records.build_rows(b.rows, b.base_timestamp, self._codec)
+        b.count = len(b.rows)
+        b.rows = None
 
     def _maybe_request_metadata(self, now: float) -> None:
         if self._metadata_in_flight:
@@ -651,13 +683,11 @@ class Producer:
             while q and q[0].retry_at <= now:
                 b = q[0]
                 if b.data is None:
-                    if not len(b.builder):        # append() refused its only record
+                    if not b.rows:                # no record made it in
                         q.popleft()
                         self._complete([b], None, -1, -1)
                         continue
-                    b.data = b.builder.build()
-                    b.count = len(b.builder)
-                    b.builder = b.append = None
+                    self._build(b)
                 if len(b.data) > room and (taken or context):
                     break
                 q.popleft()

@@ -28,12 +28,12 @@ class ConsumerRecord(Record):
     since the epoch), ``key`` and ``value`` (bytes or None), ``headers`` (a tuple of
     ``(str, bytes | None)`` pairs).
 
-    It is a ``zbroker.records.Record`` whose ``topic`` and ``partition`` are attributes of a
-    per-partition subclass (``ConsumerRecord.of(topic, partition)``, made once and cached). The
-    consumer decodes a batch with ``records.decode_records`` and re-tags each Record's class
-    in place, so decoding makes one object per record instead of two: about a third of the
-    consumer's cost per record. Make one yourself with
-    ``ConsumerRecord.of(topic, partition)(offset, timestamp, key, value, headers)``.
+    It is a ``zbroker.records.Record`` (a tuple of offset, timestamp, key, value, headers, as
+    kafka-python's ConsumerRecord is a namedtuple) whose ``topic`` and ``partition`` are
+    attributes of a per-partition subclass (``ConsumerRecord.of(topic, partition)``, made once
+    and cached). The consumer has ``records.decode_records`` make instances of that subclass
+    directly, so decoding makes one object per record, in C, without a Python frame. Make one
+    yourself with ``ConsumerRecord.of(topic, partition)(offset, timestamp, key, value, headers)``.
     """
 
     __slots__ = ()

@@ -39,6 +39,7 @@ from __future__ import annotations
 import struct
 import time
 import zlib
+from operator import itemgetter as _itemgetter
 from typing import Iterable, Iterator, NamedTuple
 
 import msgpack
@@ -73,6 +74,7 @@ _BASE_OFFSET = struct.Struct(">q")
 _LEADER_EPOCH = struct.Struct(">i")
 _LENGTH_MAGIC = struct.Struct(">qiib")  # enough of the header to know the size and the version
 assert _HEADER.size == HEADER_SIZE and _PREFIX.size == PREFIX_SIZE
+_tuple_new = tuple.__new__
 
 
 def checksum(buf, start: int = ATTRIBUTES_OFFSET, end: int | None = None) -> int:
@@ -114,27 +116,44 @@ class BatchHeader(NamedTuple):
         return self.attributes & CODEC_MASK
 
 
-class Record:
-    """One decoded record. ``headers`` is a tuple of ``(str, bytes | None)`` pairs."""
+class Record(tuple):
+    """One decoded record: ``offset``, ``timestamp``, ``key``, ``value``, ``headers`` (a tuple
+    of ``(str, bytes | None)`` pairs).
 
-    __slots__ = ("offset", "timestamp", "key", "value", "headers")
+    A tuple subclass (as kafka-python's ConsumerRecord is a namedtuple): ``decode_records``
+    makes each record in one C-level ``tuple.__new__`` call, which is most of what reading a
+    record costs; a class with ``__slots__`` and an ``__init__`` cost a Python frame per record.
+    """
 
-    def __init__(self, offset: int, timestamp: int, key, value, headers):
-        self.offset = offset
-        self.timestamp = timestamp
-        self.key = key
-        self.value = value
-        self.headers = headers
+    __slots__ = ()
+
+    def __new__(cls, offset: int, timestamp: int, key, value, headers):
+        return _tuple_new(cls, (offset, timestamp, key, value, headers))
+
+    offset = property(_itemgetter(0), doc="the record's offset in its partition")
+    timestamp = property(_itemgetter(1), doc="ms since the epoch")
+    key = property(_itemgetter(2), doc="bytes or None")
+    value = property(_itemgetter(3), doc="bytes or None")
+    headers = property(_itemgetter(4), doc="a tuple of (str, bytes | None) pairs")
+
+    def __getnewargs__(self):
+        return tuple(self)
 
     def __eq__(self, other):
         if not isinstance(other, Record):
             return NotImplemented
-        return (self.offset, self.timestamp, self.key, self.value, self.headers) == (
-            other.offset, other.timestamp, other.key, other.value, other.headers)
+        return tuple.__eq__(self, other)
+
+    def __ne__(self, other):
+        if not isinstance(other, Record):
+            return NotImplemented
+        return tuple.__ne__(self, other)
+
+    __hash__ = tuple.__hash__
 
     def __repr__(self):
-        return (f"Record(offset={self.offset}, timestamp={self.timestamp}, key={self.key!r}, "
-                f"value={self.value!r}, headers={self.headers!r})")
+        return (f"Record(offset={self[0]}, timestamp={self[1]}, key={self[2]!r}, "
+                f"value={self[3]!r}, headers={self[4]!r})")
 
 
 # --- building (producer) -----------------------------------------------------------------------
@@ -144,6 +163,52 @@ def _now_ms() -> int:
 
 
 _BYTES_TYPES = (bytes, bytearray, memoryview)
+NO_HEADERS = ()              # packs as an empty array, like []; one shared, untracked object
+ROW_BYTES = 24               # a bound of one row's msgpack framing (without key, value, headers)
+
+
+def make_row(offset_delta: int, timestamp_delta: int, key, value,
+             headers: Iterable[tuple[str, object]] | None) -> tuple[tuple, int]:
+    """One record's row of the record section, checked, and a bound of its packed size.
+
+    A row is ``(offset_delta, timestamp_delta, key, value, headers)``; a producer that checked
+    the types itself may append such tuples directly (see ``build_rows``)."""
+    if value is not None and not isinstance(value, _BYTES_TYPES):
+        raise TypeError(f"a record value must be bytes or None, not {type(value).__name__}")
+    if key is not None and not isinstance(key, _BYTES_TYPES):
+        raise TypeError(f"a record key must be bytes or None, not {type(key).__name__}")
+    size = ROW_BYTES + (len(value) if value is not None else 0) + (
+        len(key) if key is not None else 0)
+    hdrs = NO_HEADERS
+    if headers:
+        hdrs = []
+        for hk, hv in headers:
+            if not isinstance(hk, str):
+                raise TypeError("a header key must be str")
+            if hv is not None and not isinstance(hv, _BYTES_TYPES):
+                raise TypeError("a header value must be bytes or None")
+            hdrs.append((hk, hv))
+            size += 10 + len(hk.encode()) + (len(hv) if hv is not None else 0)
+        hdrs = tuple(hdrs)
+    return (offset_delta, timestamp_delta, key, value, hdrs), size
+
+
+def build_rows(rows: list[tuple], base_timestamp: int, compression: int = CODEC_NONE, *,
+               producer_id: int = NO_PRODUCER_ID, producer_epoch: int = NO_PRODUCER_EPOCH,
+               base_sequence: int = NO_SEQUENCE, compression_level: int = 6) -> bytes:
+    """The batch of ``rows`` (from ``make_row``, or tuples of the same shape whose offset
+    deltas are 0, 1, 2, ... in order and whose types are checked): the whole record section is
+    packed by one msgpack call, in C."""
+    if not rows:
+        raise ValueError("a batch needs at least one record")
+    section = msgpack.packb(rows)
+    if compression == CODEC_ZLIB:
+        section = zlib.compress(section, compression_level)
+    return _assemble(section, attributes=compression, last_offset_delta=len(rows) - 1,
+                     base_timestamp=base_timestamp,
+                     max_timestamp=base_timestamp + max(map(_itemgetter(1), rows)),
+                     producer_id=producer_id, producer_epoch=producer_epoch,
+                     base_sequence=base_sequence, records_count=len(rows))
 
 
 class BatchBuilder:
@@ -157,20 +222,13 @@ class BatchBuilder:
     def __init__(self, compression: int | str = CODEC_NONE, *, producer_id: int = NO_PRODUCER_ID,
                  producer_epoch: int = NO_PRODUCER_EPOCH, base_sequence: int = NO_SEQUENCE,
                  compression_level: int = 6):
-        if isinstance(compression, str):
-            if compression not in CODECS:
-                raise ValueError(f"unknown compression {compression!r}; known: {sorted(CODECS)}")
-            compression = CODECS[compression]
-        if compression not in (CODEC_NONE, CODEC_ZLIB):
-            raise ValueError(f"unknown compression codec {compression}")
-        self.compression = compression
+        self.compression = codec_of(compression)
         self.compression_level = compression_level
         self.producer_id = producer_id
         self.producer_epoch = producer_epoch
         self.base_sequence = base_sequence
-        self._rows: list[list] = []
+        self._rows: list[tuple] = []
         self._base_timestamp: int | None = None
-        self._max_timestamp = -1
         self.size_in_bytes = HEADER_SIZE + 5
 
     def __len__(self) -> int:
@@ -178,42 +236,32 @@ class BatchBuilder:
 
     def append(self, value, key=None, headers: Iterable[tuple[str, object]] | None = None,
                timestamp_ms: int | None = None) -> int:
-        if value is not None and not isinstance(value, _BYTES_TYPES):
-            raise TypeError(f"a record value must be bytes or None, not {type(value).__name__}")
-        if key is not None and not isinstance(key, _BYTES_TYPES):
-            raise TypeError(f"a record key must be bytes or None, not {type(key).__name__}")
         if timestamp_ms is None:
             timestamp_ms = _now_ms()
         if self._base_timestamp is None:
             self._base_timestamp = timestamp_ms
-        if timestamp_ms > self._max_timestamp:
-            self._max_timestamp = timestamp_ms
-        size = 24 + (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
-        hdrs: list = []
-        if headers:
-            for hk, hv in headers:
-                if not isinstance(hk, str):
-                    raise TypeError("a header key must be str")
-                if hv is not None and not isinstance(hv, _BYTES_TYPES):
-                    raise TypeError("a header value must be bytes or None")
-                hdrs.append((hk, hv))
-                size += 10 + len(hk.encode()) + (len(hv) if hv is not None else 0)
         delta = len(self._rows)
-        self._rows.append((delta, timestamp_ms - self._base_timestamp, key, value, hdrs))
+        row, size = make_row(delta, timestamp_ms - self._base_timestamp, key, value, headers)
+        self._rows.append(row)
         self.size_in_bytes += size
         return delta
 
     def build(self) -> bytes:
-        if not self._rows:
-            raise ValueError("a batch needs at least one record")
-        section = msgpack.packb(self._rows)
-        attributes = self.compression
-        if self.compression == CODEC_ZLIB:
-            section = zlib.compress(section, self.compression_level)
-        return _assemble(section, attributes=attributes, last_offset_delta=len(self._rows) - 1,
-                         base_timestamp=self._base_timestamp, max_timestamp=self._max_timestamp,
-                         producer_id=self.producer_id, producer_epoch=self.producer_epoch,
-                         base_sequence=self.base_sequence, records_count=len(self._rows))
+        return build_rows(self._rows, self._base_timestamp, self.compression,
+                          producer_id=self.producer_id, producer_epoch=self.producer_epoch,
+                          base_sequence=self.base_sequence,
+                          compression_level=self.compression_level)
+
+
+def codec_of(compression: int | str) -> int:
+    """The codec number of ``"none"``, ``"zlib"``, 0 or 1; ValueError for anything else."""
+    if isinstance(compression, str):
+        if compression not in CODECS:
+            raise ValueError(f"unknown compression {compression!r}; known: {sorted(CODECS)}")
+        compression = CODECS[compression]
+    if compression not in (CODEC_NONE, CODEC_ZLIB):
+        raise ValueError(f"unknown compression codec {compression}")
+    return compression
 
 
 def _assemble(section: bytes, *, attributes: int, last_offset_delta: int, base_timestamp: int,
@@ -335,9 +383,10 @@ def iter_batches(buf) -> Iterator[tuple[BatchHeader, memoryview]]:
         pos += size
 
 
-def decode_records(batch, check_crc: bool = True) -> list[Record]:
+def decode_records(batch, check_crc: bool = True, record_class: type = Record) -> list[Record]:
     """The records of one whole batch (bytes or memoryview), with absolute offsets and
-    timestamps. Raises CorruptMessage for a bad checksum or a malformed record section."""
+    timestamps, as instances of ``record_class`` (Record or a subclass that adds no fields).
+    Raises CorruptMessage for a bad checksum or a malformed record section."""
     h = validate_batch(batch) if check_crc else read_header(batch)
     view = memoryview(batch)[HEADER_SIZE:h.batch_length + LOG_OVERHEAD]
     codec = h.attributes & CODEC_MASK
@@ -353,7 +402,9 @@ def decode_records(batch, check_crc: bool = True) -> list[Record]:
             raise CorruptMessage(f"record batch uses unknown compression codec {codec}")
         rows = msgpack.unpackb(view, use_list=False)
         base, bts = h.base_offset, h.base_timestamp
-        records = [Record(base + od, bts + td, k, v, hs) for od, td, k, v, hs in rows]
+        new = _tuple_new
+        records = [new(record_class, (base + od, bts + td, k, v, hs))
+                   for od, td, k, v, hs in rows]
     except CorruptMessage:
         raise
     except Exception as e:  # zlib.error, msgpack's errors, a row of the wrong shape
@@ -372,6 +423,6 @@ def iter_records(buf, check_crc: bool = True) -> Iterator[Record]:
 
 
 __all__ = ["MAGIC", "HEADER_SIZE", "CODEC_NONE", "CODEC_ZLIB", "CODECS", "BatchHeader", "Record",
-           "BatchBuilder", "build_batch", "checksum", "read_header", "peek_size", "validate_batch",
+           "BatchBuilder", "NO_HEADERS", "make_row", "build_rows", "codec_of", "build_batch", "checksum", "read_header", "peek_size", "validate_batch",
            "validate_batches", "set_base_offset_and_epoch", "header_prefix", "iter_batches",
            "decode_records", "iter_records"]
