@@ -3,7 +3,8 @@
     zb-topics --bootstrap-server localhost:9092 --create --topic T --partitions 6 \\
               --replication-factor 3 [--config retention.ms=86400000]
     zb-topics --bootstrap-server localhost:9092 --list
-    zb-topics --bootstrap-server localhost:9092 --describe [--topic T]
+    zb-topics --bootstrap-server localhost:9092 --describe [--topic T] \\
+              [--under-replicated-partitions]
     zb-topics --bootstrap-server localhost:9092 --alter --topic T --partitions 12
     zb-topics --bootstrap-server localhost:9092 --delete --topic T
 """
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replication-factor", type=int, help="replicas of each partition")
     p.add_argument("--config", action="append", metavar="KEY=VALUE",
                    help="a topic setting (repeatable)")
+    p.add_argument("--under-replicated-partitions", action="store_true",
+                   help="with --describe: only partitions whose ISR is smaller than their "
+                   "replica list")
     p.add_argument("--if-not-exists", action="store_true",
                    help="with --create: no error if the topic exists")
     p.add_argument("--if-exists", action="store_true",
@@ -46,13 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _describe(admin: AdminClient, topic: str | None) -> None:
+def _describe(admin: AdminClient, topic: str | None, under_replicated: bool = False) -> None:
     descs = [admin.describe_topic(topic)] if topic else admin.describe_topics()
     for d in descs:
         rf = len(d.partitions[0].replicas) if d.partitions else 0
-        print(f"Topic: {d.name}\tPartitionCount: {len(d.partitions)}\t"
-              f"ReplicationFactor: {rf}\tConfigs: ")
+        if not under_replicated:
+            print(f"Topic: {d.name}\tPartitionCount: {len(d.partitions)}\t"
+                  f"ReplicationFactor: {rf}\tConfigs: ")
         for p in d.partitions:
+            if under_replicated and len(p.isr) >= len(p.replicas):
+                continue
             leader = p.leader if p.leader >= 0 else "none"
             print(f"\tTopic: {d.name}\tPartition: {p.partition}\tLeader: {leader}\t"
                   f"Replicas: {','.join(map(str, p.replicas))}\t"
@@ -84,7 +91,7 @@ def _body(args) -> int:
             for name in admin.list_topics():
                 print(name)
         elif args.describe:
-            _describe(admin, args.topic)
+            _describe(admin, args.topic, args.under_replicated_partitions)
         elif args.delete:
             try:
                 admin.delete_topic(args.topic)
