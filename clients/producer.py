@@ -9,9 +9,12 @@ How it works (the design of ../shared/DESIGN.md, "Clients"):
 
 * ``send()`` picks the partition (``clients.partitioner``: xxh32 of the key, or the topic's sticky
   partition for keyless records), then, under one lock, appends the record to that partition's
-  open ``BatchBuilder`` and returns a ``FutureRecordMetadata``: a three-field handle on the
-  *batch's* shared result (offset = batch base offset + the record's offset delta), so no future,
-  event or lock is made per record. A batch is sealed when it reaches ``batch_size`` bytes.
+  open batch as one row tuple (``zbroker.records.make_row``'s shape; nothing is encoded yet) and
+  returns a ``FutureRecordMetadata``: a three-field handle on the *batch's* shared result
+  (offset = batch base offset + the record's offset delta), so no future, event or lock is made
+  per record. A batch is sealed when it reaches ``batch_size`` bytes; the I/O thread then packs
+  all its rows with one msgpack call (``records.build_rows``). Keyless records without headers
+  take a shorter path through ``send()`` (the common case; see there).
 * The I/O thread owns the sockets (``clients._net``). Each turn it seals batches older than
   ``linger_ms``, groups the sealed batches of every partition by leader, and sends one Produce
   request per broker holding every ready batch (up to ``max_request_size`` bytes), keeping at most
@@ -593,9 +596,8 @@ class Producer:
 
     def _take_sealed(self) -> None:
         """Move sealed batches to their partition's queue, building each at once: a built
-        batch is one bytes object, while an unbuilt one holds two GC-tracked objects per record
-        (its row tuple and header list) that every garbage collection would walk while the
-        batch waits for a free in-flight slot."""
+        batch is one bytes object, while an unbuilt one holds a row tuple per record that the
+        garbage collector may walk while the batch waits for a free in-flight slot."""
         sealed = self._sealed
         queues = self._queues
         while sealed:

@@ -144,10 +144,9 @@ class Record(tuple):
             return NotImplemented
         return tuple.__eq__(self, other)
 
-    def __ne__(self, other):
-        if not isinstance(other, Record):
-            return NotImplemented
-        return tuple.__ne__(self, other)
+    def __ne__(self, other):        # tuple's own != would skip a subclass's __eq__
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
 
     __hash__ = tuple.__hash__
 

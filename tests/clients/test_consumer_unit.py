@@ -182,3 +182,16 @@ def test_a_batch_larger_than_the_partition_limit_still_comes(fake_broker):
     with consumer(fake_broker, max_partition_fetch_bytes=1024) as c:
         c.assign([TP])
         assert len(read_all(c, 50)) == 50
+
+
+def test_consumer_records_are_tuples_with_fields_equality_and_pickling():
+    import pickle
+    cls = ConsumerRecord.of("one", 0)
+    r = cls(5, 1000, b"k", b"v", (("h", b"x"),))
+    assert tuple(r) == (5, 1000, b"k", b"v", (("h", b"x"),))
+    assert (r.topic, r.partition, r.offset, r.timestamp, r.key, r.value) == \
+        ("one", 0, 5, 1000, b"k", b"v")
+    assert pickle.loads(pickle.dumps(r)) == r
+    assert r != ConsumerRecord.of("one", 1)(5, 1000, b"k", b"v", (("h", b"x"),))
+    plain = records.Record(5, 1000, b"k", b"v", ())
+    assert pickle.loads(pickle.dumps(plain)) == plain and repr(plain).startswith("Record(")

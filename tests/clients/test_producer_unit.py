@@ -179,3 +179,28 @@ def test_buffer_memory_blocks_then_times_out(fake_broker):
                 p.send("one", b"x" * 200)
     finally:
         p.close(0.5)
+
+
+def test_short_and_general_send_paths_share_a_batch_and_keep_every_field(fake_broker):
+    """Keyless records without headers take send()'s short path; the others go through
+    records.make_row. Mixed in one batch they keep their order, fields and timestamps."""
+    with Producer(fake_broker.bootstrap, linger_ms=50) as p:
+        futs = [p.send("one", b"a"),
+                p.send("one", b"b", headers=[("h", b"x")], timestamp_ms=1000),
+                p.send("one", None),
+                p.send("one", bytearray(b"c"), timestamp_ms=2000),
+                p.send("one", b"d", partition=0, headers=[("n", None)])]
+        metas = [f.result(10) for f in futs]
+        with pytest.raises(TypeError):
+            p.send("one", "not bytes")
+    assert [m.offset for m in metas] == [0, 1, 2, 3, 4]
+    assert metas[1].timestamp == 1000 and metas[3].timestamp == 2000
+    got = fake_broker.records("one", 0)
+    assert [(r.offset, r.key, r.value, r.headers) for r in got] == [
+        (0, None, b"a", ()), (1, None, b"b", (("h", b"x"),)), (2, None, None, ()),
+        (3, None, b"c", ()), (4, None, b"d", (("n", None),))]
+    assert [r.timestamp for r in got] == [m.timestamp for m in metas]
+    (h,) = batches_of(fake_broker, "one", 0)
+    assert h.records_count == 5
+    assert h.max_timestamp == max(m.timestamp for m in metas)
+    assert h.base_timestamp == metas[0].timestamp
