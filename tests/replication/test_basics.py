@@ -96,7 +96,12 @@ def test_leader_shrinks_a_stalled_follower_out_of_the_isr_and_takes_it_back(clus
                             parts=[["slow", 0, -1]])
         assert h["parts"][0][2] == errors.RequestTimedOut.code, h
         assert 0.4 < time.monotonic() - t0 < 3
+        # written by the leader but not replicated: consumers do not see it yet
+        meta, blob = conn.fetch("slow", 0, 0)
+        assert meta[2] == 0 and meta[3] == 0 and meta[5] == 1 and blob == b"", meta
         wait_isr(c, "slow", 0, {leader}, timeout_s=5, via=[c.broker(leader)])
+        meta, blob = conn.fetch("slow", 0, 0)      # alone in the ISR: committed now
+        assert meta[3] == 1 and blob, meta
         assert conn.produce("slow", 0, [batch([b"refused"])], acks=-1)[2] == \
             errors.NotEnoughReplicas.code
         assert conn.produce("slow", 0, [batch([b"acks1"])], acks=1)[2] == 0
