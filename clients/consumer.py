@@ -592,8 +592,7 @@ class Consumer:
                     continue
                 leader = cluster.leader(*st.tp)
                 if leader < 0 or not self._net.ready(leader):
-                    if leader < 0:
-                        self._need_metadata = True
+                    self._need_metadata = True      # who leads now? (rate-limited)
                     continue
                 st.reset_sent = True
                 by_node.setdefault(leader, []).append((st.tp, st.reset, st.generation))
@@ -654,7 +653,10 @@ class Consumer:
                 if leader < 0:
                     self._need_metadata = True
                     continue
-                if leader in self._fetching_nodes or not net.ready(leader):
+                if leader in self._fetching_nodes:
+                    continue
+                if not net.ready(leader):
+                    self._need_metadata = True      # the leader may be gone: ask who leads now
                     continue
                 by_node.setdefault(leader, []).append(
                     (st.tp, st.generation, st.fetch_offset, st.fetch_bytes))

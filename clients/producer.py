@@ -666,6 +666,9 @@ class Producer:
         for node, tps in by_node.items():
             while tps and (acks == 0 or net.in_flight(node) < limit):
                 if not net.ready(node):
+                    # the leader may be gone for good (kill -9): ask again who leads, at most
+                    # every retry_backoff_ms, until the controller has moved leadership
+                    self._need_metadata = True
                     break
                 tps = self._send_request(node, tps, now)
 

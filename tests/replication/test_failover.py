@@ -159,3 +159,40 @@ def test_controlled_shutdown_under_acks_all_shows_no_error_and_leaders_come_back
         w.finish()
     assert not w.failed, w.failed[:5]
     check_everything(c, "calm", w.acked)
+
+
+@pytest.mark.timeout(120)
+def test_clients_follow_a_leader_that_stays_dead(cluster):
+    """kill -9 of a partition's leader, not restarted: the producer and the consumer must find
+    the new leader on their own (metadata refresh while the old one cannot be reached)."""
+    from clients import Consumer, TopicPartition
+    c = cluster(3, overrides=FAST)
+    c.create_topic("stay-dead", 1, 3, {"min.insync.replicas": "2"})
+    wait_isr(c, "stay-dead", 0, {1, 2, 3})
+    leader, *_ = partition_info(c, "stay-dead", 0)
+    tp = TopicPartition("stay-dead", 0)
+    with Producer(c.bootstrap, acks="all", linger_ms=1, request_timeout_ms=3000,
+                  retry_backoff_ms=50) as producer, \
+            Consumer(bootstrap_servers=c.bootstrap, auto_offset_reset="earliest",
+                     request_timeout_ms=3000, retry_backoff_ms=50) as consumer:
+        consumer.assign([tp])
+        for i in range(100):
+            producer.send("stay-dead", b"before-%d" % i).result(20)
+        seen = []
+        deadline = time.monotonic() + 20
+        while len(seen) < 100 and time.monotonic() < deadline:
+            seen += [r.value for r in consumer.poll(timeout_ms=200).get(tp, [])]
+        assert len(seen) == 100
+        c.broker(leader).kill9()
+        t0 = time.monotonic()
+        for i in range(100):                # blocks until the producer finds the new leader
+            producer.send("stay-dead", b"after-%d" % i).result(30)
+        took = time.monotonic() - t0
+        print(f"first acks=all writes after the leader's kill -9 took {took:.1f}s")
+        new_leader, *_ = partition_info(c, "stay-dead", 0)
+        assert new_leader not in (leader, -1)
+        deadline = time.monotonic() + 30
+        while len(seen) < 200 and time.monotonic() < deadline:
+            seen += [r.value for r in consumer.poll(timeout_ms=200).get(tp, [])]
+        assert seen == [b"before-%d" % i for i in range(100)] + \
+            [b"after-%d" % i for i in range(100)]
