@@ -249,6 +249,11 @@ class FetcherManager:
                          leader=f.leader_id, epoch=epoch, from_offset=leo, to_offset=target)
                 plog.truncate_to(target)
                 part.high_watermark = min(part.high_watermark, plog.log_end_offset)
+            else:
+                # Nothing to cut, but an epoch we started as leader without writing anything
+                # (its entry sits at our log end) never happened on the leader: forget it, or
+                # the leader's older-epoch batches that follow would be refused for ever.
+                plog.leader_epoch_cache.truncate_from_end(target)
             f.state[key] = FETCHING
         if failed:
             f.backoff_until = time.monotonic() + self.backoff_s
