@@ -39,7 +39,7 @@ from coordinator import protocol
 from coordinator.state import Change, CoordinatorState
 from coordinator.txnlog import RecoveryError, TxnLog, encode_record
 from zbroker import errors
-from zbroker.config import ConfigDef, ConfigError, Setting
+from zbroker.config import ConfigDef, ConfigError, Setting, server_arg_parser
 from zbroker.logs import configure_logging, get_logger
 
 log = get_logger("coordinator")
@@ -545,15 +545,9 @@ class CoordinatorServer:
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="zb-coordinator-start",
-        description="Start a zbroker coordinator (the cluster's metadata service).",
-        epilog="Settings (set them in CONFIG or with --override):\n" + CONFIG.describe(),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", help="a .properties file (optional)")
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="set a configuration key, overriding the file (repeatable)")
-    return p
+    return server_arg_parser("zb-coordinator-start",
+                             "Start a zbroker coordinator (the cluster's metadata service).",
+                             CONFIG)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ naming the key, so a start-up script can print it as it is.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from typing import Any, Callable, Iterable
 
@@ -150,3 +151,16 @@ class ConfigDef:
             default = ",".join(s.default) if isinstance(s.default, list) else s.default
             lines.append(f"  {s.key} (default {default}): {s.doc}")
         return "\n".join(lines)
+
+
+def server_arg_parser(prog: str, description: str, config_def: ConfigDef) -> argparse.ArgumentParser:
+    """The command line every server shares: ``PROG [CONFIG] [--override key=value ...]``, with
+    every setting, its default and its meaning in ``--help``."""
+    p = argparse.ArgumentParser(
+        prog=prog, description=description,
+        epilog="Settings (set them in CONFIG or with --override):\n" + config_def.describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", help="a .properties file (optional)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a configuration key, overriding the file (repeatable)")
+    return p

@@ -71,7 +71,7 @@ from zbroker.broker import metadata as md
 from zbroker.broker.controller import Controller
 from zbroker.broker.fetcher import FetcherManager
 from zbroker.broker.replicas import ReplicaManager, StartupError
-from zbroker.config import ConfigError
+from zbroker.config import ConfigError, server_arg_parser
 from zbroker.logs import configure_logging, get_logger
 
 log = get_logger("zbroker.broker")
@@ -1015,16 +1015,8 @@ class BrokerServer:
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="zb-server-start",
-        description="Start a zbroker broker.",
-        epilog="Settings (set them in CONFIG or with --override):\n" +
-               broker_config.BROKER_CONFIG.describe(),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", help="a .properties file (optional)")
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="set a configuration key, overriding the file (repeatable)")
-    return p
+    return server_arg_parser("zb-server-start", "Start a zbroker broker.",
+                             broker_config.BROKER_CONFIG)
 
 
 def main(argv: list[str] | None = None) -> int:
