@@ -451,10 +451,10 @@ class CoordinatorClient:
     def _flush_out(self) -> None:
         """Send the frames queued this loop turn, many requests per message."""
         frames, self._out_frames = self._out_frames, []
-        step = protocol.FRAMES_PER_MESSAGE_MAX
+        step = protocol.REQUESTS_PER_MESSAGE_MAX
         for i in range(0, len(frames), step):
-            try:
-                self._sock.send_multipart(frames[i:i + step], zmq.NOBLOCK)
+            try:            # one frame holding the requests back to back (a msgpack stream)
+                self._sock.send(b"".join(frames[i:i + step]), zmq.NOBLOCK)
             except zmq.Again:
                 pass        # the queue to the coordinator is full: these requests time out
 
@@ -544,14 +544,13 @@ class CoordinatorClient:
             except zmq.Again:
                 return
             for frame in frames:
-                self._read_reply(frame)
+                messages, problem = protocol.unpack_stream(frame, limit=1 << 30)
+                if problem is not None:
+                    log.warning("undecodable frame from the coordinator", problem=problem)
+                for msg in messages:
+                    self._read_reply(msg)
 
-    def _read_reply(self, frame: bytes) -> None:
-        try:
-            msg = protocol.unpack(frame)
-        except Exception:
-            log.warning("undecodable frame from the coordinator")
-            return
+    def _read_reply(self, msg) -> None:
         if not isinstance(msg, dict):
             return
         if "ev" in msg:

@@ -104,8 +104,8 @@ class CoordinatorServer:
         self.watches_by_prefix: dict[str, list[Watch]] = collections.defaultdict(list)
         self.next_wid = 1
         self.outbox: collections.deque = collections.deque()   # (zxid needed, ident, frame)
-        self.ready: dict[bytes, list[bytes]] = {}   # ident -> [ident, frames...] to send now
-        self.carry: tuple | None = None     # (ident, frames, next index) of a part-handled message
+        self.ready: dict[bytes, list[bytes]] = {}   # ident -> messages to send now, one frame
+        self.carry: tuple | None = None     # (ident, requests, next index): a part-handled message
         self.durable_zxid = 0
         self.pending_records: list[bytes] = []
         self.pending_zxid = 0
@@ -246,21 +246,28 @@ class CoordinatorServer:
                 ident = frames[0]
                 if len(frames) < 2:
                     self._send(ident, protocol.encode_error(None, errors.InvalidRequest(
-                        "A message must carry at least one request frame.")))
+                        "A message must carry at least one request.")))
                     continue
-                if len(frames) > protocol.FRAMES_PER_MESSAGE_MAX + 1:
-                    del frames[protocol.FRAMES_PER_MESSAGE_MAX + 1:]
-                    self._send(ident, protocol.encode_error(None, errors.InvalidRequest(
-                        f"A message may carry at most {protocol.FRAMES_PER_MESSAGE_MAX} "
-                        f"requests; the rest were dropped.")))
-                self.carry = (ident, frames, 1)
-            ident, frames, start = self.carry
-            end = min(len(frames), start + limit - handled)
+                requests: list = []
+                for frame in frames[1:]:
+                    room = protocol.REQUESTS_PER_MESSAGE_MAX - len(requests)
+                    found, problem = protocol.unpack_stream(frame, room)
+                    requests += found
+                    if problem is not None:
+                        self._send(ident, protocol.encode_error(
+                            None, errors.InvalidRequest(problem)))
+                        if len(requests) >= protocol.REQUESTS_PER_MESSAGE_MAX:
+                            break
+                if not requests:
+                    continue
+                self.carry = (ident, requests, 0)
+            ident, requests, start = self.carry
+            end = min(len(requests), start + limit - handled)
             handle = self._handle
             for i in range(start, end):
-                handle(ident, frames[i])
+                handle(ident, requests[i])
             handled += end - start
-            self.carry = None if end >= len(frames) else (ident, frames, end)
+            self.carry = None if end >= len(requests) else (ident, requests, end)
         self._flush_ready()
 
     def _release_outbox(self) -> None:
@@ -271,7 +278,7 @@ class CoordinatorServer:
                 watch.sent_seq = seq
             frames = ready.get(ident)
             if frames is None:
-                ready[ident] = [ident, frame]
+                ready[ident] = [frame]
             else:
                 frames.append(frame)
         self._flush_ready()
@@ -281,8 +288,8 @@ class CoordinatorServer:
         if not self.ready:
             return
         send = self.router.send_multipart
-        for frames in self.ready.values():
-            send(frames)
+        for ident, frames in self.ready.items():
+            send([ident, frames[0] if len(frames) == 1 else b"".join(frames)])
         self.ready = {}
 
     def _send(self, ident: bytes, frame: bytes, watch: Watch | None = None, seq: int = 0,
@@ -295,17 +302,17 @@ class CoordinatorServer:
                 watch.sent_seq = seq
             frames = self.ready.get(ident)
             if frames is None:
-                self.ready[ident] = [ident, frame]
+                self.ready[ident] = [frame]
             else:
                 frames.append(frame)
         else:
             self.outbox.append((needed, ident, frame, watch, seq))
 
     # --- requests ---------------------------------------------------------------------------------
-    def _handle(self, ident: bytes, frame: bytes) -> None:
+    def _handle(self, ident: bytes, request) -> None:
         req_id = None
         try:
-            req = protocol.decode_request(frame)
+            req = protocol.check_request(request)
             req_id = req["id"]
             if len(self.outbox) >= self.cfg["request.queue.max"] and \
                     req["api"] not in ("ping", "connect", "close"):

@@ -26,9 +26,20 @@ def raw(coordinator):
     ctx.term()
 
 
+def replies(sock, n):
+    """The next ``n`` replies: a frame may hold several, back to back."""
+    out = []
+    while len(out) < n:
+        found, problem = protocol.unpack_stream(sock.recv(), limit=1 << 20)
+        assert problem is None
+        out += found
+    return out
+
+
 def ask(sock, *frames):
     sock.send_multipart(list(frames))
-    return msgpack.unpackb(sock.recv(), raw=False, strict_map_key=False)
+    (reply,) = replies(sock, 1)
+    return reply
 
 
 def req(**fields):
@@ -64,11 +75,17 @@ def test_garbage_gets_error_replies_and_changes_nothing(coordinator, raw):
         from zbroker.errors import error_for_code
         assert error_for_code(reply["err"]).name == name, (frame[:60], reply)
         assert isinstance(reply.get("msg"), str) and reply["msg"].endswith(".")
-    # a message may batch several request frames: each is answered on its own
-    raw.send_multipart([b"two", req(api="get", id=50, sid=sid, path="/keep")])
-    replies = msgpack.unpackb(raw.recv(), raw=False), msgpack.unpackb(raw.recv(), raw=False)
-    assert replies[0]["err"] and replies[0]["id"] is None
-    assert replies[1]["err"] == 0 and replies[1]["id"] == 50 and replies[1]["value"] == b"v"
+    # several requests back to back in one frame, and a second frame: each is answered
+    raw.send_multipart([req(api="get", id=50, sid=sid, path="/keep") +
+                        req(api="exists", id=51, sid=sid, path="/nothing"),
+                        req(api="children", id=52, sid=sid, path="/")])
+    got = {r["id"]: r for r in replies(raw, 3)}
+    assert got[50]["value"] == b"v" and got[51]["stat"] is None and got[52]["children"] == ["keep"]
+    # a stream that breaks off: what came before is served, the rest gets one error
+    raw.send(req(api="get", id=53, sid=sid, path="/keep") + b"\xc1 garbage")
+    got = replies(raw, 2)
+    assert {r["id"] for r in got} == {53, None}
+    assert [r for r in got if r["id"] is None][0]["err"] != 0
     # an oversized frame: the server drops that peer, and keeps serving the others
     big = zmq.Context.instance().socket(zmq.DEALER)
     big.setsockopt(zmq.LINGER, 0)

@@ -2,15 +2,12 @@
 partition: a host cut off for longer than its session timeout loses its session and ephemeral
 keys; one cut off for less keeps them."""
 
-import os
 import subprocess
-import sys
 import time
 
 import pytest
 
 from tests.netns import Hosts, why_not_available
-from tests.procs import wait_for_port
 
 pytestmark = pytest.mark.timeout(90)
 
