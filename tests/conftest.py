@@ -67,3 +67,24 @@ def cluster(procs, tmp_path):
         made.append(c)
         return c
     return make
+
+
+@pytest.fixture
+def netns_hosts():
+    """``netns_hosts(n)``: n test hosts as network namespaces (tests/netns.py), removed at the
+    end; the test is skipped, with the reason, where namespaces cannot be made."""
+    from tests.netns import Hosts, why_not_available
+    made = []
+
+    def make(n: int):
+        reason = why_not_available()
+        if reason:
+            pytest.skip(f"multi-host test needs network namespaces: {reason}")
+        hosts = Hosts(n)
+        made.append(hosts)
+        return hosts
+    try:
+        yield make
+    finally:
+        for hosts in made:
+            hosts.destroy()

@@ -7,22 +7,7 @@ import time
 
 import pytest
 
-from tests.netns import Hosts, why_not_available
-
 pytestmark = pytest.mark.timeout(90)
-
-REASON = why_not_available()
-
-
-@pytest.fixture
-def hosts():
-    if REASON:
-        pytest.skip(f"multi-host test needs network namespaces: {REASON}")
-    h = Hosts(2)
-    try:
-        yield h
-    finally:
-        h.destroy()
 
 
 def stat(hosts, path):
@@ -39,7 +24,9 @@ def wait_until(predicate, timeout_s, what):
         time.sleep(0.1)
 
 
-def test_partitioned_client_loses_its_session_and_a_short_blip_does_not(hosts, procs, tmp_path):
+def test_partitioned_client_loses_its_session_and_a_short_blip_does_not(netns_hosts, procs,
+                                                                         tmp_path):
+    hosts = netns_hosts(2)
     coord = procs.start("coordinator", hosts.python(
         0, "coordinator.server", "--override", "listeners=tcp://0.0.0.0:2181",
         "--override", f"data.dir={tmp_path / 'data'}", "--override", "tick.ms=100",

@@ -9,26 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns import Hosts, why_not_available
-
 pytestmark = pytest.mark.timeout(120)
 
 ROOT = Path(__file__).resolve().parents[2]
-REASON = why_not_available()
 
 
-@pytest.fixture
-def hosts():
-    if REASON:
-        pytest.skip(f"multi-host test needs network namespaces: {REASON}")
-    h = Hosts(3)
-    try:
-        yield h
-    finally:
-        h.destroy()
-
-
-def test_cluster_over_three_hosts(hosts, tmp_path):
+def test_cluster_over_three_hosts(netns_hosts, tmp_path):
+    hosts = netns_hosts(3)
     cluster = tmp_path / "cluster.conf"
     cluster.write_text(
         "# test cluster\n"
