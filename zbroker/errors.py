@@ -5,8 +5,8 @@ Each error is a class with a numeric ``code`` for the wire, a Kafka-style ``name
 before retrying). ``error_for_code`` turns a code from a reply back into the class, so a client
 raises the same exception a server named.
 
-Kafka's names and codes are used where the meaning is Kafka's; the coordinator's errors (the
-ZooKeeper-like ones) live in their own range from 100 up.
+Kafka's names and codes are used where the meaning is Kafka's (Kafka's codes run up to about
+150); the coordinator's errors (the ZooKeeper-like ones) live in their own range from 1001 up.
 """
 
 from __future__ import annotations
@@ -172,6 +172,93 @@ class RebalanceInProgress(ZbError):
     message = "The consumer group is rebalancing."
 
 
+# --- consumer groups (Kafka's codes) -----------------------------------------------------------
+
+@_register
+class OffsetMetadataTooLarge(ZbError):
+    code, name = 12, "OFFSET_METADATA_TOO_LARGE"
+    message = "The metadata of a committed offset is larger than offset.metadata.max.bytes."
+
+
+@_register
+class CoordinatorLoadInProgress(ZbError):
+    code, name, retriable = 14, "COORDINATOR_LOAD_IN_PROGRESS", True
+    message = "The group coordinator is still loading the group's state."
+
+
+@_register
+class InvalidGroupId(ZbError):
+    code, name = 24, "INVALID_GROUP_ID"
+    message = "The group id is not valid."
+
+
+@_register
+class InvalidSessionTimeout(ZbError):
+    code, name = 26, "INVALID_SESSION_TIMEOUT"
+    message = "The session timeout is outside the range the broker allows."
+
+
+@_register
+class NonEmptyGroup(ZbError):
+    code, name = 68, "NON_EMPTY_GROUP"
+    message = "The group still has members."
+
+
+@_register
+class GroupIdNotFound(ZbError):
+    code, name = 69, "GROUP_ID_NOT_FOUND"
+    message = "The group does not exist."
+
+
+@_register
+class GroupMaxSizeReached(ZbError):
+    code, name = 81, "GROUP_MAX_SIZE_REACHED"
+    message = "The consumer group has reached its maximum number of members."
+
+
+@_register
+class FencedInstanceId(ZbError):
+    code, name = 82, "FENCED_INSTANCE_ID"
+    message = "Another member has taken over this group instance id."
+
+
+@_register
+class GroupSubscribedToTopic(ZbError):
+    code, name = 86, "GROUP_SUBSCRIBED_TO_TOPIC"
+    message = "A member of the group is subscribed to this topic."
+
+
+@_register
+class FencedMemberEpoch(ZbError):
+    code, name = 110, "FENCED_MEMBER_EPOCH"
+    message = ("The member epoch is not the one the group coordinator knows; the member must give "
+               "up its partitions and rejoin.")
+
+
+@_register
+class UnreleasedInstanceId(ZbError):
+    code, name = 111, "UNRELEASED_INSTANCE_ID"
+    message = "The group instance id is still held by another member."
+
+
+@_register
+class UnsupportedAssignor(ZbError):
+    code, name = 112, "UNSUPPORTED_ASSIGNOR"
+    message = "The broker does not know the requested assignor."
+
+
+@_register
+class StaleMemberEpoch(ZbError):
+    code, name, retriable = 113, "STALE_MEMBER_EPOCH", True
+    message = "The member epoch is older than the member's current one; retry with the new epoch."
+
+
+@_register
+class UnassignedPartition(ZbError):
+    code, name = 134, "UNASSIGNED_PARTITION"
+    message = "The partition is not assigned to this member."
+
+
 @_register
 class UnsupportedVersion(ZbError):
     code, name = 35, "UNSUPPORTED_VERSION"
@@ -224,73 +311,73 @@ class KafkaStorageError(ZbError):
 
 @_register
 class NoNode(ZbError):
-    code, name = 101, "NO_NODE"
+    code, name = 1001, "NO_NODE"
     message = "No key exists at that path."
 
 
 @_register
 class NodeExists(ZbError):
-    code, name = 102, "NODE_EXISTS"
+    code, name = 1002, "NODE_EXISTS"
     message = "A key already exists at that path."
 
 
 @_register
 class BadVersion(ZbError):
-    code, name = 103, "BAD_VERSION"
+    code, name = 1003, "BAD_VERSION"
     message = "The key's version is not the expected one."
 
 
 @_register
 class NotEmpty(ZbError):
-    code, name = 104, "NOT_EMPTY"
+    code, name = 1004, "NOT_EMPTY"
     message = "The key has children; delete them first."
 
 
 @_register
 class NoChildrenForEphemerals(ZbError):
-    code, name = 105, "NO_CHILDREN_FOR_EPHEMERALS"
+    code, name = 1005, "NO_CHILDREN_FOR_EPHEMERALS"
     message = "An ephemeral key cannot have children."
 
 
 @_register
 class SessionExpired(ZbError):
-    code, name = 106, "SESSION_EXPIRED"
+    code, name = 1006, "SESSION_EXPIRED"
     message = "The coordinator session has expired; open a new client."
 
 
 @_register
 class ConnectionLoss(ZbError):
-    code, name, retriable = 107, "CONNECTION_LOSS", True
+    code, name, retriable = 1007, "CONNECTION_LOSS", True
     message = "The connection to the coordinator was lost; the request's outcome is unknown."
 
 
 @_register
 class FencedEpoch(ZbError):
-    code, name = 108, "FENCED_EPOCH"
+    code, name = 1008, "FENCED_EPOCH"
     message = "The write carries an epoch older than the current holder's; it was refused."
 
 
 @_register
 class BadArguments(ZbError):
-    code, name = 109, "BAD_ARGUMENTS"
+    code, name = 1009, "BAD_ARGUMENTS"
     message = "The request's arguments are not valid."
 
 
 @_register
 class RuntimeInconsistency(ZbError):
-    code, name = 110, "RUNTIME_INCONSISTENCY"
+    code, name = 1010, "RUNTIME_INCONSISTENCY"
     message = "A multi-operation failed because another of its operations failed."
 
 
 @_register
 class TooBusy(ZbError):
-    code, name, retriable = 111, "TOO_BUSY", True
+    code, name, retriable = 1011, "TOO_BUSY", True
     message = "The server's queue is full; retry shortly."
 
 
 @_register
 class SessionMoved(ZbError):
-    code, name, retriable = 112, "SESSION_MOVED", True
+    code, name, retriable = 1012, "SESSION_MOVED", True
     message = ("The session is bound to another connection; reconnect with the session's "
                "secret to move it here.")
 

@@ -60,15 +60,55 @@ APIs (fields beyond api/v/id; "p" lists are positional for compactness on hot pa
 Admin APIs (CreateTopics, DeleteTopics, CreatePartitions) are answered by the controller; another
 broker answers NOT_CONTROLLER and the client retries at the controller named by Metadata.
 
+Consumer groups (Kafka 4.0's protocol, KIP-848). The group coordinator of group G is the leader
+of partition ``group_partition(G, n)`` of the internal topic ``__consumer_offsets`` (n partitions);
+every API below but FindCoordinator and ListGroups must go there (another broker answers
+NOT_COORDINATOR). Request-level errors (unknown member, fenced epoch, not the coordinator, ...)
+are the header's ``err``; per-partition errors are inside the entries. Entries are the named
+tuples below (``*Entry``), sent as msgpack arrays in their field order.
+
+  FindCoordinator  key_type: "group", keys: [group ids]
+                   -> coordinators: [CoordinatorEntry]  (err COORDINATOR_NOT_AVAILABLE while
+                   __consumer_offsets is being created or the partition has no leader)
+  ConsumerGroupHeartbeat
+                   group_id, member_id (chosen by the client, stable across rejoins),
+                   member_epoch (0 join, -1 leave, -2 leave for now: a static member coming
+                   back), instance_id | None, rack_id | None, client_id | None,
+                   rebalance_timeout_ms (-1 unchanged), session_timeout_ms and
+                   heartbeat_interval_ms (what the member asks for, -1 for the group's default;
+                   clamped to the broker's min/max), subscribed_topic_names: [name] | None
+                   (None unchanged), subscribed_topic_regex: str | None (shown by describe; the
+                   client resolves it), server_assignor | None, topic_partitions: [[topic,
+                   [partition]]] | None (what the member owns now; None unchanged),
+                   max_wait_ms (how long the coordinator may hold the heartbeat when it has
+                   nothing new for the member: it answers at once when the member's assignment
+                   moves)
+                   -> member_id, member_epoch, heartbeat_interval_ms, session_timeout_ms,
+                      assignment: [[topic, [partition]]] | None (None: unchanged)
+  OffsetCommit     group_id, member_id ("" and member_epoch -1: no member, only for a group
+                   without members), member_epoch, parts: [OffsetCommitPart]
+                   -> parts: [PartitionResultEntry]
+  OffsetFetch      group_id, parts: [[topic, partition]] | None (None: every committed offset)
+                   -> parts: [OffsetFetchEntry]  (offset -1: nothing committed)
+  ListGroups       states: [state] | None   -> groups: [ListedGroupEntry]  (this broker's)
+  ConsumerGroupDescribe  group_ids: [group id] -> groups: [DescribedGroupEntry]
+  DeleteGroups     group_ids: [group id]    -> groups: [GroupResultEntry]
+  OffsetDelete     group_id, parts: [[topic, partition]] -> parts: [PartitionResultEntry]
+
+A group coordinator answers a request only once what it wrote for it, and everything written
+before, is replicated to every in-sync replica of its __consumer_offsets partition (the high
+watermark passed it), so no answer ever tells of a state a coordinator failover could take back.
+
 Errors are zbroker.errors codes (Kafka's where the meaning is Kafka's).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
+import xxhash
 
 from zbroker import errors
 
@@ -85,6 +125,23 @@ TOPIC_NAME_CHARS_MAX = 249                # Kafka's
 PARTITIONS_PER_TOPIC_MAX = 10_000
 FETCH_WAIT_MS_MAX = 60_000
 REQUEST_TIMEOUT_MS_MAX = 300_000
+
+GROUP_ID_CHARS_MAX = 255
+MEMBER_ID_CHARS_MAX = 64
+INSTANCE_ID_CHARS_MAX = 255
+CLIENT_ID_CHARS_MAX = 255
+RACK_ID_CHARS_MAX = 255
+ASSIGNOR_NAME_CHARS_MAX = 64
+REGEX_CHARS_MAX = 1000
+GROUPS_PER_REQUEST_MAX = 1000
+HEARTBEAT_WAIT_MS_MAX = 60_000
+
+OFFSETS_TOPIC = "__consumer_offsets"
+INTERNAL_TOPICS = frozenset({OFFSETS_TOPIC})
+JOIN_GROUP_MEMBER_EPOCH = 0
+LEAVE_GROUP_MEMBER_EPOCH = -1
+LEAVE_GROUP_STATIC_MEMBER_EPOCH = -2
+NO_MEMBER_EPOCH = -1
 
 EARLIEST_TIMESTAMP = -2
 LATEST_TIMESTAMP = -1
@@ -145,6 +202,128 @@ OFFSET_FOR_EPOCH_PART = (_S, _I, _I, _I)        # topic, partition, current epoc
 LIST_OFFSETS_PART = (_S, _I, _I, _I)             # topic, partition, timestamp, epoch
 CREATE_TOPIC = (_S, _I, _I, (_M, _N), (_M, _N))  # name, partitions, rf, config, assignment
 CREATE_PARTITIONS = (_S, _I)                     # name, total
+
+
+# consumer group APIs (see the module docstring)
+SCHEMAS.update({
+    "FindCoordinator": {"key_type": ((_S,), False), "keys": ((_L,), True)},
+    "ConsumerGroupHeartbeat": {
+        "group_id": ((_S,), True), "member_id": ((_S,), True), "member_epoch": ((_I,), True),
+        "instance_id": ((_S, _N), False), "rack_id": ((_S, _N), False),
+        "client_id": ((_S, _N), False), "rebalance_timeout_ms": ((_I,), False),
+        "session_timeout_ms": ((_I,), False), "heartbeat_interval_ms": ((_I,), False),
+        "subscribed_topic_names": ((_L, _N), False), "subscribed_topic_regex": ((_S, _N), False),
+        "server_assignor": ((_S, _N), False), "topic_partitions": ((_L, _N), False),
+        "max_wait_ms": ((_I,), False)},
+    "OffsetCommit": {"group_id": ((_S,), True), "member_id": ((_S,), False),
+                     "member_epoch": ((_I,), False), "parts": ((_L,), True)},
+    "OffsetFetch": {"group_id": ((_S,), True), "parts": ((_L, _N), False)},
+    "ListGroups": {"states": ((_L, _N), False)},
+    "ConsumerGroupDescribe": {"group_ids": ((_L,), True)},
+    "DeleteGroups": {"group_ids": ((_L,), True)},
+    "OffsetDelete": {"group_id": ((_S,), True), "parts": ((_L,), True)},
+})
+GROUP_APIS = ("ConsumerGroupHeartbeat", "OffsetCommit", "OffsetFetch", "ConsumerGroupDescribe",
+              "DeleteGroups", "OffsetDelete")
+
+OFFSET_COMMIT_PART = (_S, _I, _I, _I, (_S, _N))   # topic, partition, offset, epoch, metadata
+TOPIC_PARTITION = (_S, _I)                         # topic, partition
+
+
+class CoordinatorEntry(NamedTuple):
+    key: str
+    node_id: int
+    host: str
+    port: int
+    err: int
+    msg: str | None
+
+
+class OffsetCommitPart(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    leader_epoch: int
+    metadata: str | None
+
+
+class PartitionResultEntry(NamedTuple):
+    topic: str
+    partition: int
+    err: int
+    msg: str | None
+
+
+class OffsetFetchEntry(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    leader_epoch: int
+    metadata: str | None
+    err: int
+
+
+class ListedGroupEntry(NamedTuple):
+    group_id: str
+    state: str
+    group_type: str
+
+
+class DescribedMemberEntry(NamedTuple):
+    member_id: str
+    instance_id: str | None
+    rack_id: str | None
+    member_epoch: int
+    client_id: str
+    client_host: str
+    subscribed_topic_names: list
+    subscribed_topic_regex: str | None
+    assignment: list            # [[topic, [partition]]]
+    target_assignment: list     # [[topic, [partition]]]
+    state: str                  # the member's reconciliation state
+
+
+class DescribedGroupEntry(NamedTuple):
+    group_id: str
+    err: int
+    msg: str | None
+    state: str
+    group_epoch: int
+    assignment_epoch: int
+    assignor: str
+    members: list               # [DescribedMemberEntry]
+
+
+class GroupResultEntry(NamedTuple):
+    group_id: str
+    err: int
+    msg: str | None
+
+
+def decode_entries(cls, raw, what: str) -> list:
+    """Named entries from a response's list of arrays; CorruptMessage when they do not fit."""
+    n = len(cls._fields)
+    if not isinstance(raw, (list, tuple)) or \
+            not all(isinstance(e, (list, tuple)) and len(e) == n for e in raw):
+        raise errors.CorruptMessage(f"The broker sent malformed {what} entries.")
+    return [cls._make(e) for e in raw]
+
+
+def group_partition(group_id: str, num_partitions: int) -> int:
+    """The __consumer_offsets partition that holds group ``group_id`` (its coordinator is that
+    partition's leader)."""
+    return xxhash.xxh32_intdigest(group_id.encode("utf-8")) % num_partitions
+
+
+def check_group_id(group_id: Any) -> None:
+    """Raise InvalidGroupId unless ``group_id`` is a usable group id."""
+    if not isinstance(group_id, str) or not group_id:
+        raise errors.InvalidGroupId("A group id must be a non-empty string.")
+    if len(group_id) > GROUP_ID_CHARS_MAX:
+        raise errors.InvalidGroupId(f"A group id may be at most {GROUP_ID_CHARS_MAX} characters "
+                                    f"long.")
+    if not group_id.isprintable():
+        raise errors.InvalidGroupId("A group id may only hold printable characters.")
 
 
 def _is(value: Any, kind: str) -> bool:

@@ -95,6 +95,46 @@ BROKER_CONFIG = ConfigDef([
             "replicas before exiting."),
     Setting("controlled.shutdown.timeout.ms", int, 15000,
             "The longest a controlled shutdown waits for its leaderships to move.", min=0),
+    # --- consumer groups (the group coordinator) ---
+    Setting("offsets.topic.num.partitions", int, 50,
+            "Partitions of the internal __consumer_offsets topic, created when a group is first "
+            "used (fixed from then on: group g lives in partition hash(g) % this).", min=1,
+            max=1000),
+    Setting("offsets.topic.replication.factor", int, 3,
+            "Replication factor of __consumer_offsets (capped at the live brokers when it is "
+            "created).", min=1),
+    Setting("offsets.topic.segment.bytes", int, 100 * MiB,
+            "Segment size of __consumer_offsets.", min=1024, max=(1 << 31) - 1),
+    Setting("offsets.commit.timeout.ms", int, 5000,
+            "How long a group coordinator's answer may wait for its records to be replicated "
+            "before the client is told to retry.", min=1),
+    Setting("offsets.retention.minutes", int, 10080,
+            "Committed offsets of a group without members are deleted this long after their "
+            "commit (7 days); -1 keeps them.", min=-1),
+    Setting("offsets.retention.check.interval.ms", int, 600000,
+            "How often expired offsets (and empty groups without offsets) are removed.", min=10),
+    Setting("offset.metadata.max.bytes", int, 4096,
+            "The longest metadata string a committed offset may carry.", min=0, max=1 << 20),
+    Setting("group.consumer.session.timeout.ms", int, 45000,
+            "A group member's session timeout when it asks for none: a member not heard from "
+            "for this long is removed and its partitions go to others.", min=1),
+    Setting("group.consumer.min.session.timeout.ms", int, 6000,
+            "The shortest session timeout a member may ask for (Kafka: 45000; lower here so LAN "
+            "clusters and tests fail over fast).", min=1),
+    Setting("group.consumer.max.session.timeout.ms", int, 60000,
+            "The longest session timeout a member may ask for.", min=1),
+    Setting("group.consumer.heartbeat.interval.ms", int, 5000,
+            "How often members heartbeat when they ask for no other interval.", min=1),
+    Setting("group.consumer.min.heartbeat.interval.ms", int, 1000,
+            "The shortest heartbeat interval a member may ask for (Kafka: 5000).", min=1),
+    Setting("group.consumer.max.heartbeat.interval.ms", int, 15000,
+            "The longest heartbeat interval a member may ask for.", min=1),
+    Setting("group.consumer.max.size", int, 1000,
+            "The most members one consumer group may have (Kafka: no limit; assignments are "
+            "computed on the broker's loop here).", min=1, max=100000),
+    Setting("group.consumer.assignors", list, ["uniform", "range"],
+            "Server-side assignors members may choose with group_remote_assignor; the first "
+            "is the default.", ),
     Setting("requests.per.poll.max", int, 1000,
             "Messages handled per loop turn before timers run.", min=1),
     Setting("delayed.fetches.max", int, 10000,
@@ -151,7 +191,29 @@ def load(path: str | None, overrides) -> Config:
         raise ConfigError("The setting log.dirs must name at least one directory.")
     listener_endpoint(cfg)
     advertised_host_port(cfg)
+    check_group_settings(cfg)
     return cfg
+
+
+def check_group_settings(cfg: Config) -> None:
+    """The group coordinator's settings must fit together (checked once, at start-up)."""
+    from zbroker.groups.assignors import ASSIGNORS
+    for kind in ("session.timeout", "heartbeat.interval"):
+        lo, value, hi = (cfg[f"group.consumer.min.{kind}.ms"], cfg[f"group.consumer.{kind}.ms"],
+                         cfg[f"group.consumer.max.{kind}.ms"])
+        if not lo <= value <= hi:
+            raise ConfigError(f"group.consumer.{kind}.ms ({value}) must lie between "
+                              f"group.consumer.min.{kind}.ms ({lo}) and "
+                              f"group.consumer.max.{kind}.ms ({hi}).")
+    if cfg["group.consumer.heartbeat.interval.ms"] * 3 > cfg["group.consumer.session.timeout.ms"]:
+        raise ConfigError("group.consumer.heartbeat.interval.ms must be at most a third of "
+                          "group.consumer.session.timeout.ms.")
+    names = cfg["group.consumer.assignors"]
+    unknown = [n for n in names if n not in ASSIGNORS]
+    if not names or unknown:
+        raise ConfigError(f"group.consumer.assignors must name assignors among "
+                          f"{', '.join(sorted(ASSIGNORS))}"
+                          f"{f', not {unknown}' if unknown else ''}.")
 
 
 def _split_endpoint(value: str, key: str) -> tuple[str, int]:

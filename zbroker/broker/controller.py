@@ -528,6 +528,8 @@ class Controller:
     def _delete_topic(self, name: str) -> None:
         if not self.cfg["delete.topic.enable"]:
             raise errors.TopicDeletionDisabled()
+        if name in protocol.INTERNAL_TOPICS:
+            raise errors.InvalidTopic(f"The topic {name} is internal and cannot be deleted.")
         try:
             raw, version = self.client.get(md.topic_path(name))
         except NoNode:
@@ -552,6 +554,9 @@ class Controller:
         return results, grown
 
     def _grow(self, name: str, total: int, live) -> None:
+        if name in protocol.INTERNAL_TOPICS:
+            raise errors.InvalidPartitions(f"The topic {name} is internal; its partition count "
+                                           f"is fixed.")
         try:
             raw, version = self.client.get(md.topic_path(name))
         except NoNode:
@@ -592,17 +597,19 @@ class Controller:
         live = self._live_brokers()
         for name in names:
             path = f"{md.CREATE_TOPIC_REQUESTS}/{name}"
+            config = {}
             try:
                 raw, _ = self.client.get(path)
                 req = md.unpack(raw)
                 partitions = int(req.get("partitions", -1))
                 rf = min(int(req.get("replication_factor", -1)), len(live))
+                config = {str(k): str(v) for k, v in (req.get("config") or {}).items()}
             except NoNode:
                 continue
             except Exception:
                 partitions, rf = -1, -1
-            r = self._write_one(lambda: self._create_topic(name, partitions, rf, {}, None, live,
-                                                           False), name)
+            r = self._write_one(lambda: self._create_topic(name, partitions, rf, config, None,
+                                                           live, False), name)
             if r[1] not in (0, errors.TopicAlreadyExists.code):
                 log.warning("auto-create failed", topic=name, error=r[2])
             try:

@@ -70,6 +70,7 @@ from zbroker.broker import config as broker_config
 from zbroker.broker import metadata as md
 from zbroker.broker.controller import Controller
 from zbroker.broker.fetcher import FetcherManager
+from zbroker.broker.groups import GroupCoordinator
 from zbroker.broker.replicas import ReplicaManager, StartupError
 from zbroker.config import ConfigError, server_arg_parser
 from zbroker.logs import configure_logging, get_logger
@@ -157,7 +158,11 @@ class BrokerServer:
             "OffsetForLeaderEpoch": self._offset_for_leader_epoch,
             "CreateTopics": self._admin, "DeleteTopics": self._admin,
             "CreatePartitions": self._admin,
+            "FindCoordinator": self._find_coordinator, "ListGroups": self._list_groups,
+            **{api: self._group_api for api in protocol.GROUP_APIS},
         }
+        self.groups = GroupCoordinator(self)
+        self._request_frame = None      # the header frame of the request being handled
         assert set(self._handlers) == set(protocol.SCHEMAS)
 
     # --- start-up -------------------------------------------------------------------------------
@@ -354,6 +359,7 @@ class BrokerServer:
                 part.maybe_advance_high_watermark()
                 self._hw_advanced(part)
         self.fetchers.on_image()
+        self.groups.on_image(image)
         if self._pending_admin:
             self._check_pending_admin()
 
@@ -385,6 +391,7 @@ class BrokerServer:
         lag_s = self.cfg["replica.lag.time.max.ms"] / 1000
         self._periodic(min(max(lag_s / 4, 0.02), 1.0), self._shrink_isrs)
         self._periodic(0.05, self.fetchers.check_timeouts)
+        self._periodic(0.05, self.groups.tick)
         self._periodic(self.cfg["log.retention.check.interval.ms"] / 1000,
                        self.replicas.run_retention)
         self._periodic(PERIODIC_FLUSH_MS / 1000, self.replicas.maybe_flush)
@@ -453,6 +460,7 @@ class BrokerServer:
         except errors.ZbError as e:
             return protocol.encode_error(getattr(e, "request_id", None), e)
         req_id = header["id"]
+        self._request_frame = frames[1]
         try:
             return self._handlers[header["api"]](ident, header, blobs)
         except errors.ZbError as e:
@@ -532,8 +540,7 @@ class BrokerServer:
                                         cluster_id=image.cluster_id, topics=entries)
 
     def _request_auto_create(self, name: str) -> None:
-        """Ask the controller to create ``name`` (a key under /admin/create_topics it watches);
-        asynchronous, so the loop never waits on the coordinator."""
+        """Ask the controller to create ``name``, at most once a second per name."""
         now = time.monotonic()
         if now - self._auto_create_asked.get(name, -1e9) < AUTO_CREATE_RETRY_S:
             return
@@ -541,10 +548,45 @@ class BrokerServer:
             self._auto_create_asked = {n: t for n, t in self._auto_create_asked.items()
                                        if now - t < AUTO_CREATE_RETRY_S}
         self._auto_create_asked[name] = now
-        value = md.pack({"partitions": self.cfg["num.partitions"],
-                         "replication_factor": self.cfg["default.replication.factor"]})
-        fut = self.client.create_async(f"{md.CREATE_TOPIC_REQUESTS}/{name}", value)
+        self.request_topic_creation(name, {
+            "partitions": self.cfg["num.partitions"],
+            "replication_factor": self.cfg["default.replication.factor"]})
+
+    def request_topic_creation(self, name: str, request: dict) -> None:
+        """Ask the controller to create ``name`` ({partitions, replication_factor, config}, a
+        key under /admin/create_topics it watches); asynchronous, so the loop never waits on
+        the coordinator."""
+        client = self.client
+        if client is None:
+            return
+        fut = client.create_async(f"{md.CREATE_TOPIC_REQUESTS}/{name}", md.pack(request))
         fut.add_done_callback(lambda f: f.exception())     # NodeExists etc.: already asked
+
+    def append_internal(self, part, blob: bytes) -> None:
+        """Append a batch this broker wrote itself (the group coordinator's records) to a
+        partition it leads, and wake what waits on it, as a produce does."""
+        part.log.append(blob, part.leader_epoch)
+        if part.waiters:
+            self._on_append(part, len(blob))
+        if part.maybe_advance_high_watermark():
+            self._hw_advanced(part, len(blob))
+
+    # --- consumer groups ------------------------------------------------------------------------
+    def _find_coordinator(self, ident, header, blobs):
+        return protocol.encode_response(header["id"],
+                                        coordinators=self.groups.find_coordinator(header))
+
+    def _list_groups(self, ident, header, blobs):
+        return protocol.encode_response(header["id"], groups=self.groups.list_groups(header))
+
+    def _group_api(self, ident, header, blobs):
+        host = ""
+        if header["api"] == "ConsumerGroupHeartbeat":
+            try:
+                host = self._request_frame.get("Peer-Address") or ""
+            except (zmq.ZMQError, AttributeError):
+                pass
+        return self.groups.handle(ident, header, host)
 
     def _produce(self, ident, header, blobs):
         acks = header["acks"]
@@ -561,6 +603,9 @@ class BrokerServer:
         for (topic, p, epoch), blob in zip(parts, blobs):
             part = get((topic, p))
             try:
+                if topic in protocol.INTERNAL_TOPICS:
+                    raise errors.InvalidTopic(f"The topic {topic} is internal; only its "
+                                              f"coordinator writes to it.")
                 if part is None or not part.is_leader or \
                         (epoch != -1 and epoch != part.leader_epoch) or self.leadership_paused:
                     part = self._partition(topic, p, epoch)
@@ -644,6 +689,8 @@ class BrokerServer:
 
     def _hw_advanced(self, part, nbytes: int | None = None) -> None:
         """The high watermark of a partition we lead may have moved: answer what waits on it."""
+        if part.topic == protocol.OFFSETS_TOPIC:
+            self.groups.on_high_watermark(part)
         for dp in list(part.produce_waiters):
             if self._check_produce(dp):
                 try:
@@ -1001,6 +1048,7 @@ class BrokerServer:
         for closer in (self.controller, self.watcher):
             if closer is not None:
                 closer.stop()
+        self.groups.close()
         for part in list(self.replicas.partitions.values()):
             self._lost_leadership(part)             # answer long polls and acks=all waits
         self.fetchers.close_all()

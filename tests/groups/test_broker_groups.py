@@ -1,0 +1,179 @@
+"""The group coordinator in real broker processes, through raw requests: __consumer_offsets is
+created on first use, joins and commits are written and replicated before they are answered,
+held heartbeats answer as soon as the assignment moves, and a kill -9 of the coordinator's
+broker loses neither a commit nor the members' assignments."""
+
+import time
+
+import pytest
+
+from tests.broker.helpers import Conn
+from tests.replication.helpers import FAST
+from zbroker import errors, protocol
+
+pytestmark = pytest.mark.timeout(120)
+
+GROUP_SETTINGS = {"group.consumer.min.session.timeout.ms": "1000",
+                  "group.consumer.min.heartbeat.interval.ms": "100"}
+
+
+def find_coordinator(cluster, group, timeout_s=20.0):
+    """(broker id, port) of the group's coordinator, once one is known."""
+    def ask():
+        b = cluster.live_brokers()[0]
+        conn = Conn(b.port)
+        try:
+            header, _ = conn.request("FindCoordinator", key_type="group", keys=[group])
+        finally:
+            conn.close()
+        e = protocol.CoordinatorEntry._make(header["coordinators"][0])
+        if e.err:
+            return None
+        return e.node_id, e.port
+    return cluster.wait_for(ask, timeout_s, f"a coordinator for {group}")
+
+
+def call(cluster, group, api, timeout_s=20.0, **fields):
+    """Send a group request to the group's coordinator, retrying while it moves or loads."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        _, port = find_coordinator(cluster, group)
+        conn = Conn(port)
+        try:
+            header, _ = conn.request(api, timeout_s=10, **fields)
+        except TimeoutError:
+            header = {"err": errors.RequestTimedOut.code}
+        finally:
+            conn.close()
+        if header["err"] in (errors.NotCoordinator.code, errors.CoordinatorNotAvailable.code,
+                             errors.CoordinatorLoadInProgress.code,
+                             errors.RequestTimedOut.code) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            continue
+        return header
+
+
+def join(cluster, group, member, topics, **extra):
+    return call(cluster, group, "ConsumerGroupHeartbeat", group_id=group, member_id=member,
+                member_epoch=0, subscribed_topic_names=topics, topic_partitions=[],
+                session_timeout_ms=6000, heartbeat_interval_ms=1000, **extra)
+
+
+def owned(header):
+    return {(t, p) for t, ps in header["assignment"] for p in ps}
+
+
+def test_offsets_topic_created_on_first_use_with_kafkas_defaults(cluster):
+    c = cluster(3, overrides=GROUP_SETTINGS)
+    node, _ = find_coordinator(c, "g1")
+    parts = c.wait_topic(protocol.OFFSETS_TOPIC, 50)
+    assert all(len(p[4]) == 3 for p in parts)          # replication factor 3
+    md = c.metadata([protocol.OFFSETS_TOPIC])["topics"][0]
+    assert md[2] is True                                # marked internal
+    leader = {p[0]: p[2] for p in parts}[protocol.group_partition("g1", 50)]
+    assert node == leader
+    # Clients may not write to it, delete it or grow it.
+    conn = Conn(c.brokers[0].port)
+    try:
+        from tests.broker.helpers import batch
+        r = conn.produce(protocol.OFFSETS_TOPIC, 0, [batch([b"x"])])
+        assert r[2] == errors.InvalidTopic.code
+    finally:
+        conn.close()
+
+
+def test_join_commit_fetch_and_coordinator_kill9(cluster):
+    c = cluster(3, overrides={**GROUP_SETTINGS, **FAST, "offsets.topic.num.partitions": "3"})
+    c.create_topic("t", partitions=4, replication_factor=3)
+    a = join(c, "g", "member-a", ["t"])
+    assert a["err"] == 0 and a["member_epoch"] == 1
+    assert owned(a) == {("t", p) for p in range(4)}
+    r = call(c, "g", "OffsetCommit", group_id="g", member_id="member-a",
+             member_epoch=a["member_epoch"],
+             parts=[["t", 0, 0, -1, "meta"], ["t", 1, 0, -1, None], ["t", 7, 1, -1, None]])
+    assert [e[2] for e in r["parts"]] == [0, 0, errors.UnknownTopicOrPartition.code]
+    f = call(c, "g", "OffsetFetch", group_id="g", parts=[["t", 0], ["t", 2]])
+    got = [protocol.OffsetFetchEntry._make(e) for e in f["parts"]]
+    assert [(e.offset, e.metadata) for e in got] == [(0, "meta"), (-1, None)]
+    # kill -9 the coordinator's broker: another broker takes over the partition and has the
+    # same group (same member, same epoch, same assignment) and the commit.
+    node, _ = find_coordinator(c, "g")
+    c.broker(node).kill9()
+    c.wait_for(lambda: find_coordinator(c, "g")[0] != node, 20, "a new coordinator")
+    hb = call(c, "g", "ConsumerGroupHeartbeat", group_id="g", member_id="member-a",
+              member_epoch=a["member_epoch"], topic_partitions=a["assignment"])
+    assert hb["err"] == 0, hb
+    assert hb["member_epoch"] == a["member_epoch"] and owned(hb) == owned(a)
+    f = call(c, "g", "OffsetFetch", group_id="g", parts=[["t", 0]])
+    assert f["parts"][0][2:5] == [0, -1, "meta"]
+    d = call(c, "g", "ConsumerGroupDescribe", group_ids=["g"])
+    g = protocol.DescribedGroupEntry._make(d["groups"][0])
+    assert g.err == 0 and g.state == "Stable" and len(g.members) == 1
+    m = protocol.DescribedMemberEntry._make(g.members[0])
+    assert m.member_id == "member-a" and m.client_host == "127.0.0.1"
+
+
+def test_held_heartbeat_is_answered_when_partitions_move(cluster):
+    c = cluster(1, overrides={**GROUP_SETTINGS, "offsets.topic.num.partitions": "1"})
+    c.create_topic("t", partitions=2)
+    a = join(c, "g", "a", ["t"])
+    _, port = find_coordinator(c, "g")
+    conn = Conn(port)
+    try:
+        # a's heartbeat has nothing new: held (up to its 1 s interval)...
+        req_id = conn.send("ConsumerGroupHeartbeat", group_id="g", member_id="a",
+                           member_epoch=a["member_epoch"], topic_partitions=a["assignment"],
+                           max_wait_ms=5000)
+        with pytest.raises(TimeoutError):
+            conn.recv(timeout_s=0.3)
+        # ... until b joins: then a is told at once to give one partition up.
+        started = time.monotonic()
+        b = join(c, "g", "b", ["t"])
+        assert b["err"] == 0 and owned(b) == set()       # a still holds both
+        header, _ = conn.recv(timeout_s=2)
+        assert header["id"] == req_id and time.monotonic() - started < 0.5
+        assert len(owned(header)) == 1                    # keep one, revoke the other
+        # a confirms it gave it up; b's held heartbeat gets it right away.
+        b_id = conn.send("ConsumerGroupHeartbeat", group_id="g", member_id="b",
+                         member_epoch=b["member_epoch"], topic_partitions=[], max_wait_ms=5000)
+        with pytest.raises(TimeoutError):
+            conn.recv(timeout_s=0.3)
+        ack = call(c, "g", "ConsumerGroupHeartbeat", group_id="g", member_id="a",
+                   member_epoch=header["member_epoch"], topic_partitions=header["assignment"])
+        assert ack["err"] == 0
+        got, _ = conn.recv(timeout_s=2)
+        assert got["id"] == b_id and len(owned(got)) == 1
+        assert not owned(got) & owned(ack)
+    finally:
+        conn.close()
+
+
+def test_group_requests_refuse_bad_input_and_change_nothing(cluster):
+    c = cluster(1, overrides={**GROUP_SETTINGS, "offsets.topic.num.partitions": "1"})
+    c.create_topic("t", partitions=1)
+    a = join(c, "g", "a", ["t"])
+    bad = [({"group_id": "", "member_id": "x", "member_epoch": 0},
+            errors.InvalidGroupId),
+           ({"group_id": "g", "member_id": "x" * 100, "member_epoch": 0,
+             "subscribed_topic_names": ["t"]}, errors.InvalidRequest),
+           ({"group_id": "g", "member_id": "a", "member_epoch": 99,
+             "topic_partitions": []}, errors.FencedMemberEpoch),
+           ({"group_id": "g", "member_id": "ghost", "member_epoch": 3,
+             "topic_partitions": []}, errors.UnknownMemberId),
+           ({"group_id": "g", "member_id": "a", "member_epoch": "one"}, errors.InvalidRequest)]
+    for fields, err in bad:
+        h = call(c, "g", "ConsumerGroupHeartbeat", **fields)
+        assert h["err"] == err.code, (fields, h)
+        assert h.get("msg")
+    r = call(c, "g", "OffsetCommit", group_id="g", member_id="a",
+             member_epoch=a["member_epoch"] + 1, parts=[["t", 0, 1, -1, None]])
+    assert r["err"] == errors.FencedMemberEpoch.code
+    r = call(c, "g", "OffsetCommit", group_id="g", member_id="a",
+             member_epoch=a["member_epoch"], parts=[["t", 0, 10**6, -1, None]])
+    assert r["parts"][0][2] == errors.OffsetOutOfRange.code     # beyond the log end
+    f = call(c, "g", "OffsetFetch", group_id="g", parts=[["t", 0]])
+    assert f["parts"][0][2] == -1                                # nothing was committed
+    d = call(c, "g", "ConsumerGroupDescribe", group_ids=["g"])
+    m = protocol.DescribedMemberEntry._make(protocol.DescribedGroupEntry._make(
+        d["groups"][0]).members[0])
+    assert m.member_epoch == a["member_epoch"]                   # nothing changed
