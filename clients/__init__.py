@@ -16,18 +16,22 @@ names and habits.
 
 Every error is a ``clients.errors`` class (re-exported here): the wire errors of
 ``zbroker.errors`` with their ``retriable`` flag, plus ``NoBrokersAvailable``,
-``BrokerConnectionError`` and ``IllegalStateError``. The library logs through the standard
+``BrokerConnectionError``, ``IllegalStateError`` and ``CommitFailedError``. The library logs through the standard
 ``logging`` module (loggers ``clients.*``) and configures nothing itself.
 """
 
 from clients import errors as _errors
 from clients.admin import AdminClient
-from clients.consumer import Consumer
+from clients.consumer import Consumer, ConsumerRebalanceListener
 from clients.errors import *  # noqa: F401,F403
 from clients.producer import FutureRecordMetadata, Producer
-from clients.structs import (BrokerMetadata, ConsumerRecord, PartitionMetadata, RecordMetadata,
+from clients.structs import (BrokerMetadata, ConsumerGroupDescription, ConsumerRecord,
+                             GroupListing, MemberDescription, OffsetAndMetadata,
+                             OffsetAndTimestamp, PartitionMetadata, RecordMetadata,
                              TopicDescription, TopicPartition)
 
-__all__ = ["Producer", "Consumer", "AdminClient", "TopicPartition", "RecordMetadata",
-           "ConsumerRecord", "FutureRecordMetadata", "BrokerMetadata", "PartitionMetadata",
-           "TopicDescription", *_errors.__all__]
+__all__ = ["Producer", "Consumer", "ConsumerRebalanceListener", "AdminClient",
+           "TopicPartition", "RecordMetadata", "ConsumerRecord", "FutureRecordMetadata",
+           "OffsetAndMetadata", "OffsetAndTimestamp", "BrokerMetadata", "PartitionMetadata",
+           "TopicDescription", "ConsumerGroupDescription", "MemberDescription", "GroupListing",
+           *_errors.__all__]

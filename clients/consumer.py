@@ -23,22 +23,33 @@ generation is dropped, so a seek is exact even with fetches in flight. OFFSET_OU
 resets the position by ``auto_offset_reset`` (ListOffsets); NOT_LEADER_OR_FOLLOWER, an unknown
 partition, a lost connection refresh the metadata and fetch from the new leader.
 
-Consumer groups are not built yet: ``group_id`` must be None. Subscribing to topics by name
-(constructor arguments or ``subscribe``) then assigns every partition of those topics, including
-partitions added later.
+Consumer groups (``group_id``): ``subscribe`` joins the group (Kafka 4.0's protocol, KIP-848;
+``clients._group``): the group coordinator, a broker, decides which partitions this consumer
+gets; the fetcher thread heartbeats and hands ``poll()`` the changes, which it carries out
+before it returns records: partitions taken away are committed (with auto-commit) and given to
+the listener's ``on_partitions_revoked``, then dropped; new ones are given to
+``on_partitions_assigned`` and start at their committed offset (else ``auto_offset_reset``).
+Only then does the coordinator hear that they moved, so no partition is read by two members at
+once. Commits carry the member's epoch; the coordinator refuses them once the partition has
+moved. Without ``group_id``, ``subscribe`` reads every partition of the topics (no
+coordinator, no commits); ``assign`` with a ``group_id`` reads the partitions given and commits
+to the group without joining it (the group must have no members).
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import re
 import threading
 import time
 
+from clients._group import GroupIO, Membership, State, Task
 from clients._net import NetworkClient, topic_error
 from clients.errors import (CorruptMessage, IllegalStateError, NoBrokersAvailable,
                             OffsetOutOfRange, RequestTimedOut, ZbError)
-from clients.structs import ConsumerRecord, TopicPartition
+from clients.structs import (ConsumerRecord, OffsetAndMetadata, OffsetAndTimestamp,
+                             TopicPartition)
 from zbroker import errors, protocol, records
 from zbroker.logs import get_logger
 
@@ -49,11 +60,38 @@ PREFETCH_FETCHES_MAX = 2            # answered fetches waiting for poll(), per p
 EARLIEST, LATEST = protocol.EARLIEST_TIMESTAMP, protocol.LATEST_TIMESTAMP
 _RESETS = {"earliest": EARLIEST, "smallest": EARLIEST, "latest": LATEST, "largest": LATEST,
            "none": None}
+PATTERN_REFRESH_S = 5.0             # how often a pattern subscription looks for new topics
+LEAVE_WAIT_S = 5.0                  # how long close() waits for the coordinator to see it go
+_consumer_ids = iter(range(1, 1 << 62))
+
+
+class ConsumerRebalanceListener:
+    """What a rebalance listener may define (kafka-python's names); every method is optional.
+    All are called on the caller's thread, inside ``poll()`` (or ``close()``).
+
+    on_partitions_revoked(revoked)  before these partitions go to another member: commit what
+                                    was processed (auto-commit already did, when on)
+    on_partitions_assigned(assigned)  newly given partitions; ``seek`` here to start elsewhere
+    on_partitions_lost(lost)        the membership was lost (session expired, fenced, too slow
+                                    between polls): the partitions may already be read by
+                                    another member, and committing them is refused. Without
+                                    it, on_partitions_revoked is called.
+    """
+
+    def on_partitions_revoked(self, revoked):
+        pass
+
+    def on_partitions_assigned(self, assigned):
+        pass
+
+    def on_partitions_lost(self, lost):
+        self.on_partitions_revoked(lost)
 
 
 class _PartitionState:
     __slots__ = ("tp", "position", "fetch_offset", "generation", "reset", "reset_sent",
-                 "in_flight", "buffered", "fetch_bytes", "high_watermark", "error", "retry_at")
+                 "in_flight", "buffered", "fetch_bytes", "high_watermark", "error", "retry_at",
+                 "committed_pending", "committed_sent", "paused")
 
     def __init__(self, tp: TopicPartition, reset: int | None, fetch_bytes: int):
         self.tp = tp
@@ -68,6 +106,9 @@ class _PartitionState:
         self.high_watermark = -1
         self.error: ZbError | None = None    # raised by the next poll()
         self.retry_at = 0.0                  # no fetch before (after a retriable error)
+        self.committed_pending = False       # start at the group's committed offset
+        self.committed_sent = False
+        self.paused = False
 
 
 class _Fetched:
@@ -83,11 +124,30 @@ class Consumer:
 
     Settings (Kafka's names and defaults where the concept is Kafka's):
 
-    *topics                   topics to subscribe to (all their partitions; no group)
+    *topics                   topics to subscribe to
     bootstrap_servers         "host:port,..."
-    group_id                  must be None (consumer groups come later)
-    auto_offset_reset         where to start without a position, or after OFFSET_OUT_OF_RANGE:
-                              "earliest", "latest" (default) or "none" (raise OffsetOutOfRange)
+    client_id                 shown by zb-consumer-groups (default consumer-<group>-<n>)
+    group_id                  the consumer group to join (None: no group, no commits)
+    auto_offset_reset         where to start without a position (no committed offset), or after
+                              OFFSET_OUT_OF_RANGE: "earliest", "latest" (default) or "none"
+                              (raise OffsetOutOfRange)
+    enable_auto_commit        commit the positions of what poll() returned every
+                              auto_commit_interval_ms (checked in poll()), before partitions
+                              are revoked, and on close() (default True with a group)
+    auto_commit_interval_ms   5000
+    session_timeout_ms        how long the group waits without a heartbeat before it gives this
+                              member's partitions to others (None: the broker's
+                              group.consumer.session.timeout.ms, 45 s; it must lie within the
+                              broker's group.consumer.min/max.session.timeout.ms)
+    heartbeat_interval_ms     None: the broker's group.consumer.heartbeat.interval.ms
+    max_poll_interval_ms      a consumer that does not call poll() for this long leaves the
+                              group (its partitions move) and joins again at its next poll();
+                              also how long a rebalance waits for it to give partitions up
+    group_instance_id         a static member: a restart with the same id within the session
+                              timeout takes its partitions back without a rebalance
+    group_remote_assignor     "uniform" (default) or "range": the broker's assignor
+    client_rack               this consumer's rack (told to the group)
+    default_api_timeout_ms    how long commit(), committed() and the offset lookups wait
     fetch_max_wait_ms         how long a broker may hold a fetch waiting for fetch_min_bytes
     fetch_min_bytes           bytes a broker waits for before answering a fetch
     fetch_max_bytes           bytes of one fetch response
@@ -104,8 +164,6 @@ class Consumer:
                               raising NoBrokersAvailable
     check_crcs                verify every batch's checksum while decoding
     allow_auto_create_topics  let Metadata create a missing topic (off by default)
-    enable_auto_commit        accepted for kafka-python compatibility; nothing to commit
-                              without a group
     """
 
     def __init__(self, *topics: str, bootstrap_servers: str = "localhost:9092",
@@ -116,18 +174,34 @@ class Consumer:
                  consumer_timeout_ms: float = float("inf"), request_timeout_ms: int = 30000,
                  retry_backoff_ms: int = 100, metadata_max_age_ms: int = 300000,
                  unknown_topic_wait_ms: int = 2000, bootstrap_timeout_ms: int = 10000,
-                 check_crcs: bool = True, enable_auto_commit: bool = False,
+                 check_crcs: bool = True, enable_auto_commit: bool = True,
+                 auto_commit_interval_ms: int = 5000, session_timeout_ms: int | None = None,
+                 heartbeat_interval_ms: int | None = None, max_poll_interval_ms: int = 300000,
+                 group_instance_id: str | None = None, group_remote_assignor: str = "uniform",
+                 client_rack: str | None = None, default_api_timeout_ms: int = 60000,
                  allow_auto_create_topics: bool = False):
         if group_id is not None:
-            raise NotImplementedError(
-                f"Consumer groups are not supported yet (group_id={group_id!r}); pass "
-                f"group_id=None and subscribe to topics or assign partitions.")
+            protocol.check_group_id(group_id)
+        elif group_instance_id is not None:
+            raise ValueError("group_instance_id needs a group_id.")
+        if session_timeout_ms is not None and heartbeat_interval_ms is not None and \
+                heartbeat_interval_ms * 3 > session_timeout_ms:
+            raise ValueError(f"heartbeat_interval_ms ({heartbeat_interval_ms}) must be at most a "
+                             f"third of session_timeout_ms ({session_timeout_ms}).")
+        if max_poll_interval_ms < 1 or auto_commit_interval_ms < 1:
+            raise ValueError("max_poll_interval_ms and auto_commit_interval_ms must be positive.")
         if auto_offset_reset not in _RESETS:
             raise ValueError(f"auto_offset_reset must be 'earliest', 'latest' or 'none', not "
                              f"{auto_offset_reset!r}.")
         if max_poll_records < 1:
             raise ValueError("max_poll_records must be at least 1.")
-        self.client_id = client_id
+        self.group_id = group_id
+        self.client_id = client_id or (f"consumer-{group_id}-{next(_consumer_ids)}"
+                                       if group_id else f"consumer-{next(_consumer_ids)}")
+        self.enable_auto_commit = enable_auto_commit and group_id is not None
+        self.auto_commit_interval_s = auto_commit_interval_ms / 1000
+        self.max_poll_interval_s = max_poll_interval_ms / 1000
+        self.default_api_timeout_s = default_api_timeout_ms / 1000
         self.auto_offset_reset = _RESETS[auto_offset_reset]
         self.fetch_max_wait_ms = min(fetch_max_wait_ms, protocol.FETCH_WAIT_MS_MAX)
         self.fetch_min_bytes = fetch_min_bytes
@@ -151,6 +225,17 @@ class Consumer:
         self._subscription: set[str] = set()
         self._topic_wait_since: dict[str, float] = {}
         self._fetched: collections.deque[_Fetched] = collections.deque()
+        self._pattern: re.Pattern | None = None
+        self._listener = None
+        self._tasks: collections.deque[Task] = collections.deque()    # for the caller's thread
+        self._io_calls: collections.deque = collections.deque()       # for the fetcher's thread
+        self._async_done: collections.deque = collections.deque()     # commit_async callbacks
+        self._last_poll = _monotonic()
+        self._next_auto_commit = _monotonic() + self.auto_commit_interval_s
+        self._committed_positions: dict[TopicPartition, int] = {}
+        self._leaving: threading.Event | None = None
+        self._lookups: list = []                 # _OffsetsLookup on the fetcher thread
+        self._pattern_refresh_at = 0.0
         self._closing = False
         self._error: ZbError | None = None   # raised by the next poll() (e.g. unknown topic)
         self._fetcher_error: ZbError | None = None
@@ -168,6 +253,17 @@ class Consumer:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._net.add_wake_fd(self._wake_r)
+        self._membership: Membership | None = None
+        self._group: GroupIO | None = None
+        if group_id is not None:
+            self._membership = Membership(
+                group_id, instance_id=group_instance_id, rack_id=client_rack,
+                client_id=self.client_id, assignor=group_remote_assignor,
+                session_timeout_ms=session_timeout_ms,
+                heartbeat_interval_ms=heartbeat_interval_ms,
+                rebalance_timeout_ms=max_poll_interval_ms, retry_backoff_ms=retry_backoff_ms)
+            self._group = GroupIO(self._net, self._membership, self._on_group_task,
+                                  retry_backoff_ms)
         self._thread = threading.Thread(target=self._fetcher_main, daemon=True,
                                         name="zb-consumer-fetcher")
         self._thread.start()
@@ -179,21 +275,54 @@ class Consumer:
             self.subscribe(topics)
 
     # --- assignment ---------------------------------------------------------------------------
-    def subscribe(self, topics) -> None:
-        """Read every partition of ``topics`` (a list of names), including partitions added
-        later. Replaces any earlier subscription or assignment."""
+    def subscribe(self, topics=(), pattern: str | None = None, listener=None) -> None:
+        """Subscribe to ``topics`` (a list of names) or to every topic whose whole name matches
+        ``pattern`` (a regular expression; new matching topics are picked up). With a
+        ``group_id`` this joins the group, which hands out the partitions; ``listener`` (see
+        ConsumerRebalanceListener) hears of every change. Without one, every partition of the
+        topics is read, including partitions added later. Replaces any earlier subscription or
+        assignment."""
         if isinstance(topics, str):
             topics = [topics]
+        topics = list(topics or ())
+        if bool(topics) == (pattern is not None):
+            raise ValueError("Subscribe to a list of topics or to a pattern, not both and not "
+                             "neither.")
         for t in topics:
             protocol.check_topic_name(t)
+        compiled = None
+        if pattern is not None:
+            if len(pattern) > protocol.REGEX_CHARS_MAX:
+                raise ValueError(f"A pattern may be at most {protocol.REGEX_CHARS_MAX} "
+                                 f"characters long.")
+            try:
+                compiled = re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"The pattern {pattern!r} is not a valid regular expression: "
+                                 f"{e}.") from None
         with self._lock:
             self._check_open()
-            self._subscription = set(topics)
+            if self._group is not None and not self._subscription and self._pattern is None \
+                    and self._states:
+                raise IllegalStateError("This consumer has assigned partitions itself; "
+                                        "unsubscribe() before subscribing.")
+            self._pattern = compiled
+            self._listener = listener
             now = _monotonic()
-            self._topic_wait_since = {t: now for t in topics}
-            for tp in [tp for tp in self._states if tp.topic not in self._subscription]:
-                self._drop_state(tp)
-            self._add_subscribed_partitions()
+            if compiled is not None:
+                self._subscription = self._matching(compiled)
+                self._topic_wait_since = {}
+            else:
+                self._subscription = set(topics)
+                self._topic_wait_since = {t: now for t in topics}
+            if self._group is None:
+                for tp in [tp for tp in self._states if tp.topic not in self._subscription]:
+                    self._drop_state(tp)
+                self._add_subscribed_partitions()
+            else:
+                self._last_poll = now
+                names, regex = sorted(self._subscription), pattern
+                self._call_io(lambda t: self._membership.subscribe(names, regex, t))
         self._need_metadata = True
         self._metadata_due = 0.0
         self._wake()
@@ -202,21 +331,29 @@ class Consumer:
         return set(self._subscription)
 
     def unsubscribe(self) -> None:
-        """Stop reading everything."""
+        """Stop reading everything; a group member leaves its group (after committing, with
+        auto-commit, and telling the listener its partitions are revoked)."""
+        if self._group is not None and (self._subscription or self._pattern is not None):
+            self._leave_group()
         with self._lock:
             self._subscription = set()
+            self._pattern = None
             self._topic_wait_since = {}
             for tp in list(self._states):
                 self._drop_state(tp)
 
     def assign(self, partitions) -> None:
         """Read exactly ``partitions`` (TopicPartitions); replaces any subscription. Positions of
-        partitions kept from the previous assignment stay."""
+        partitions kept from the previous assignment stay. With a ``group_id`` they start at
+        the group's committed offsets, and commits go to the group without joining it."""
         tps = [TopicPartition(*tp) for tp in partitions]
         for tp in tps:
             protocol.check_topic_name(tp.topic)
         with self._lock:
             self._check_open()
+            if self._group is not None and (self._subscription or self._pattern is not None):
+                raise IllegalStateError("This consumer is subscribed to topics in its group; "
+                                        "unsubscribe() before assigning partitions.")
             self._subscription = set()
             now = _monotonic()
             self._topic_wait_since = {tp.topic: now for tp in tps}
@@ -224,15 +361,22 @@ class Consumer:
                 self._drop_state(tp)
             for tp in tps:
                 if tp not in self._states:
-                    self._states[tp] = _PartitionState(tp, self.auto_offset_reset,
-                                                       self.max_partition_fetch_bytes)
-                    if self.auto_offset_reset is None:
-                        self._states[tp].error = OffsetOutOfRange(
-                            f"{tp.topic}-{tp.partition} has no position and "
-                            f"auto_offset_reset is 'none'; seek() first.")
+                    self._states[tp] = self._new_state(tp)
         self._need_metadata = True
         self._metadata_due = 0.0
         self._wake()
+
+    def _new_state(self, tp: TopicPartition) -> _PartitionState:
+        """Under _lock: a partition to read from its committed offset (with a group), else from
+        ``auto_offset_reset``."""
+        st = _PartitionState(tp, self.auto_offset_reset, self.max_partition_fetch_bytes)
+        if self._group is not None:
+            st.reset = None
+            st.committed_pending = True
+        elif self.auto_offset_reset is None:
+            st.error = OffsetOutOfRange(f"{tp.topic}-{tp.partition} has no position and "
+                                        f"auto_offset_reset is 'none'; seek() first.")
+        return st
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._states)
@@ -303,6 +447,163 @@ class Consumer:
         """Topics in the latest metadata this consumer holds."""
         return set(self._net.cluster.topics)
 
+    def pause(self, *partitions: TopicPartition) -> None:
+        """Stop returning (and fetching) records of these assigned partitions until resumed;
+        their positions stay, and a group member keeps them."""
+        with self._lock:
+            for tp in partitions:
+                st = self._assigned(tp)
+                if not st.paused:
+                    st.paused = True
+                    self._invalidate(st)
+                    st.fetch_offset = st.position
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        with self._lock:
+            for tp in partitions:
+                self._assigned(tp).paused = False
+        self._wake()
+
+    def paused(self) -> set[TopicPartition]:
+        with self._lock:
+            return {tp for tp, st in self._states.items() if st.paused}
+
+    # --- offsets of the log ---------------------------------------------------------------------
+    def beginning_offsets(self, partitions, timeout_ms: int | None = None) -> dict:
+        """{TopicPartition: first offset} (ListOffsets at each leader)."""
+        got = self._list_offsets({TopicPartition(*tp): EARLIEST for tp in partitions},
+                                 timeout_ms)
+        return {tp: r[0] for tp, r in got.items()}
+
+    def end_offsets(self, partitions, timeout_ms: int | None = None) -> dict:
+        """{TopicPartition: offset after the last record readable now (the high watermark)}."""
+        got = self._list_offsets({TopicPartition(*tp): LATEST for tp in partitions}, timeout_ms)
+        return {tp: r[0] for tp, r in got.items()}
+
+    def offsets_for_times(self, timestamps: dict, timeout_ms: int | None = None) -> dict:
+        """{TopicPartition: OffsetAndTimestamp of the first record at or after the time (ms),
+        or None when every record is older}."""
+        asked = {}
+        for tp, ts in timestamps.items():
+            if not isinstance(ts, int) or ts < 0:
+                raise ValueError(f"A timestamp must be milliseconds since the epoch, not {ts!r}.")
+            asked[TopicPartition(*tp)] = ts
+        got = self._list_offsets(asked, timeout_ms)
+        return {tp: (OffsetAndTimestamp(*r) if r[0] >= 0 else None) for tp, r in got.items()}
+
+    def _list_offsets(self, asked: dict, timeout_ms: int | None) -> dict:
+        for tp in asked:
+            protocol.check_topic_name(tp.topic)
+        timeout_s = self._api_timeout(timeout_ms)
+        fut = self._io_future(lambda t, fut: _OffsetsLookup(self, asked, fut, t + timeout_s))
+        return fut.result(timeout_s + 1)
+
+    # --- committing -----------------------------------------------------------------------------
+    def commit(self, offsets: dict | None = None, timeout_ms: int | None = None) -> None:
+        """Commit ``offsets`` ({TopicPartition: OffsetAndMetadata or int}: the offset of the
+        next record to read), by default the position of every assigned partition, and wait
+        until the group has it (replicated). Raises CommitFailedError when it can no longer
+        succeed (this consumer is no longer a member, or a partition moved to another)."""
+        offsets = self._commit_offsets(offsets)
+        if not offsets:
+            return
+        timeout_s = self._api_timeout(timeout_ms)
+        fut = self._group.submit_commit(offsets, timeout_s, self._joined_commit())
+        self._wake()
+        try:
+            fut.result(timeout_s + 1)
+        except TimeoutError:
+            raise RequestTimedOut(f"The commit to group {self.group_id!r} did not finish "
+                                  f"within {timeout_s:g} s.") from None
+        self._note_committed(offsets)
+
+    def commit_async(self, offsets: dict | None = None, callback=None) -> None:
+        """Commit without waiting; ``callback(offsets, exception_or_None)`` is called on this
+        thread by a later poll() (or commit(), close())."""
+        offsets = self._commit_offsets(offsets)
+        if not offsets:
+            if callback is not None:
+                self._async_done.append((callback, offsets, None))
+            return
+        fut = self._group.submit_commit(offsets, self.default_api_timeout_s,
+                                        self._joined_commit())
+
+        def done(f, offsets=offsets):
+            err = f.exception()
+            if err is None:
+                self._note_committed(offsets)
+            elif callback is None:
+                log.warning("an asynchronous commit failed", group=self.group_id,
+                            error=str(err))
+            if callback is not None:
+                self._async_done.append((callback, offsets, err))
+                with self._lock:
+                    self._cond.notify_all()
+        fut.add_done_callback(done)
+        self._wake()
+
+    def committed(self, partition: TopicPartition, metadata: bool = False,
+                  timeout_ms: int | None = None):
+        """The group's committed offset of ``partition`` (an OffsetAndMetadata with
+        ``metadata=True``), or None when nothing is committed."""
+        if self._group is None:
+            raise IllegalStateError("committed() needs a consumer with a group_id.")
+        tp = TopicPartition(*partition)
+        protocol.check_topic_name(tp.topic)
+        timeout_s = self._api_timeout(timeout_ms)
+        fut = self._group.submit_fetch([tp], timeout_s)
+        self._wake()
+        got = fut.result(timeout_s + 1).get(tp)
+        if got is None:
+            return None
+        return got if metadata else got.offset
+
+    def _commit_offsets(self, offsets: dict | None) -> dict:
+        if self._group is None:
+            raise IllegalStateError("Committing needs a consumer with a group_id.")
+        self._check_open()
+        self._run_async_callbacks()
+        out = {}
+        if offsets is None:
+            with self._lock:
+                for tp, st in self._states.items():
+                    if st.position is not None:
+                        out[tp] = OffsetAndMetadata(st.position, None, -1)
+            return out
+        for tp, om in offsets.items():
+            tp = TopicPartition(*tp)
+            protocol.check_topic_name(tp.topic)
+            if isinstance(om, int) and not isinstance(om, bool):
+                om = OffsetAndMetadata(om, None, -1)
+            elif isinstance(om, tuple) and len(om) in (2, 3):
+                om = OffsetAndMetadata(*om)
+            else:
+                raise ValueError(f"Commit offsets as ints or OffsetAndMetadata, not {om!r}.")
+            if not isinstance(om.offset, int) or om.offset < 0:
+                raise ValueError(f"A committed offset must be an int >= 0, not {om.offset!r}.")
+            out[tp] = om
+        return out
+
+    def _joined_commit(self) -> bool:
+        """Commits carry the membership when subscribed; an assign()ing consumer commits as no
+        member."""
+        return bool(self._subscription or self._pattern is not None)
+
+    def _note_committed(self, offsets: dict) -> None:
+        for tp, om in offsets.items():
+            self._committed_positions[tp] = om.offset
+
+    def _api_timeout(self, timeout_ms) -> float:
+        return (timeout_ms / 1000) if timeout_ms is not None else self.default_api_timeout_s
+
+    def _run_async_callbacks(self) -> None:
+        while self._async_done:
+            callback, offsets, err = self._async_done.popleft()
+            try:
+                callback(offsets, err)
+            except Exception:
+                log.exception("a commit_async callback raised")
+
     # --- reading ------------------------------------------------------------------------------
     def poll(self, timeout_ms: float = 0, max_records: int | None = None,
              update_offsets: bool = True) -> dict[TopicPartition, list[ConsumerRecord]]:
@@ -312,10 +613,17 @@ class Consumer:
         range with auto_offset_reset="none", a corrupt batch)."""
         max_records = max_records or self.max_poll_records
         deadline = _monotonic() + timeout_ms / 1000
+        self._check_open()
+        self._last_poll = _monotonic()
+        if self._group is not None:
+            self._group_work()
         while True:
             out = self._take_records(max_records)
             if out:
                 return out
+            if self._tasks or self._async_done:
+                self._group_work()
+                continue
             with self._lock:
                 self._check_open()
                 if self._error is not None or self._fetcher_error is not None:
@@ -324,12 +632,13 @@ class Consumer:
                     if st.error is not None:
                         err, st.error = st.error, None
                         raise err
-                if self._fetched:
+                if self._fetched or self._tasks or self._async_done:
                     continue
                 left = deadline - _monotonic()
                 if left <= 0:
                     return {}
                 self._cond.wait(left)
+            self._last_poll = _monotonic()
 
     def __iter__(self):
         return self
@@ -352,8 +661,144 @@ class Consumer:
             for recs in got.values():
                 return recs[0]
 
-    def close(self, autocommit: bool = False) -> None:
-        """Stop the fetcher and close the connections."""
+    # --- the group, on the caller's thread ------------------------------------------------------
+    def _group_work(self) -> None:
+        """Run what the group asked of this thread (rebalances, commit callbacks), and the
+        auto-commit when it is due. Raises an error the group cannot recover from."""
+        self._run_async_callbacks()
+        while self._tasks:
+            self._run_task(self._tasks.popleft())
+        m = self._membership
+        if m is not None and m.state is State.FATAL and m.error is not None:
+            raise m.error
+        if self.enable_auto_commit and _monotonic() >= self._next_auto_commit:
+            self._next_auto_commit = _monotonic() + self.auto_commit_interval_s
+            self._auto_commit_async()
+
+    def _auto_commit_async(self) -> None:
+        with self._lock:
+            changed = {tp: OffsetAndMetadata(st.position, None, -1)
+                       for tp, st in self._states.items()
+                       if st.position is not None and
+                       self._committed_positions.get(tp) != st.position}
+        if changed and (self._joined_commit() or self._states):
+            self.commit_async(changed)
+
+    def _commit_before_revoke(self, tps) -> None:
+        """With auto-commit: commit the positions of partitions about to go, and wait."""
+        if not self.enable_auto_commit:
+            return
+        with self._lock:
+            offsets = {tp: OffsetAndMetadata(st.position, None, -1)
+                       for tp, st in self._states.items()
+                       if tp in tps and st.position is not None and
+                       self._committed_positions.get(tp) != st.position}
+        if not offsets:
+            return
+        try:
+            self.commit(offsets)
+        except ZbError as e:
+            log.warning("committing partitions before they are revoked failed; another member "
+                        "will read them again from the last commit", group=self.group_id,
+                        error=str(e))
+
+    def _run_task(self, task: Task) -> None:
+        listener = self._listener
+        revoke = set(task.revoke)
+        if revoke:
+            if task.lost:
+                log.info("partitions lost", group=self.group_id, partitions=len(revoke))
+                self._call_listener(listener, "on_partitions_lost", revoke)
+            else:
+                self._commit_before_revoke(revoke)
+                self._call_listener(listener, "on_partitions_revoked", revoke)
+            with self._lock:
+                for tp in revoke:
+                    if tp in self._states:
+                        self._drop_state(tp)
+                    self._committed_positions.pop(tp, None)
+        if task.assign:
+            with self._lock:
+                for tp in task.assign:
+                    if tp not in self._states:
+                        self._states[tp] = self._new_state(tp)
+            self._need_metadata = True
+            self._metadata_due = 0.0
+            self._call_listener(listener, "on_partitions_assigned", set(task.assign))
+        with self._lock:
+            owned = frozenset(self._states)
+        self._call_io(lambda now: self._on_group_task(self._membership.task_done(owned, now)))
+
+    @staticmethod
+    def _call_listener(listener, name: str, partitions: set) -> None:
+        if listener is None:
+            return
+        fn = getattr(listener, name, None)
+        if fn is None and name == "on_partitions_lost":
+            fn = getattr(listener, "on_partitions_revoked", None)
+        if fn is None:
+            return
+        try:
+            fn(partitions)
+        except Exception:
+            log.exception("the rebalance listener raised", callback=name)
+
+    def _on_group_task(self, task: Task | None) -> None:
+        """On the fetcher thread: hand a task to the caller's thread."""
+        if task is None:
+            return
+        with self._lock:
+            self._tasks.append(task)
+            self._cond.notify_all()
+
+    def _leave_group(self) -> None:
+        """Commit (auto-commit), tell the listener everything is revoked, leave the group and
+        wait (a little) for the coordinator to have seen it."""
+        m = self._membership
+        self._group_work_quietly()
+        with self._lock:
+            owned = set(self._states)
+        if owned and m.joined:
+            self._commit_before_revoke(owned)
+            self._call_listener(self._listener, "on_partitions_revoked", owned)
+        done = threading.Event()
+
+        def go(now):
+            m.leave(now)
+            if m.state is State.LEAVING:
+                self._leaving = done        # set once the coordinator answered
+            else:
+                done.set()
+        self._call_io(go)
+        done.wait(min(LEAVE_WAIT_S, self.request_timeout_ms / 1000))
+
+    def _group_work_quietly(self) -> None:
+        try:
+            self._group_work()
+        except ZbError as e:
+            log.warning("the group failed before leaving", error=str(e))
+
+    def close(self, autocommit: bool = True) -> None:
+        """Leave the group at once (committing first with auto-commit, so its partitions move
+        to other members without waiting for the session timeout), stop the fetcher and close
+        the connections."""
+        with self._lock:
+            if self._closing:
+                return
+        if self._group is not None and threading.current_thread() is not self._thread:
+            if (self._subscription or self._pattern is not None) and autocommit is not None:
+                if not autocommit:
+                    self.enable_auto_commit = False
+                self._leave_group()
+            elif self.enable_auto_commit and autocommit and self._states:
+                with self._lock:
+                    offsets = {tp: OffsetAndMetadata(st.position, None, -1)
+                               for tp, st in self._states.items() if st.position is not None}
+                try:
+                    if offsets:
+                        self.commit(offsets)
+                except ZbError as e:
+                    log.warning("the final commit failed", group=self.group_id, error=str(e))
         with self._lock:
             if self._closing:
                 return
@@ -409,8 +854,24 @@ class Consumer:
         st = self._states.pop(tp)
         self._invalidate(st)
 
+    def _matching(self, pattern: re.Pattern) -> set[str]:
+        return {t for t in self._net.cluster.topics
+                if pattern.fullmatch(t) and t not in protocol.INTERNAL_TOPICS}
+
+    def _pattern_matched(self) -> None:
+        """Under _lock, on the fetcher thread: the topics a pattern matches now."""
+        matched = self._matching(self._pattern)
+        if matched == self._subscription:
+            return
+        self._subscription = matched
+        if self._membership is not None:
+            self._membership.subscribe(sorted(matched), self._pattern.pattern, _monotonic())
+
     def _add_subscribed_partitions(self) -> None:
-        """Under _lock: states for every known partition of the subscribed topics."""
+        """Under _lock: states for every known partition of the subscribed topics (without a
+        group: with one, the group hands them out)."""
+        if self._group is not None:
+            return
         cluster = self._net.cluster
         for topic in self._subscription:
             for p in sorted(cluster.topics.get(topic, ())):
@@ -501,20 +962,30 @@ class Consumer:
                     f"The consumer's fetcher thread failed: {e!r}")
                 self._cond.notify_all()
         finally:
+            if self._group is not None:
+                self._group.close()
+            for lookup in self._lookups:
+                lookup.fail(IllegalStateError("The consumer is closed."))
             self._net.close()
 
     def _fetcher_loop(self) -> None:
         net = self._net
         while not self._closing:
             now = _monotonic()
+            while self._io_calls:
+                self._io_calls.popleft()(now)
             self._maybe_request_metadata(now)
             wake_at = now + 1.0
             if self._bootstrapped.is_set():
                 self._check_topics(now)
+                if self._group is not None:
+                    wake_at = min(wake_at, self._group_tick(now))
                 self._send_resets()
                 retry_at = self._send_fetches(now)
                 if retry_at is not None:
                     wake_at = min(wake_at, retry_at)
+                for lookup in list(self._lookups):
+                    wake_at = min(wake_at, lookup.tick(now))
             if self._need_metadata and not self._metadata_in_flight:
                 wake_at = min(wake_at, max(self._metadata_due, now + 0.01))
             d = net.next_deadline()
@@ -527,15 +998,84 @@ class Consumer:
                 except (BlockingIOError, OSError):
                     pass
 
+    def _group_tick(self, now: float) -> float:
+        m = self._membership
+        if m.joined and now - self._last_poll > self.max_poll_interval_s:
+            m.poll_timed_out(now)
+        wake = self._group.tick(now)
+        if self._leaving is not None and m.state is State.UNSUBSCRIBED:
+            self._leaving.set()
+            self._leaving = None
+        self._send_committed_lookups()
+        if m.joined:
+            wake = min(wake, self._last_poll + self.max_poll_interval_s)
+        return wake
+
+    def _send_committed_lookups(self) -> None:
+        """Ask the group for the committed offsets of newly assigned partitions."""
+        with self._lock:
+            items = [(st.tp, st.generation) for st in self._states.values()
+                     if st.committed_pending and not st.committed_sent]
+            for tp, _ in items:
+                self._states[tp].committed_sent = True
+        if not items:
+            return
+        fut = self._group.submit_fetch([tp for tp, _ in items], self.default_api_timeout_s)
+        fut.add_done_callback(lambda f: self._on_committed(items, f))
+
+    def _on_committed(self, items, fut) -> None:
+        err = fut.exception()
+        with self._lock:
+            for tp, gen in items:
+                st = self._states.get(tp)
+                if st is None or st.generation != gen or not st.committed_pending:
+                    continue
+                st.committed_sent = False
+                if err is not None:
+                    if not err.retriable:
+                        st.error = err
+                    continue                    # asked again on the next turn
+                st.committed_pending = False
+                got = fut.result().get(tp)
+                if got is not None:
+                    st.generation += 1
+                    st.position = st.fetch_offset = got.offset
+                elif self.auto_offset_reset is not None:
+                    st.reset = self.auto_offset_reset
+                else:
+                    st.error = OffsetOutOfRange(
+                        f"{tp.topic}-{tp.partition} has no committed offset in group "
+                        f"{self.group_id!r} and auto_offset_reset is 'none'.")
+            self._cond.notify_all()
+        self._wake()
+
+    def _call_io(self, fn) -> None:
+        """Run ``fn(now)`` on the fetcher thread."""
+        self._io_calls.append(fn)
+        self._wake()
+
+    def _io_future(self, make):
+        """Start ``make(now, future)`` (an object with ``tick(now)``) on the fetcher thread;
+        returns the future it completes."""
+        from zbroker.futures import Future
+        fut = Future()
+        self._call_io(lambda now: self._lookups.append(make(now, fut)))
+        return fut
+
     def _maybe_request_metadata(self, now: float) -> None:
         if self._metadata_in_flight:
             return
         if now >= self._metadata_next_refresh:
             self._need_metadata = True
+        if self._pattern is not None and now >= self._pattern_refresh_at:
+            self._need_metadata = True
         if not self._need_metadata or now < self._metadata_due:
             return
         with self._lock:
             topics = sorted(self._subscription | {tp.topic for tp in self._states})
+            if self._pattern is not None:
+                topics = None                       # every topic, to match the pattern
+                self._pattern_refresh_at = now + PATTERN_REFRESH_S
         self._metadata_in_flight = True
         self._need_metadata = False
         self._metadata_due = now + self.retry_backoff_s
@@ -551,6 +1091,8 @@ class Consumer:
             return
         self._metadata_next_refresh = _monotonic() + self.metadata_max_age_s
         with self._lock:
+            if self._pattern is not None:
+                self._pattern_matched()
             self._add_subscribed_partitions()
             for st in self._states.values():
                 if self._net.cluster.leader(*st.tp) < 0:
@@ -644,7 +1186,8 @@ class Consumer:
         with self._lock:
             for st in self._states.values():
                 if (st.fetch_offset is None or st.reset is not None or st.in_flight or
-                        st.buffered >= PREFETCH_FETCHES_MAX or st.error is not None):
+                        st.buffered >= PREFETCH_FETCHES_MAX or st.error is not None or
+                        st.paused):
                     continue
                 if st.retry_at > now:
                     retry_at = st.retry_at if retry_at is None else min(retry_at, st.retry_at)
@@ -742,4 +1285,96 @@ class Consumer:
         st.error = err
 
 
-__all__ = ["Consumer"]
+class _OffsetsLookup:
+    """ListOffsets for some partitions at their leaders, on the fetcher thread, retrying what
+    can be retried (leader moves, metadata not there yet) until ``deadline``. Completes
+    ``future`` with {TopicPartition: (offset, timestamp)}."""
+
+    def __init__(self, consumer: Consumer, asked: dict, future, deadline: float):
+        self.c, self.future, self.deadline = consumer, future, deadline
+        self.waiting = dict(asked)              # tp -> timestamp (-2, -1 or ms)
+        self.found: dict = {}
+        self.in_flight = 0
+        self.retry_at = 0.0
+        self.last_error: ZbError | None = None
+
+    def fail(self, err: ZbError) -> None:
+        if not self.future.done():
+            self.future.set_exception(err)
+        if self in self.c._lookups:
+            self.c._lookups.remove(self)
+
+    def tick(self, now: float) -> float:
+        if self.future.done():
+            self.c._lookups.remove(self)
+            return now + 1.0
+        if not self.waiting and not self.in_flight:
+            self.future.set_result(self.found)
+            self.c._lookups.remove(self)
+            return now + 1.0
+        if now > self.deadline:
+            self.fail(RequestTimedOut(f"The offsets of {len(self.waiting)} partition(s) were "
+                                      f"not found in time"
+                                      f"{f' (last error: {self.last_error})' if self.last_error else ''}."))
+            return now + 1.0
+        if self.in_flight or now < self.retry_at:
+            return max(self.retry_at, now + 0.01)
+        net = self.c._net
+        cluster = net.cluster
+        by_node: dict[int, list] = {}
+        for tp, ts in self.waiting.items():
+            leader = cluster.leader(*tp)
+            if leader < 0 or not net.ready(leader):
+                code = cluster.topic_errors.get(tp.topic)
+                if code and not errors.error_for_code(code).retriable:
+                    self.fail(topic_error(code, tp.topic, self.c.bootstrap_servers))
+                    return now + 1.0
+                self._asked_for_metadata()
+                continue
+            by_node.setdefault(leader, []).append((tp, ts))
+        for node, items in by_node.items():
+            self.in_flight += 1
+            parts = [[tp.topic, tp.partition, ts, cluster.leader_epoch(*tp)] for tp, ts in items]
+
+            def handler(header, blobs, error, items=items):
+                self._on_answer(items, header, error)
+            try:
+                net.send(node, "ListOffsets", {"parts": parts}, handler=handler)
+            except ZbError as e:
+                handler(None, None, e)
+        self.retry_at = now + self.c.retry_backoff_s
+        return self.retry_at
+
+    def _asked_for_metadata(self) -> None:
+        c = self.c
+        with c._lock:
+            extra = {tp.topic for tp in self.waiting} - c._subscription - \
+                {tp.topic for tp in c._states}
+        if extra:
+            c._net.request_metadata(sorted(extra))
+        c._need_metadata = True
+
+    def _on_answer(self, items, header, error) -> None:
+        self.in_flight -= 1
+        if error is not None:
+            self.last_error = error
+            if not error.retriable:
+                self.fail(error)
+            return
+        for r in header.get("parts") or ():
+            tp = TopicPartition(r[0], r[1])
+            if tp not in self.waiting:
+                continue
+            if r[2]:
+                err = errors.make_error(r[2], None)
+                self.last_error = err
+                if not (err.retriable or err.invalid_metadata):
+                    self.fail(err)
+                    return
+                self._asked_for_metadata()
+                continue
+            self.found[tp] = (r[3], r[4])
+            del self.waiting[tp]
+
+
+__all__ = ["Consumer", "ConsumerRebalanceListener"]

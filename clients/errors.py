@@ -34,3 +34,15 @@ class BrokerConnectionError(ZbError):
 
 
 __all__ += ["BrokerConnectionError"]
+
+
+class CommitFailedError(ZbError):
+    """A commit that can no longer succeed: this consumer left the group or was removed from it
+    (its session expired, it was too slow between polls, or it was fenced), or the partition
+    moved to another member. Its sentence says which."""
+    name = "COMMIT_FAILED"
+    message = ("The commit cannot be completed: this consumer is no longer the owner of the "
+               "partitions in the group.")
+
+
+__all__ += ["CommitFailedError"]

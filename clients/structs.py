@@ -107,5 +107,54 @@ class TopicDescription(NamedTuple):
     partitions: list[PartitionMetadata]
 
 
+class OffsetAndMetadata(NamedTuple):
+    """A committed offset: the offset of the next record to read, the committer's metadata
+    string, and the leader epoch of the record before it (-1 when unknown), as kafka-python's."""
+    offset: int
+    metadata: str | None = None
+    leader_epoch: int = -1
+
+
+class OffsetAndTimestamp(NamedTuple):
+    """What ``Consumer.offsets_for_times`` finds: the first offset at or after the time asked
+    for, and that record's timestamp."""
+    offset: int
+    timestamp: int
+
+
+class MemberDescription(NamedTuple):
+    """A member of a consumer group as ``AdminClient.describe_consumer_groups`` sees it.
+    ``assignment`` is what it owns now, ``target_assignment`` what it is moving to."""
+    member_id: str
+    group_instance_id: str | None
+    client_id: str
+    host: str
+    member_epoch: int
+    subscribed_topics: list[str]
+    subscribed_topic_regex: str | None
+    assignment: set
+    target_assignment: set
+    rack_id: str | None = None
+
+
+class ConsumerGroupDescription(NamedTuple):
+    """A consumer group: its state (Empty, Assigning, Reconciling, Stable, Dead), epochs,
+    assignor and members, and the broker that coordinates it."""
+    group_id: str
+    state: str
+    group_epoch: int
+    assignment_epoch: int
+    partition_assignor: str
+    members: list[MemberDescription]
+    coordinator: BrokerMetadata | None
+
+
+class GroupListing(NamedTuple):
+    group_id: str
+    state: str
+    group_type: str = "consumer"
+
+
 __all__ = ["TopicPartition", "RecordMetadata", "ConsumerRecord", "BrokerMetadata",
-           "PartitionMetadata", "TopicDescription"]
+           "PartitionMetadata", "TopicDescription", "OffsetAndMetadata", "OffsetAndTimestamp",
+           "MemberDescription", "ConsumerGroupDescription", "GroupListing"]

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from clients import (Consumer, ConsumerRecord, CorruptMessage, IllegalStateError,
-                     NoBrokersAvailable, OffsetOutOfRange, TopicPartition,
+                     InvalidGroupId, NoBrokersAvailable, OffsetOutOfRange, TopicPartition,
                      UnknownTopicOrPartition)
 from tests.procs import free_port
 from zbroker import records
@@ -160,15 +160,20 @@ def test_corrupt_batch_is_a_clear_error(fake_broker):
             read_all(c, 1, timeout_s=3)
 
 
-def test_unknown_topic_unassigned_partition_and_groups_are_clear_errors(fake_broker):
+def test_unknown_topic_unassigned_partition_and_bad_settings_are_clear_errors(fake_broker):
     with consumer(fake_broker, unknown_topic_wait_ms=200) as c:
         c.assign([TopicPartition("nope", 0)])
         with pytest.raises(UnknownTopicOrPartition, match="'nope' does not exist"):
             read_all(c, 1, timeout_s=5)
         with pytest.raises(IllegalStateError, match="not assigned"):
             c.seek(TP, 0)
-    with pytest.raises(NotImplementedError, match="group"):
-        Consumer(bootstrap_servers=fake_broker.bootstrap, group_id="g")
+    with pytest.raises(InvalidGroupId, match="non-empty"):
+        Consumer(bootstrap_servers=fake_broker.bootstrap, group_id="")
+    with pytest.raises(ValueError, match="group_instance_id needs a group_id"):
+        Consumer(bootstrap_servers=fake_broker.bootstrap, group_instance_id="i")
+    with pytest.raises(ValueError, match="at most a third"):
+        Consumer(bootstrap_servers=fake_broker.bootstrap, group_id="g",
+                 session_timeout_ms=6000, heartbeat_interval_ms=3000)
     port = free_port()
     with pytest.raises(NoBrokersAvailable, match=f"127.0.0.1:{port}"):
         Consumer(bootstrap_servers=f"127.0.0.1:{port}", bootstrap_timeout_ms=300)
