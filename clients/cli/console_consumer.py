@@ -5,7 +5,10 @@ kafka-console-consumer.sh).
     zb-console-consumer --bootstrap-server localhost:9092 --topic T --partition 0 --offset 42 \\
         --max-messages 10 --property print.key=true --property print.offset=true
 
-Without --partition it reads every partition of the topic. Fields are printed in Kafka's order,
+Without --partition it reads every partition of the topic; with --group G it joins consumer
+group G instead, reads the partitions the group gives it, starting at the group's committed
+offsets (--from-beginning only matters where the group has none), and commits as it goes (two
+consoles in one group split the partitions). Fields are printed in Kafka's order,
 separated by a tab: CreateTime:<ms>, Partition:<p>, Offset:<o>, headers, key, value (each only
 when its print.* property is true; the value always). On exit it prints "Processed a total of
 N messages" on standard error.
@@ -42,13 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print.key, print.offset, print.partition, print.timestamp, "
                         "print.headers, print.value (true|false), key.separator, "
                         "line.separator, headers.separator")
-    p.add_argument("--group", help="consumer group (not supported yet)")
+    p.add_argument("--group", help="join this consumer group (cannot be combined with "
+                   "--partition)")
     return p
 
 
 def _body(args) -> int:
-    if args.group:
-        raise UsageError("Consumer groups are not supported yet; leave out --group.")
+    if args.group is not None and args.partition is not None:
+        raise UsageError("Options group and partition cannot be specified together.")
     if args.offset is not None and args.partition is None:
         raise UsageError("--offset needs --partition.")
     if args.max_messages is not None and args.max_messages < 1:
@@ -66,7 +70,7 @@ def _body(args) -> int:
     live = sys.stdout.isatty()
     count = 0
     consumer = Consumer(bootstrap_servers=args.bootstrap_server, auto_offset_reset=reset,
-                        consumer_timeout_ms=timeout)
+                        consumer_timeout_ms=timeout, group_id=args.group)
     try:
         if args.partition is not None:
             tp = TopicPartition(args.topic, args.partition)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 
 from clients import Producer
+from tests.broker.helpers import Conn
+from zbroker import errors, protocol
 
 # Sessions down to 1 s and heartbeats down to 100 ms, so tests fail over fast.
 GROUP_SETTINGS = {"group.consumer.min.session.timeout.ms": "1000",
@@ -90,3 +92,66 @@ def consume_until(consumers, done, timeout_s: float = 20.0) -> list:
             for recs in c.poll(50).values():
                 got.extend(recs)
     return got
+
+
+# --- raw group requests -----------------------------------------------------------------------
+
+def find_coordinator(cluster, group, timeout_s=20.0):
+    """(broker id, port) of the group's coordinator, once one is known."""
+    def ask():
+        b = cluster.live_brokers()[0]
+        conn = Conn(b.port)
+        try:
+            header, _ = conn.request("FindCoordinator", key_type="group", keys=[group])
+        finally:
+            conn.close()
+        e = protocol.CoordinatorEntry._make(header["coordinators"][0])
+        if e.err:
+            return None
+        return e.node_id, e.port
+    return cluster.wait_for(ask, timeout_s, f"a coordinator for {group}")
+
+
+def call(cluster, group, api, timeout_s=20.0, **fields):
+    """Send a group request to the group's coordinator, retrying while it moves or loads."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        _, port = find_coordinator(cluster, group)
+        conn = Conn(port)
+        try:
+            header, _ = conn.request(api, timeout_s=10, **fields)
+        except TimeoutError:
+            header = {"err": errors.RequestTimedOut.code}
+        finally:
+            conn.close()
+        if header["err"] in (errors.NotCoordinator.code, errors.CoordinatorNotAvailable.code,
+                             errors.CoordinatorLoadInProgress.code,
+                             errors.RequestTimedOut.code) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            continue
+        return header
+
+
+def committed_offsets(cluster, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """{partition: committed offset (-1: none)} through a raw OffsetFetch."""
+    header = call(cluster, group, "OffsetFetch", group_id=group,
+                  parts=[[topic, p] for p in range(partitions)])
+    assert header["err"] == 0, header
+    return {e[1]: e[2] for e in header["parts"]}
+
+
+def log_end_offsets(cluster, topic: str, partitions: int) -> dict[int, int]:
+    """{partition: high watermark} from each partition's leader."""
+    md = cluster.metadata([topic], allow_auto_create=False)["topics"][0][3]
+    ports = {b.broker_id: b.port for b in cluster.live_brokers()}
+    out = {}
+    for p in md:
+        conn = Conn(ports[p[2]])
+        try:
+            r = conn.list_offset(topic, p[0], protocol.LATEST_TIMESTAMP)
+        finally:
+            conn.close()
+        assert r[2] == 0, r
+        out[p[0]] = r[3]
+    assert len(out) == partitions
+    return out

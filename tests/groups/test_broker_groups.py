@@ -8,49 +8,11 @@ import time
 import pytest
 
 from tests.broker.helpers import Conn
+from tests.groups.helpers import GROUP_SETTINGS, call, find_coordinator
 from tests.replication.helpers import FAST
 from zbroker import errors, protocol
 
 pytestmark = pytest.mark.timeout(120)
-
-GROUP_SETTINGS = {"group.consumer.min.session.timeout.ms": "1000",
-                  "group.consumer.min.heartbeat.interval.ms": "100"}
-
-
-def find_coordinator(cluster, group, timeout_s=20.0):
-    """(broker id, port) of the group's coordinator, once one is known."""
-    def ask():
-        b = cluster.live_brokers()[0]
-        conn = Conn(b.port)
-        try:
-            header, _ = conn.request("FindCoordinator", key_type="group", keys=[group])
-        finally:
-            conn.close()
-        e = protocol.CoordinatorEntry._make(header["coordinators"][0])
-        if e.err:
-            return None
-        return e.node_id, e.port
-    return cluster.wait_for(ask, timeout_s, f"a coordinator for {group}")
-
-
-def call(cluster, group, api, timeout_s=20.0, **fields):
-    """Send a group request to the group's coordinator, retrying while it moves or loads."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        _, port = find_coordinator(cluster, group)
-        conn = Conn(port)
-        try:
-            header, _ = conn.request(api, timeout_s=10, **fields)
-        except TimeoutError:
-            header = {"err": errors.RequestTimedOut.code}
-        finally:
-            conn.close()
-        if header["err"] in (errors.NotCoordinator.code, errors.CoordinatorNotAvailable.code,
-                             errors.CoordinatorLoadInProgress.code,
-                             errors.RequestTimedOut.code) and time.monotonic() < deadline:
-            time.sleep(0.1)
-            continue
-        return header
 
 
 def join(cluster, group, member, topics, **extra):

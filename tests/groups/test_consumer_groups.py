@@ -247,3 +247,57 @@ def test_bad_group_settings_are_sentences(cluster):
         with pytest.raises(Exception, match="'sticky' is not one") as e:
             consume_until([a], lambda recs: False, timeout_s=10)
         assert e.type.__name__ == "UnsupportedAssignor"
+
+
+def test_a_joining_member_takes_only_its_share_and_the_others_keep_reading(cluster):
+    c = group_cluster(cluster)
+    c.create_topic("t", partitions=12, replication_factor=3)
+    stop = threading.Event()
+
+    def produce():
+        i = 0
+        while not stop.is_set():
+            produce_keys(c.bootstrap, "t", 120, start=i)
+            i += 120
+    producer = threading.Thread(target=produce)
+    producer.start()
+    recs = {n: Recorder(n) for n in "abc"}
+    ms = {n: member(c) for n in "abc"}
+    seen: dict = {n: {} for n in "abc"}
+
+    def poll(n):
+        for tp, rs in ms[n].poll(20).items():
+            offs = seen[n].setdefault(tp, [])
+            for r in rs:
+                assert not offs or r.offset == offs[-1] + 1, f"{n} jumped on {tp}"
+                offs.append(r.offset)
+    try:
+        for n in "ab":
+            ms[n].subscribe(["t"], listener=recs[n])
+        deadline = time.monotonic() + 20
+        while len(ms["a"].assignment()) != 6 or len(ms["b"].assignment()) != 6:
+            poll("a")
+            poll("b")
+            assert time.monotonic() < deadline
+        before = {n: set(ms[n].assignment()) for n in "ab"}
+        revocations = {n: len(recs[n].revoked) for n in "ab"}
+        ms["c"].subscribe(["t"], listener=recs["c"])
+        while len(ms["c"].assignment()) < 4:
+            for n in "abc":
+                poll(n)
+            assert time.monotonic() < deadline + 20
+        for _ in range(20):
+            for n in "abc":
+                poll(n)
+        moved = before["a"] - ms["a"].assignment() | before["b"] - ms["b"].assignment()
+        assert moved == ms["c"].assignment()
+        for n in "ab":
+            revoked = set().union(set(), *recs[n].revoked[revocations[n]:])
+            assert revoked == before[n] - ms[n].assignment()     # only what moved
+            assert ms[n].assignment() <= before[n] and not recs[n].lost
+        Recorder.assert_never_shared(recs.values())
+    finally:
+        stop.set()
+        producer.join(30)
+        for m in ms.values():
+            m.close()

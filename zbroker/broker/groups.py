@@ -254,10 +254,12 @@ class GroupCoordinator:
         return host
 
     def _log_end(self, topic: str, partition: int) -> int | None:
-        """The high watermark of a partition this broker leads (None elsewhere)."""
+        """The log end offset of a partition this broker leads (None elsewhere): no consumer
+        can have read beyond it. (Not the high watermark: a leader elected a moment ago may
+        not know the high watermark its predecessor reached yet.)"""
         part = self.server.replicas.partitions.get((topic, partition))
         if part is not None and part.is_leader:
-            return part.high_watermark
+            return part.log.log_end_offset
         return None
 
     def _describe(self, ident, header):
