@@ -139,3 +139,37 @@ def test_group_requests_refuse_bad_input_and_change_nothing(cluster):
     m = protocol.DescribedMemberEntry._make(protocol.DescribedGroupEntry._make(
         d["groups"][0]).members[0])
     assert m.member_epoch == a["member_epoch"]                   # nothing changed
+
+
+def test_snapshots_let_the_log_start_later_and_a_new_coordinator_still_has_everything(cluster):
+    c = cluster(3, overrides={**GROUP_SETTINGS, **FAST, "offsets.topic.num.partitions": "1",
+                              "offsets.topic.snapshot.records": "50"})
+    c.create_topic("t", partitions=2, replication_factor=3)
+    c.create_topic("u", partitions=1, replication_factor=3)
+    a = join(c, "g", "a", ["t"])
+    for i in range(300):
+        r = call(c, "g", "OffsetCommit", group_id="g", member_id="a",
+                 member_epoch=a["member_epoch"], parts=[["t", 0, 0, -1, f"n{i}"]])
+        assert r["err"] == 0 and r["parts"][0][2] == 0
+    r = call(c, "other", "OffsetCommit", group_id="other", parts=[["u", 0, 0, -1, "kept"]])
+    assert r["parts"][0][2] == 0
+
+    def log_start():
+        leader = c.metadata([protocol.OFFSETS_TOPIC])["topics"][0][3][0][2]
+        conn = Conn(c.broker(leader).port)
+        try:
+            return conn.list_offset(protocol.OFFSETS_TOPIC, 0, protocol.EARLIEST_TIMESTAMP)[3]
+        finally:
+            conn.close()
+    assert log_start() > 200                     # most of the history is gone
+    node, _ = find_coordinator(c, "g")
+    c.broker(node).kill9()
+    c.wait_for(lambda: find_coordinator(c, "g")[0] != node, 20, "a new coordinator")
+    assert log_start() > 200                     # the followers moved their log start too
+    f = call(c, "g", "OffsetFetch", group_id="g", parts=[["t", 0]])
+    assert f["parts"][0][4] == "n299"
+    f = call(c, "other", "OffsetFetch", group_id="other", parts=[["u", 0]])
+    assert f["parts"][0][4] == "kept"
+    hb = call(c, "g", "ConsumerGroupHeartbeat", group_id="g", member_id="a",
+              member_epoch=a["member_epoch"], topic_partitions=a["assignment"])
+    assert hb["err"] == 0 and owned(hb) == owned(a)

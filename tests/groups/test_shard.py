@@ -463,6 +463,15 @@ def test_random_churn_never_gives_a_partition_to_two_members_and_replays_exactly
             assert g.state is GroupState.STABLE or any(m.member_epoch < 0
                                                        for m in g.members.values())
         assert snapshot(replayed(shard)) == snapshot(shard)
+        # A snapshot rebuilds the state from nothing, and changes nothing on top of it.
+        fresh = GroupShard(shard.partition, shard.config, shard.topics)
+        for key, value in shard.snapshot_records():
+            fresh.replay(key, value)
+        assert snapshot(fresh) == snapshot(shard)
+        again = replayed(shard)
+        for key, value in shard.snapshot_records():
+            again.replay(key, value)
+        assert snapshot(again) == snapshot(shard)
     except AssertionError:
         print(f"seed={seed}")
         raise

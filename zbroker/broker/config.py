@@ -105,6 +105,11 @@ BROKER_CONFIG = ConfigDef([
             "created).", min=1),
     Setting("offsets.topic.segment.bytes", int, 100 * MiB,
             "Segment size of __consumer_offsets.", min=1024, max=(1 << 31) - 1),
+    Setting("offsets.topic.snapshot.records", int, 20000,
+            "A group coordinator writes a snapshot of its groups into its __consumer_offsets "
+            "partition after this many records (or twice the last snapshot), and the partition "
+            "then starts there (zbroker's stand-in for Kafka's compaction of the topic).",
+            min=10),
     Setting("offsets.commit.timeout.ms", int, 5000,
             "How long a group coordinator's answer may wait for its records to be replicated "
             "before the client is told to retry.", min=1),

@@ -291,5 +291,9 @@ class FetcherManager:
             new_hw = min(hw, plog.log_end_offset)
             if new_hw > part.high_watermark:
                 part.high_watermark = new_hw
+            # The leader's log start offset moved (DeleteRecords, or a group coordinator's
+            # snapshot): follow it, as far as what is known to be committed here.
+            if log_start > plog.log_start_offset and part.high_watermark > plog.log_start_offset:
+                plog.delete_records_before(min(log_start, part.high_watermark))
         if failed:
             f.backoff_until = time.monotonic() + self.backoff_s

@@ -21,6 +21,12 @@ partition released by its old owner, or the member gone) is handled again at onc
 rebalance runs at the speed of the members' revocations, not of their heartbeat intervals. A
 member's next heartbeat answers the one held before it (with what that one found then; the
 client only acts on the answer to its latest heartbeat).
+
+Snapshots. __consumer_offsets is not compacted; instead, once
+``offsets.topic.snapshot.records`` records (or twice the last snapshot, when that is more) were
+appended since the last snapshot, a shard appends records that rebuild its whole state, and once
+they are replicated the partition's log starts at them (followers follow the leader's log start
+offset). So a load replays about as many records as the state holds, not the whole history.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ log = get_logger("zbroker.broker.groups")
 BATCH_BYTES_MAX = 512 * 1024          # records per appended batch are split to stay below this
 LOAD_READ_BYTES = 4 * 1024 * 1024
 CREATE_RETRY_S = 1.0
+
 
 
 def shard_config(cfg) -> ShardConfig:
@@ -77,12 +84,15 @@ class Parked(NamedTuple):
 class Host:
     """One loaded shard and what waits on it."""
 
-    def __init__(self, part, shard: GroupShard):
+    def __init__(self, part, shard: GroupShard, records_in_log: int):
         self.part = part                     # the broker's Partition of __consumer_offsets
         self.shard = shard
         self.leader_epoch = part.leader_epoch
         self.waiting: collections.deque[Waiting] = collections.deque()
         self.parked: dict[tuple[str, str], Parked] = {}
+        self.records_since_snapshot = records_in_log
+        self.snapshot_records = 0
+        self.trim: tuple[int, int] | None = None   # (new log start, when the HW reaches this)
 
 
 class GroupCoordinator:
@@ -96,6 +106,7 @@ class GroupCoordinator:
         self._next_offsets_expiry = time.monotonic() + \
             self.cfg["offsets.retention.check.interval.ms"] / 1000
         self.commit_timeout_s = self.cfg["offsets.commit.timeout.ms"] / 1000
+        self.snapshot_records_min = self.cfg["offsets.topic.snapshot.records"]
 
     # --- following the metadata -----------------------------------------------------------------
     def on_image(self, image) -> None:
@@ -142,7 +153,7 @@ class GroupCoordinator:
         now = time.monotonic()
         shard.loaded(now)
         shard.touched.clear()
-        self.hosts[p] = Host(part, shard)
+        self.hosts[p] = Host(part, shard, count)
         log.info("group coordinator loaded", partition=p, groups=len(shard.groups),
                  records=count, ms=round((now - started) * 1000, 1))
         # A topic deleted while nobody led this partition still has offsets here.
@@ -380,6 +391,38 @@ class GroupCoordinator:
             self._reload(host, "a write failed")
             raise errors.CoordinatorNotAvailable("The group coordinator could not write its "
                                                  "records; retry.") from None
+        host.records_since_snapshot += len(recs)
+        if host.trim is None and host.records_since_snapshot > \
+                max(self.snapshot_records_min, 2 * host.snapshot_records):
+            self._snapshot(host)
+
+    def _snapshot(self, host: Host) -> None:
+        """Append a snapshot of the shard's state; once it is replicated, the partition's log
+        starts at it (followers follow the leader's log start offset)."""
+        recs = host.shard.snapshot_records()
+        part = host.part
+        start = part.log.log_end_offset
+        host.records_since_snapshot = 0
+        host.snapshot_records = len(recs)
+        host.trim = (start, start)
+        if recs:
+            self._append(host, recs)
+            host.trim = (start, part.log.log_end_offset)
+            host.records_since_snapshot = 0
+        log.info("group coordinator snapshot written", partition=host.shard.partition,
+                 records=len(recs), log_start_after=start)
+        self._maybe_trim(host)
+
+    def _maybe_trim(self, host: Host) -> None:
+        if host.trim is None or host.part.high_watermark < host.trim[1]:
+            return
+        start, _ = host.trim
+        host.trim = None
+        try:
+            host.part.log.delete_records_before(start)
+        except errors.ZbError as e:
+            log.warning("could not move the log start of __consumer_offsets", error=str(e),
+                        partition=host.shard.partition)
 
     def _reload(self, host: Host, why: str) -> None:
         p = host.shard.partition
@@ -405,6 +448,8 @@ class GroupCoordinator:
         if host is None or host.part is not part:
             return
         hw = part.high_watermark
+        if host.trim is not None:
+            self._maybe_trim(host)
         q = host.waiting
         while q:
             w = q[0]

@@ -156,6 +156,27 @@ class GroupShard:
                     self.rebalance_deadlines[(gid, m.member_id)] = (
                         now + m.rebalance_timeout_ms / 1000, m.member_epoch)
 
+    def snapshot_records(self) -> list:
+        """Records that rebuild the whole state from nothing: appended after everything else,
+        they let the log start at their first offset (what came before is no longer needed).
+        Replaying them on top of the state they describe changes nothing."""
+        out = []
+        for gid, g in sorted(self.groups.items()):
+            out.append(rec.group_epoch(gid, g.epoch))
+            if g.subscription_metadata:
+                out.append(rec.subscription_metadata(gid, g.subscription_metadata))
+            for mid, m in sorted(g.members.items()):
+                out.append(rec.member_metadata(gid, m))
+                out.append(rec.current_assignment(gid, m))
+            if g.assignment_epoch or g.target:
+                out.append(rec.target_epoch(gid, g.assignment_epoch))
+            for mid, parts in sorted(g.target.items()):
+                out.append(rec.target_member(gid, mid, parts))
+            for (t, p), o in sorted(g.offsets.items()):
+                out.append(rec.offset_commit(gid, t, p, o.offset, o.leader_epoch, o.metadata,
+                                             o.commit_timestamp_ms))
+        return out
+
     # --- emitting -------------------------------------------------------------------------------
     def _begin(self) -> list:
         self._out = []
