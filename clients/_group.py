@@ -49,9 +49,9 @@ BACKOFF_MAX_S = 1.0
 
 # errors after which the member must give up its partitions and join again
 _FENCING = (errors.FencedMemberEpoch, errors.UnknownMemberId, errors.GroupIdNotFound)
-# errors that mean: find the coordinator again, then retry
-_MOVED = (errors.NotCoordinator, errors.CoordinatorNotAvailable, BrokerConnectionError,
-          RequestTimedOut, errors.CoordinatorLoadInProgress)
+# errors that mean: find the coordinator again, then retry (the admin client's too)
+COORDINATOR_MOVED = (errors.NotCoordinator, errors.CoordinatorNotAvailable,
+                     BrokerConnectionError, RequestTimedOut, errors.CoordinatorLoadInProgress)
 
 
 def new_member_id() -> str:
@@ -202,7 +202,8 @@ class Membership:
         if self.state in (State.LEAVING, State.STALE):
             return self._leave_request(now)
         if self._latest in self._sent_at and not self._force:
-            return None                            # the coordinator holds our last one
+            self._next_at = now + self.interval_s  # the coordinator holds our last one
+            return None
         self._force = False
         hold = self.state is State.STABLE and not self.task_open and \
             self.owned == self.assigned and self.epoch > 0
@@ -282,7 +283,7 @@ class Membership:
     def _on_error(self, err: ZbError, now: float) -> Task | None:
         if isinstance(err, _FENCING):
             return self._lose(str(err))
-        if isinstance(err, _MOVED) or err.retriable:
+        if isinstance(err, COORDINATOR_MOVED) or err.retriable:
             self._next_at = now + self._backoff_s
             self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
             return None
@@ -488,7 +489,7 @@ class GroupIO:
         node = self.coordinator
 
         def handler(header, blobs, error):
-            if error is not None and isinstance(error, _MOVED):
+            if error is not None and isinstance(error, COORDINATOR_MOVED):
                 self.coordinator_moved(str(error))
             task = self.membership.on_answer(seq, header, error, _monotonic())
             if task is not None:
@@ -546,7 +547,7 @@ class GroupIO:
             else:
                 c.future.set_exception(first)
             return
-        if isinstance(error, _MOVED):
+        if isinstance(error, COORDINATOR_MOVED):
             self.coordinator_moved(str(error))
             c.retry_at = now + self.retry_backoff_s
             return
@@ -600,9 +601,9 @@ class GroupIO:
                     if e.offset >= 0 else None
             f.future.set_result(out)
             return
-        if isinstance(error, _MOVED):
+        if isinstance(error, COORDINATOR_MOVED):
             self.coordinator_moved(str(error))
-        if error.retriable or isinstance(error, _MOVED):
+        if error.retriable or isinstance(error, COORDINATOR_MOVED):
             f.retry_at = _monotonic() + self.retry_backoff_s
             return
         f.future.set_exception(error)

@@ -13,6 +13,18 @@ class UsageError(Exception):
     """A mistake on the command line: printed as one sentence, exit status 2."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose parsing mistakes (an unknown flag, a missing or malformed value) are one
+    sentence on stderr and exit status 2, as ``run()`` prints a UsageError, instead of the
+    usage text and a lower-case fragment."""
+
+    def error(self, message: str):
+        sentence = message[:1].upper() + message[1:]
+        if not sentence.endswith("."):
+            sentence += "."
+        self.exit(2, f"{self.prog}: {sentence}\n")
+
+
 def parse_properties(items: list[str] | None, flag: str) -> dict[str, str]:
     """``["k=v", ...]`` -> dict (the value may hold '=' and spaces)."""
     out: dict[str, str] = {}

@@ -51,9 +51,10 @@ def test_commit_committed_and_restart_from_the_commit(cluster):
     produce_keys(c.bootstrap, "t", 200)
     with member(c, enable_auto_commit=False) as a:
         a.subscribe(["t"])
-        got = consume_until([a], lambda recs: len(recs) >= 50, timeout_s=20)
+        got = consume_until([a], lambda recs: len(recs) >= 50 and len(a.assignment()) == 2,
+                            timeout_s=20)
+        positions = {tp: a.position(tp) for tp in a.assignment()}   # (known for both)
         a.commit()
-        positions = {tp: a.position(tp) for tp in a.assignment()}
         assert {tp: a.committed(tp) for tp in positions} == positions
         tp0 = TopicPartition("t", 0)
         a.commit({tp0: OffsetAndMetadata(3, "note")})
