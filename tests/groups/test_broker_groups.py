@@ -173,3 +173,34 @@ def test_snapshots_let_the_log_start_later_and_a_new_coordinator_still_has_every
     hb = call(c, "g", "ConsumerGroupHeartbeat", group_id="g", member_id="a",
               member_epoch=a["member_epoch"], topic_partitions=a["assignment"])
     assert hb["err"] == 0 and owned(hb) == owned(a)
+
+
+def test_commits_beyond_the_log_end_are_refused_wherever_the_partition_is_led(cluster):
+    c = cluster(3, overrides={**GROUP_SETTINGS, "offsets.topic.num.partitions": "1"})
+    parts = c.create_topic("t", partitions=6, replication_factor=1)
+    node, _ = find_coordinator(c, "tool")
+    leaders = {p[0]: p[2] for p in parts}
+    remote = [p for p, leader in leaders.items() if leader != node]
+    local = [p for p, leader in leaders.items() if leader == node]
+    assert remote and local
+    from tests.broker.helpers import batch
+    for p, leader in leaders.items():
+        conn = Conn(c.broker(leader).port)
+        try:
+            assert conn.produce("t", p, [batch([b"a", b"b", b"c"])])[2] == 0
+        finally:
+            conn.close()
+    for p in (remote[0], local[0]):
+        r = call(c, "tool", "OffsetCommit", group_id="tool",
+                 parts=[["t", p, 3, -1, None], ["t", p, 4, -1, None]])
+        assert [e[2] for e in r["parts"]] == [0, errors.OffsetOutOfRange.code], (p, r)
+        assert "beyond its end (3)" in r["parts"][1][3]
+    f = call(c, "tool", "OffsetFetch", group_id="tool", parts=[["t", remote[0]]])
+    assert f["parts"][0][2] == 3                     # the refused one changed nothing
+    conn = Conn(c.broker(leaders[remote[0]]).port)
+    try:
+        conn.produce("t", remote[0], [batch([b"d"])])
+    finally:
+        conn.close()
+    r = call(c, "tool", "OffsetCommit", group_id="tool", parts=[["t", remote[0], 4, -1, None]])
+    assert r["parts"][0][2] == 0                     # asked the leader again: now it fits

@@ -42,6 +42,7 @@ from zbroker.logs import get_logger
 log = get_logger("zbroker.broker.groups")
 
 BATCH_BYTES_MAX = 512 * 1024          # records per appended batch are split to stay below this
+PROBE_TIMEOUT_S = 1.0                  # how long a commit waits to learn a remote log end
 LOAD_READ_BYTES = 4 * 1024 * 1024
 CREATE_RETRY_S = 1.0
 
@@ -71,6 +72,18 @@ class Waiting:
         self.done = False
 
 
+class Deferred:
+    """An OffsetCommit waiting to learn where the logs of partitions led by other brokers end
+    (``probing``); commits of a shard run in the order they came."""
+    __slots__ = ("ident", "header", "probing", "unknown", "done")
+
+    def __init__(self, ident, header):
+        self.ident, self.header = ident, header
+        self.probing: set = set()
+        self.unknown: set = set()        # probes that failed: the end stays unknown
+        self.done = False
+
+
 class Parked(NamedTuple):
     ident: bytes
     header: dict
@@ -90,6 +103,7 @@ class Host:
         self.leader_epoch = part.leader_epoch
         self.waiting: collections.deque[Waiting] = collections.deque()
         self.parked: dict[tuple[str, str], Parked] = {}
+        self.deferred: collections.deque[Deferred] = collections.deque()
         self.records_since_snapshot = records_in_log
         self.snapshot_records = 0
         self.trim: tuple[int, int] | None = None   # (new log start, when the HW reaches this)
@@ -107,6 +121,8 @@ class GroupCoordinator:
             self.cfg["offsets.retention.check.interval.ms"] / 1000
         self.commit_timeout_s = self.cfg["offsets.commit.timeout.ms"] / 1000
         self.snapshot_records_min = self.cfg["offsets.topic.snapshot.records"]
+        # the largest log end offset seen at the leaders of partitions other brokers lead
+        self.known_end: dict[tuple[str, int], int] = {}
 
     # --- following the metadata -----------------------------------------------------------------
     def on_image(self, image) -> None:
@@ -116,6 +132,9 @@ class GroupCoordinator:
                   if name not in protocol.INTERNAL_TOPICS}
         topics_changed = topics != self.topics
         self.topics = topics
+        if topics_changed:
+            self.known_end = {tp: e for tp, e in self.known_end.items()
+                              if tp[0] in topics and tp[1] < topics[tp[0]]}
         led = {}
         for (topic, p), part in self.server.replicas.partitions.items():
             if topic == protocol.OFFSETS_TOPIC and part.is_leader:
@@ -169,6 +188,9 @@ class GroupCoordinator:
             self._fail(w, err)
         for parked in host.parked.values():
             self.server._send(parked.ident, protocol.encode_error(parked.header["id"], err))
+        for d in host.deferred:
+            d.done = True
+            self.server._send(d.ident, protocol.encode_error(d.header["id"], err))
         log.info("group coordinator unloaded", partition=p, reason=why)
 
     def close(self) -> None:
@@ -192,8 +214,8 @@ class GroupCoordinator:
         if api == "ConsumerGroupHeartbeat":
             return self._heartbeat(host, ident, header, client_host, now, now)
         if api == "OffsetCommit":
-            op = lambda: shard.commit_offsets(header, int(time.time() * 1000), self._log_end)  # noqa: E731
-        elif api == "OffsetFetch":
+            return self._commit(host, ident, header)
+        if api == "OffsetFetch":
             op = lambda: shard.fetch_offsets(header)  # noqa: E731
         elif api == "OffsetDelete":
             op = lambda: shard.delete_offsets(header)  # noqa: E731
@@ -264,7 +286,84 @@ class GroupCoordinator:
                 f"{part.min_insync_replicas}.")
         return host
 
-    def _log_end(self, topic: str, partition: int) -> int | None:
+    # --- commits and where logs end ------------------------------------------------------------
+    def _commit(self, host: Host, ident, header):
+        """OffsetCommit. An offset beyond a partition's log end offset is refused; for a
+        partition another broker leads, whose end we have not seen reach that far, the commit
+        first asks that leader (a Fetch of nothing, which names the log end offset). Commits of
+        one shard are handled in the order they came."""
+        parts = header["parts"]
+        protocol.check_entries("OffsetCommit", "parts", parts, protocol.OFFSET_COMMIT_PART)
+        d = Deferred(ident, header)
+        for t, p, offset, *_ in parts:
+            if (t, p) in d.probing or self._local_end(t, p) is not None or \
+                    p < 0 or p >= self.topics.get(t, 0):
+                continue
+            if offset > self.known_end.get((t, p), -1):
+                d.probing.add((t, p))
+        if not d.probing and not host.deferred:
+            return self._run_commit(host, d)
+        host.deferred.append(d)
+        self._probe(host, d)
+        self._drain_deferred(host)
+        return None
+
+    def _run_commit(self, host: Host, d: Deferred):
+        d.done = True
+
+        def log_end(t, p):
+            local = self._local_end(t, p)
+            if local is not None:
+                return local
+            return None if (t, p) in d.unknown else self.known_end.get((t, p))
+        shard = host.shard
+        result = self._call(host, lambda: shard.commit_offsets(d.header, int(time.time() * 1000),
+                                                               log_end))
+        return self._run(host, result, d.ident, d.header["id"])
+
+    def _drain_deferred(self, host: Host) -> None:
+        while host.deferred and not host.deferred[0].probing:
+            d = host.deferred.popleft()
+            if d.done or self.hosts.get(host.shard.partition) is not host:
+                continue
+            try:
+                frames = self._run_commit(host, d)
+            except errors.ZbError as e:
+                frames = protocol.encode_error(d.header["id"], e)
+            if frames is not None:
+                self.server._send(d.ident, frames)
+
+    def _probe(self, host: Host, d: Deferred) -> None:
+        image = self.server.image
+        by_leader: dict[int, list] = {}
+        for tp in sorted(d.probing):
+            st = image.partition(*tp)
+            if st is None or st.leader < 0 or st.leader == self.server.broker_id:
+                d.probing.discard(tp)
+                d.unknown.add(tp)
+                continue
+            by_leader.setdefault(st.leader, []).append(tp)
+        for leader, tps in by_leader.items():
+            def done(header, err, tps=tps):
+                found = {}
+                if header is not None:
+                    for e in header.get("parts") or ():
+                        if isinstance(e, list) and len(e) == 6 and isinstance(e[5], int) and \
+                                e[5] >= 0:
+                            found[(e[0], e[1])] = e[5]
+                for tp in tps:
+                    d.probing.discard(tp)
+                    if tp in found:
+                        self.known_end[tp] = max(self.known_end.get(tp, -1), found[tp])
+                    else:
+                        d.unknown.add(tp)
+                self._drain_deferred(host)
+            self.server.peers.request(leader, "Fetch", {
+                "replica_id": protocol.CONSUMER_REPLICA_ID, "max_wait_ms": 0, "min_bytes": 0,
+                "max_bytes": 0, "parts": [[t, p, 0, -1, 0] for t, p in tps]}, done,
+                PROBE_TIMEOUT_S)
+
+    def _local_end(self, topic: str, partition: int) -> int | None:
         """The log end offset of a partition this broker leads (None elsewhere): no consumer
         can have read beyond it. (Not the high watermark: a leader elected a moment ago may
         not know the high watermark its predecessor reached yet.)"""

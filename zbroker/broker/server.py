@@ -71,6 +71,7 @@ from zbroker.broker import metadata as md
 from zbroker.broker.controller import Controller
 from zbroker.broker.fetcher import FetcherManager
 from zbroker.broker.groups import GroupCoordinator
+from zbroker.broker.peers import PeerClient
 from zbroker.broker.replicas import ReplicaManager, StartupError
 from zbroker.config import ConfigError, server_arg_parser
 from zbroker.logs import configure_logging, get_logger
@@ -133,6 +134,7 @@ class BrokerServer:
         self.router: zmq.Socket | None = None
         self.poller = zmq.Poller()
         self.fetchers = FetcherManager(self, self.ctx, self.poller)
+        self.peers = PeerClient(self, self.ctx, self.poller)
         self._shutdown_deadline: float | None = None
         self.client: CoordinatorClient | None = None
         self.watcher: md.MetadataWatcher | None = None
@@ -392,6 +394,7 @@ class BrokerServer:
         self._periodic(min(max(lag_s / 4, 0.02), 1.0), self._shrink_isrs)
         self._periodic(0.05, self.fetchers.check_timeouts)
         self._periodic(0.05, self.groups.tick)
+        self._periodic(0.05, self.peers.check_timeouts)
         self._periodic(self.cfg["log.retention.check.interval.ms"] / 1000,
                        self.replicas.run_retention)
         self._periodic(PERIODIC_FLUSH_MS / 1000, self.replicas.maybe_flush)
@@ -416,7 +419,10 @@ class BrokerServer:
                 self._drain_requests(per_poll)
             for sock in ready:
                 if sock is not router and sock != self._wake_r:
-                    self.fetchers.on_readable(sock)
+                    if self.peers.owns(sock):
+                        self.peers.on_readable(sock)
+                    else:
+                        self.fetchers.on_readable(sock)
             if self._timers and self._timers[0][0] <= time.monotonic():
                 self._run_timers()
         self._shutdown()
@@ -1052,6 +1058,7 @@ class BrokerServer:
         for part in list(self.replicas.partitions.values()):
             self._lost_leadership(part)             # answer long polls and acks=all waits
         self.fetchers.close_all()
+        self.peers.close_all()
         self.replicas.checkpoint_high_watermarks()
         self.replicas.close_all()
         if self.client is not None:
