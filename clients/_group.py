@@ -84,11 +84,12 @@ _TRANSITIONS = {
     State.LEAVING: {State.UNSUBSCRIBED, State.FATAL},
     State.FATAL: set(),
 }
+LOSE_MARGIN_S = 0.1         # a member gives up this much before its session could end
 
 
 class Task(NamedTuple):
     """Work for the caller's thread: revoke (commit, tell the listener, stop reading) then
-    assign; or, with ``lost``, drop ``revoke`` without committing."""
+    assign; or, with ``lost``, drop every partition it holds without committing."""
     revoke: frozenset
     assign: frozenset
     lost: bool = False
@@ -113,23 +114,28 @@ class Membership:
         self.topics: tuple = ()
         self.regex: str | None = None
         self.epoch = 0
+        self.incarnation = 0          # bumped whenever the membership is lost or left
         self.owned: frozenset = frozenset()       # what the caller's thread holds
         self.assigned: frozenset = frozenset()    # what the coordinator says we should hold
         self.session_s = (session_timeout_ms or 45000) / 1000
         self.interval_s = (heartbeat_interval_ms or 5000) / 1000
-        self.task_open = False
+        self.tasks_open = 0                       # handed to the caller, not done yet
+        self.pending_assign: frozenset = frozenset()   # what those tasks are about to take
         self.error: ZbError | None = None
+        self.lose_at: float | None = None         # give everything up if no answer by then
         self._seq = 0
         self._latest = 0                          # the heartbeat whose answer counts
         self._sent_at: dict[int, float] = {}      # heartbeats not answered yet
         self._leave_seq = 0
+        self._leave_epoch: int | None = None      # a leave to send
+        self._leave_answered = False
+        self._leave_until = 0.0                   # a STALE member's leave is tried until then
+        self._fatal_after: ZbError | None = None  # once its partitions are dropped
         self._force = False                       # send even though one is outstanding
         self._resubscribe = False
         self._next_at = 0.0
         self._backoff_s = self.retry_backoff_s
         self._last_ok_sent: float | None = None
-        self._leave_epoch: int | None = None
-        self._fence_after_task = False
 
     # --- the one place states change ----------------------------------------------------------
     def _to(self, state: State) -> None:
@@ -140,6 +146,10 @@ class Membership:
     @property
     def joined(self) -> bool:
         return self.state in _JOINED
+
+    @property
+    def task_open(self) -> bool:
+        return self.tasks_open > 0
 
     # --- what the caller asks -----------------------------------------------------------------
     def subscribe(self, topics, regex: str | None, now: float) -> None:
@@ -161,6 +171,7 @@ class Membership:
         self._leave_epoch = protocol.LEAVE_GROUP_STATIC_MEMBER_EPOCH \
             if self.instance_id is not None else protocol.LEAVE_GROUP_MEMBER_EPOCH
         self._to(State.LEAVING)
+        self.incarnation += 1
         if not was_member:
             self._left()
         self._next_at = now
@@ -169,23 +180,26 @@ class Membership:
         self._to(State.UNSUBSCRIBED)
         self.epoch = 0
         self.assigned = frozenset()
-        self._last_ok_sent = None
+        self._leave_epoch = None
+        self._no_session()
         if self._resubscribe:
             self._resubscribe = False
             self._to(State.JOINING)
             self._next_at = 0.0
 
-    def poll_timed_out(self, now: float) -> None:
-        """The caller did not poll within max_poll_interval_ms: leave now, join again at its
-        next poll."""
+    def poll_timed_out(self, now: float) -> Task | None:
+        """The caller did not poll within max_poll_interval_ms: give everything up and leave
+        now; join again once the caller has run the "lost" task (at its next poll)."""
         if not self.joined:
-            return
+            return None
         log.warning("poll() was not called within max_poll_interval_ms; leaving the group so "
                     "its partitions go to other members", group=self.group_id,
                     member=self.member_id)
         self._leave_epoch = protocol.LEAVE_GROUP_MEMBER_EPOCH
-        self._to(State.STALE)
+        self._leave_answered = False
+        self._leave_until = now + self.session_s
         self._next_at = now
+        return self._lose("it was too slow between polls", State.STALE)
 
     # --- heartbeats ---------------------------------------------------------------------------
     def next_heartbeat_at(self) -> float | None:
@@ -208,6 +222,9 @@ class Membership:
         hold = self.state is State.STABLE and not self.task_open and \
             self.owned == self.assigned and self.epoch > 0
         wait_ms = int(self.interval_s * 1000) if hold else 0
+        # What we hold, and what the caller is about to take: the coordinator must not give
+        # those to anyone else before we report them gone.
+        reported = (self.owned | self.pending_assign) if self.epoch > 0 else frozenset()
         fields = {
             "group_id": self.group_id, "member_id": self.member_id, "member_epoch": self.epoch,
             "instance_id": self.instance_id, "rack_id": self.rack_id,
@@ -215,8 +232,7 @@ class Membership:
             "session_timeout_ms": self.asked_session_ms or -1,
             "heartbeat_interval_ms": self.asked_interval_ms or -1,
             "subscribed_topic_names": list(self.topics), "subscribed_topic_regex": self.regex,
-            "server_assignor": self.assignor,
-            "topic_partitions": _to_list(self.owned if self.epoch > 0 else frozenset()),
+            "server_assignor": self.assignor, "topic_partitions": _to_list(reported),
             "max_wait_ms": wait_ms,
         }
         seq = self._sent(now)
@@ -237,8 +253,8 @@ class Membership:
     def _leave_request(self, now: float):
         fields = {"group_id": self.group_id, "member_id": self.member_id,
                   "member_epoch": self._leave_epoch, "instance_id": self.instance_id}
-        self._leave_epoch = None                   # one try; the caller bounds the wait
         self._leave_seq = self._sent(now)
+        self._next_at = now + max(1.0, self.session_s / 3)    # tried again if not answered
         return self._leave_seq, fields, max(1000, int(self.session_s * 1000 / 3))
 
     def on_answer(self, seq: int, resp: dict | None, err: ZbError | None,
@@ -248,21 +264,30 @@ class Membership:
         if self.state in (State.LEAVING, State.STALE):
             if seq != self._leave_seq:
                 return None
+            if err is not None and isinstance(err, COORDINATOR_MOVED):
+                self._next_at = now + self._backoff_s           # try the leave again
+                self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
+                return None
+            self._leave_epoch = None
             if self.state is State.LEAVING:
                 self._left()
                 return None
-            return self._lose("it was too slow between polls")
+            self._leave_answered = True
+            self._maybe_rejoin(now)
+            return None
         if seq != self._latest or not self.joined:
             return None
         if err is not None:
             return self._on_error(err, now)
         self._last_ok_sent = max(self._last_ok_sent or 0.0, sent)
+        self.lose_at = self._last_ok_sent + self.session_s - LOSE_MARGIN_S
         self._backoff_s = self.retry_backoff_s
         self.epoch = resp["member_epoch"]
         if resp.get("heartbeat_interval_ms", 0) > 0:
             self.interval_s = resp["heartbeat_interval_ms"] / 1000
         if resp.get("session_timeout_ms", 0) > 0:
             self.session_s = resp["session_timeout_ms"] / 1000
+            self.lose_at = self._last_ok_sent + self.session_s - LOSE_MARGIN_S
         if resp.get("assignment") is not None:
             self.assigned = frozenset(TopicPartition(t, p) for t, ps in resp["assignment"]
                                       for p in ps)
@@ -274,15 +299,28 @@ class Membership:
             self._next_at = now + self.interval_s
             if self.task_open:
                 return None                        # the caller is at it; next one after
-            self.task_open = True
-            return Task(self.owned - self.assigned, self.assigned - self.owned)
+            return self._task(Task(self.owned - self.assigned, self.assigned - self.owned))
         self._to(State.STABLE)
         self._next_at = now                        # held by the coordinator
         return None
 
+    def _task(self, task: Task) -> Task:
+        self.tasks_open += 1
+        self.pending_assign = self.pending_assign | task.assign
+        return task
+
     def _on_error(self, err: ZbError, now: float) -> Task | None:
         if isinstance(err, _FENCING):
-            return self._lose(str(err))
+            return self._lose(str(err), State.FENCED)
+        if isinstance(err, errors.FencedInstanceId):
+            # Another process took our instance id: drop everything, let the coordinator know
+            # (so the partitions go to it at once), then stop for good.
+            self._fatal_after = err
+            self._leave_epoch = protocol.LEAVE_GROUP_MEMBER_EPOCH
+            self._leave_answered = False
+            self._leave_until = now + self.session_s
+            self._next_at = now
+            return self._lose(str(err), State.STALE)
         if isinstance(err, COORDINATOR_MOVED) or err.retriable:
             self._next_at = now + self._backoff_s
             self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
@@ -292,48 +330,60 @@ class Membership:
         log.error("the consumer group membership failed", group=self.group_id, error=str(err))
         return None
 
-    def _lose(self, why: str) -> Task | None:
+    def _lose(self, why: str, state: State) -> Task:
+        """The membership is gone (or going): the caller must drop every partition before it
+        returns another record, and before this member joins again."""
         log.warning("lost the group membership; its partitions are lost and it joins again",
                     group=self.group_id, member=self.member_id, reason=why)
-        if self.state is not State.STALE:
-            self._to(State.FENCED)
+        self._to(state)
         self.epoch = 0
         self.assigned = frozenset()
+        self.incarnation += 1
+        self._no_session()
+        return self._task(Task(self.owned | self.pending_assign, frozenset(), lost=True))
+
+    def _no_session(self) -> None:
         self._last_ok_sent = None
-        if self.task_open:
-            self._fence_after_task = True
-            return None
-        if not self.owned:
-            self._to(State.JOINING)
-            self._next_at = 0.0
-            return None
-        self.task_open = True
-        return Task(self.owned, frozenset(), lost=True)
+        self.lose_at = None
 
     def check(self, now: float) -> Task | None:
-        """Timers: no answer for a whole session means the coordinator may have removed us."""
-        if self.joined and self._last_ok_sent is not None and \
-                now - self._last_ok_sent > self.session_s:
-            return self._lose("no heartbeat was answered for a whole session timeout")
+        """Timers: no answer for (almost) a whole session means the coordinator may be about to
+        remove us: give everything up first."""
+        if self.joined and self.lose_at is not None and now >= self.lose_at:
+            return self._lose("no heartbeat was answered for a whole session timeout",
+                              State.FENCED)
+        if self.state is State.STALE and self._leave_epoch is not None and \
+                now >= self._leave_until:
+            self._leave_epoch = None            # the coordinator has dropped us by now anyway
+            self._leave_answered = True
+            self._maybe_rejoin(now)
         return None
 
+    def _maybe_rejoin(self, now: float) -> None:
+        if self.tasks_open or self.state not in (State.FENCED, State.STALE):
+            return
+        if self.state is State.STALE and self._fatal_after is None and \
+                self._leave_epoch is not None and not self._leave_answered:
+            self._leave_epoch = None            # not sent (no coordinator): join instead
+        if self._fatal_after is not None:
+            if self._leave_epoch is not None and not self._leave_answered:
+                return                          # tell the coordinator first
+            self.error, self._fatal_after = self._fatal_after, None
+            self._to(State.FATAL)
+            return
+        self._to(State.JOINING)
+        self._next_at = now
+
     def task_done(self, owned: frozenset, now: float) -> Task | None:
-        """The caller's thread ran the last task; it now holds ``owned``."""
-        self.task_open = False
+        """The caller's thread ran a task; it now holds ``owned``."""
+        self.tasks_open = max(0, self.tasks_open - 1)
         self.owned = frozenset(owned)
-        if self._fence_after_task:
-            self._fence_after_task = False
-            if self.owned:
-                self.task_open = True
-                return Task(self.owned, frozenset(), lost=True)
+        if not self.tasks_open:
+            self.pending_assign = frozenset()
         if self.state in (State.FENCED, State.STALE):
-            if self.owned:
-                self.task_open = True
-                return Task(self.owned, frozenset(), lost=True)
-            self._to(State.JOINING)
-            self._next_at = now
+            self._maybe_rejoin(now)
             return None
-        if not self.joined:
+        if not self.joined or self.tasks_open:
             return None
         task = self._reconcile(now)
         self._force = True                         # tell the coordinator at once
@@ -351,12 +401,18 @@ def _to_list(parts) -> list:
 # --- the I/O side ---------------------------------------------------------------------------------
 
 class _Commit:
-    __slots__ = ("offsets", "future", "deadline", "member", "retry_at", "in_flight")
+    __slots__ = ("offsets", "future", "deadline", "member", "retry_at", "in_flight", "seq",
+                 "incarnation", "sent", "waiting_on")
 
-    def __init__(self, offsets: dict, future: Future, deadline: float, member: bool):
+    def __init__(self, offsets: dict, future: Future, deadline: float, member: bool,
+                 incarnation: int):
         self.offsets, self.future, self.deadline, self.member = offsets, future, deadline, member
+        self.incarnation = incarnation      # of the membership whose positions these are
         self.retry_at = 0.0
         self.in_flight = False
+        self.seq = 0                        # the order commits were asked for
+        self.sent = False
+        self.waiting_on: list = []          # newer commits that took over its partitions
 
 
 class _Fetch:
@@ -385,11 +441,14 @@ class GroupIO:
         self._commits: list[_Commit] = []
         self._fetches: list[_Fetch] = []
         self._incoming: collections.deque = collections.deque()   # from other threads
+        self._commit_seq = 0
+        self._newest: dict = {}             # partition -> seq of the newest commit naming it
 
     # --- from the caller's thread ---------------------------------------------------------------
     def submit_commit(self, offsets: dict, timeout_s: float, member: bool) -> Future:
         fut = Future()
-        self._incoming.append(_Commit(offsets, fut, _monotonic() + timeout_s, member))
+        self._incoming.append(_Commit(dict(offsets), fut, _monotonic() + timeout_s, member,
+                                      self.membership.incarnation))
         return fut
 
     def submit_fetch(self, tps: list, timeout_s: float) -> Future:
@@ -402,12 +461,21 @@ class GroupIO:
         """Do what is due; returns when to come back at the latest."""
         while self._incoming:
             item = self._incoming.popleft()
-            (self._commits if isinstance(item, _Commit) else self._fetches).append(item)
+            if isinstance(item, _Commit):
+                self._commit_seq += 1
+                item.seq = self._commit_seq
+                for tp in item.offsets:
+                    self._newest[tp] = item.seq
+                self._commits.append(item)
+            else:
+                self._fetches.append(item)
         m = self.membership
         task = m.check(now)
         if task is not None:
             self.on_task(task)
         wake = now + 1.0
+        if m.lose_at is not None:
+            wake = min(wake, max(m.lose_at, now + 0.005))
         if self.coordinator is None or not self._coordinator_known():
             self._find(now)
             if self.coordinator is None:
@@ -505,7 +573,15 @@ class GroupIO:
         m = self.membership
         self._commits = [c for c in self._commits if not c.future.done()]
         for c in self._commits:
-            if c.in_flight or c.retry_at > now:
+            if c.in_flight or c.retry_at > now or c.waiting_on:
+                continue
+            if c.member and c.incarnation != m.incarnation:
+                c.future.set_exception(CommitFailedError(
+                    f"The commit failed: this consumer lost its membership of group "
+                    f"{self.group_id!r} since (its partitions may have been given to other "
+                    f"members); the offsets it named are no longer its to commit."))
+                continue
+            if c.sent and self._superseded(c):
                 continue
             if c.member and not m.joined:
                 if m.state in (State.FENCED, State.STALE, State.UNSUBSCRIBED, State.LEAVING):
@@ -521,6 +597,7 @@ class GroupIO:
                       "parts": [[tp.topic, tp.partition, om.offset, om.leader_epoch,
                                  om.metadata] for tp, om in c.offsets.items()]}
             c.in_flight = True
+            c.sent = True
 
             def handler(header, blobs, error, c=c):
                 self._on_commit(c, header, error)
@@ -529,6 +606,37 @@ class GroupIO:
             except ZbError as e:
                 handler(None, None, e)
         self._commits = [c for c in self._commits if not c.future.done()]
+
+    def _superseded(self, c: _Commit) -> bool:
+        """Before a retry: partitions that a newer commit names are left to it (a retry must
+        never overtake a newer commit and move an offset back). True when nothing is left, and
+        ``c`` then completes with the outcome of the commits that took its partitions over."""
+        taken = [tp for tp in c.offsets if self._newest.get(tp, 0) > c.seq]
+        if not taken:
+            return False
+        newer = [o for o in self._commits
+                 if o.seq > c.seq and not o.future.done() and any(tp in o.offsets
+                                                                   for tp in taken)]
+        for tp in taken:
+            del c.offsets[tp]
+        if c.offsets:
+            return False
+        if not newer:
+            c.future.set_result(None)
+            return True
+        c.waiting_on = [o.future for o in newer]
+
+        def one_done(_f, c=c):
+            if c.future.done() or not all(f.done() for f in c.waiting_on):
+                return
+            err = next((f.exception() for f in c.waiting_on if f.exception()), None)
+            if err is None:
+                c.future.set_result(None)
+            else:
+                c.future.set_exception(err)
+        for f in c.waiting_on:
+            f.add_done_callback(one_done)
+        return True
 
     def _on_commit(self, c: _Commit, header, error) -> None:
         c.in_flight = False

@@ -234,6 +234,7 @@ class Consumer:
         self._next_auto_commit = _monotonic() + self.auto_commit_interval_s
         self._committed_positions: dict[TopicPartition, int] = {}
         self._leaving: threading.Event | None = None
+        self._close_deadline: float | None = None
         self._lookups: list = []                 # _OffsetsLookup on the fetcher thread
         self._pattern_refresh_at = 0.0
         self._closing = False
@@ -391,6 +392,7 @@ class Consumer:
             self._invalidate(st)
             st.position = st.fetch_offset = offset
             st.reset = None
+            st.committed_pending = False        # a seek wins over the committed offset
         self._wake()
 
     def seek_to_beginning(self, *partitions: TopicPartition) -> None:
@@ -409,6 +411,7 @@ class Consumer:
                 self._invalidate(st)
                 st.position = st.fetch_offset = None
                 st.reset = where
+                st.committed_pending = False
         self._wake()
 
     def position(self, partition: TopicPartition, timeout_ms: int | None = None) -> int:
@@ -615,15 +618,14 @@ class Consumer:
         deadline = _monotonic() + timeout_ms / 1000
         self._check_open()
         self._last_poll = _monotonic()
-        if self._group is not None:
-            self._group_work()
+        group = self._group is not None
         while True:
-            out = self._take_records(max_records)
-            if out:
-                return out
-            if self._tasks or self._async_done:
-                self._group_work()
-                continue
+            if group:
+                self._group_work()          # rebalances first: never hand out what is gone
+            if not group or not self._membership_in_doubt():
+                out = self._take_records(max_records)
+                if out:
+                    return out
             with self._lock:
                 self._check_open()
                 if self._error is not None or self._fetcher_error is not None:
@@ -632,13 +634,24 @@ class Consumer:
                     if st.error is not None:
                         err, st.error = st.error, None
                         raise err
-                if self._fetched or self._tasks or self._async_done:
+                if self._tasks or self._async_done or \
+                        (self._fetched and not (group and self._membership_in_doubt())):
                     continue
                 left = deadline - _monotonic()
                 if left <= 0:
                     return {}
-                self._cond.wait(left)
+                self._cond.wait(min(left, 0.05) if group else left)
             self._last_poll = _monotonic()
+
+    def _membership_in_doubt(self) -> bool:
+        """A group member that has not heard from its coordinator for (almost) a whole session
+        hands out no more records until it has given its partitions up (its fetcher thread
+        queues that "lost" task)."""
+        lose_at = self._membership.lose_at
+        if lose_at is not None and _monotonic() >= lose_at:
+            self._wake()
+            return True
+        return False
 
     def __iter__(self):
         return self
@@ -646,7 +659,8 @@ class Consumer:
     def __next__(self) -> ConsumerRecord:
         """The next record; StopIteration after ``consumer_timeout_ms`` without one."""
         cur = self._current
-        if cur is not None and cur[4] < len(cur[3]) and cur[1].generation == cur[2]:
+        if cur is not None and cur[4] < len(cur[3]) and cur[1].generation == cur[2] and \
+                (self._group is None or self._group_quiet()):
             rec = cur[3][cur[4]]
             cur[4] += 1
             cur[1].position = rec.offset + 1
@@ -660,6 +674,14 @@ class Consumer:
             got = self.poll(min(left, 1.0) * 1000, max_records=1)
             for recs in got.values():
                 return recs[0]
+
+    def _group_quiet(self) -> bool:
+        """For iteration: each record counts as a poll, and nothing from the group (a
+        rebalance, a lost membership) is waiting to run before the next record."""
+        now = _monotonic()
+        self._last_poll = now
+        lose_at = self._membership.lose_at
+        return not self._tasks and not self._async_done and (lose_at is None or now < lose_at)
 
     # --- the group, on the caller's thread ------------------------------------------------------
     def _group_work(self) -> None:
@@ -695,8 +717,11 @@ class Consumer:
                        self._committed_positions.get(tp) != st.position}
         if not offsets:
             return
+        timeout_s = self.default_api_timeout_s
+        if self._close_deadline is not None:
+            timeout_s = max(0.05, min(timeout_s, self._close_deadline - _monotonic()))
         try:
-            self.commit(offsets)
+            self.commit(offsets, timeout_ms=int(timeout_s * 1000))
         except ZbError as e:
             log.warning("committing partitions before they are revoked failed; another member "
                         "will read them again from the last commit", group=self.group_id,
@@ -705,6 +730,9 @@ class Consumer:
     def _run_task(self, task: Task) -> None:
         listener = self._listener
         revoke = set(task.revoke)
+        if task.lost:
+            with self._lock:
+                revoke |= set(self._states)         # everything, whatever it holds now
         if revoke:
             if task.lost:
                 log.info("partitions lost", group=self.group_id, partitions=len(revoke))
@@ -770,7 +798,10 @@ class Consumer:
             else:
                 done.set()
         self._call_io(go)
-        done.wait(min(LEAVE_WAIT_S, self.request_timeout_ms / 1000))
+        wait_s = min(LEAVE_WAIT_S, self.request_timeout_ms / 1000)
+        if self._close_deadline is not None:
+            wait_s = min(wait_s, max(0.0, self._close_deadline - _monotonic()))
+        done.wait(wait_s)
 
     def _group_work_quietly(self) -> None:
         try:
@@ -778,13 +809,15 @@ class Consumer:
         except ZbError as e:
             log.warning("the group failed before leaving", error=str(e))
 
-    def close(self, autocommit: bool = True) -> None:
+    def close(self, autocommit: bool = True, timeout_ms: int = 30000) -> None:
         """Leave the group at once (committing first with auto-commit, so its partitions move
         to other members without waiting for the session timeout), stop the fetcher and close
-        the connections."""
+        the connections; all of it within ``timeout_ms`` (Kafka's default close timeout, 30 s:
+        a commit or leave the coordinator does not answer in time is given up)."""
         with self._lock:
             if self._closing:
                 return
+        self._close_deadline = _monotonic() + timeout_ms / 1000
         if self._group is not None and threading.current_thread() is not self._thread:
             if (self._subscription or self._pattern is not None) and autocommit is not None:
                 if not autocommit:
@@ -794,9 +827,10 @@ class Consumer:
                 with self._lock:
                     offsets = {tp: OffsetAndMetadata(st.position, None, -1)
                                for tp, st in self._states.items() if st.position is not None}
+                left_ms = int(max(0.05, self._close_deadline - _monotonic()) * 1000)
                 try:
                     if offsets:
-                        self.commit(offsets)
+                        self.commit(offsets, timeout_ms=left_ms)
                 except ZbError as e:
                     log.warning("the final commit failed", group=self.group_id, error=str(e))
         with self._lock:
@@ -806,7 +840,7 @@ class Consumer:
             self._cond.notify_all()
         self._wake()
         if threading.current_thread() is not self._thread:
-            self._thread.join(10)
+            self._thread.join(max(1.0, min(10.0, self._close_deadline - _monotonic())))
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -843,6 +877,7 @@ class Consumer:
         st.generation += 1
         st.buffered = 0
         st.reset_sent = False
+        st.committed_sent = False        # an answer in flight is dropped: ask again
         st.error = None
         if self._fetched:
             self._fetched = collections.deque(f for f in self._fetched if f.tp != st.tp)
@@ -1001,7 +1036,7 @@ class Consumer:
     def _group_tick(self, now: float) -> float:
         m = self._membership
         if m.joined and now - self._last_poll > self.max_poll_interval_s:
-            m.poll_timed_out(now)
+            self._on_group_task(m.poll_timed_out(now))
         wake = self._group.tick(now)
         if self._leaving is not None and m.state is State.UNSUBSCRIBED:
             self._leaving.set()

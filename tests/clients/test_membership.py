@@ -87,10 +87,15 @@ def test_fenced_while_the_caller_runs_a_task():
     m = joined()
     seq, _, _ = m.heartbeat(0.1)
     m.on_answer(seq, answer(2, [T0, T1, T2]), None, 0.2)      # a task for T2 is out
-    seq, _, _ = m.heartbeat(1.3)
-    assert m.on_answer(seq, None, errors.UnknownMemberId("gone"), 1.4) is None
-    lost = m.task_done(frozenset({T0, T1, T2}), 1.5)
-    assert lost == Task(frozenset({T0, T1, T2}), frozenset(), lost=True)
+    seq, fields, _ = m.heartbeat(1.3)
+    # what the task is about to take counts as held: nobody else may get it meanwhile
+    assert fields["topic_partitions"] == [["t", [0, 1, 2]]]
+    incarnation = m.incarnation
+    lost = m.on_answer(seq, None, errors.UnknownMemberId("gone"), 1.4)
+    assert lost == Task(frozenset({T0, T1, T2}), frozenset(), lost=True)   # at once, queued
+    assert m.incarnation == incarnation + 1                   # older commits cannot land now
+    assert m.task_done(frozenset({T0, T1, T2}), 1.5) is None
+    assert m.state is State.FENCED                            # the lost task is still to run
     m.task_done(frozenset(), 1.6)
     assert m.state is State.JOINING
 
@@ -103,26 +108,41 @@ def test_retriable_errors_back_off_and_fatal_ones_stop():
     assert m.heartbeat(0.4) is not None
     m2 = joined()
     seq, _, _ = m2.heartbeat(0.1)
-    m2.on_answer(seq, None, errors.FencedInstanceId("taken"), 0.2)
+    lost = m2.on_answer(seq, None, errors.FencedInstanceId("taken"), 0.2)
+    assert lost.lost and m2.state is State.STALE              # drop everything, say so, stop
+    m2.task_done(frozenset(), 0.3)
+    seq, fields, _ = m2.heartbeat(0.3)
+    assert fields["member_epoch"] == -1
+    m2.on_answer(seq, {"member_epoch": -1}, None, 0.4)
     assert m2.state is State.FATAL and isinstance(m2.error, errors.FencedInstanceId)
+    m3 = joined()
+    seq, _, _ = m3.heartbeat(0.1)
+    m3.on_answer(seq, None, errors.InvalidRequest("bad"), 0.2)
+    assert m3.state is State.FATAL
 
 
 def test_silence_for_a_session_means_the_partitions_are_lost():
     m = joined()
-    assert m.check(5.9) is None
-    task = m.check(6.1)
+    assert m.lose_at == pytest.approx(5.9)      # a little before the coordinator's deadline
+    assert m.check(5.8) is None
+    task = m.check(5.95)
     assert task is not None and task.lost and task.revoke == {T0, T1}
 
 
 def test_too_slow_between_polls_leaves_then_loses_then_rejoins():
     m = joined()
-    m.poll_timed_out(10.0)
+    task = m.poll_timed_out(10.0)
+    assert task.lost and task.revoke == {T0, T1}          # dropped before the leave goes
     seq, fields, _ = m.heartbeat(10.0)
     assert fields["member_epoch"] == -1
-    task = m.on_answer(seq, {"member_epoch": -1}, None, 10.1)
-    assert task.lost and task.revoke == {T0, T1}
+    assert m.on_answer(seq, {"member_epoch": -1}, None, 10.1) is None
+    assert m.state is State.STALE                         # until the caller ran the task
     m.task_done(frozenset(), 10.2)
     assert m.state is State.JOINING
+    m2 = joined()                                         # no coordinator to tell: join anyway
+    m2.poll_timed_out(10.0)
+    m2.task_done(frozenset(), 10.5)
+    assert m2.state is State.JOINING
 
 
 def test_static_member_leaves_for_now_with_epoch_minus_2():

@@ -28,15 +28,18 @@ pytestmark = pytest.mark.timeout(240 + 4 * SOAK_S)
 
 
 class MemberProc:
-    def __init__(self, procs, tmp, cluster, name: str):
+    def __init__(self, procs, tmp, cluster, name: str, instance_id: str | None = None):
         self.procs, self.cluster, self.name = procs, cluster, name
+        self.instance_id = instance_id
         self.out = tmp / f"member-{name}.out"
         self.lives: list[tuple[float, float | None]] = []   # (started, killed)
         self.proc = None
 
     def start(self):
+        extra = ["--instance-id", self.instance_id] if self.instance_id else []
         self.proc = self.procs.python(f"member-{self.name}", "tests.groups.member_main",
-                                      self.cluster.bootstrap, GROUP, TOPIC, str(self.out))
+                                      self.cluster.bootstrap, GROUP, TOPIC, str(self.out),
+                                      *extra)
         self.lives.append((time.monotonic(), None))
         return self
 
@@ -188,3 +191,40 @@ def test_members_and_coordinator_killed_while_consuming(cluster, procs, tmp_path
     print(f"acked={len(acked)} coordinator_kills={coordinator_kills} "
           f"member_restarts={sum(len(m.lives) - 1 for m in members)} "
           f"produce_errors={len(errors_seen)} commits={len(commits)}", file=sys.stderr)
+
+
+def holding(m: MemberProc, since: float = 0.0) -> set:
+    """The partitions a member process holds now, from its own lines written after ``since``."""
+    held: set = set()
+    for line in m.out.read_text().splitlines() if m.out.exists() else []:
+        kind, *rest = line.split()
+        if kind not in "AVL" or float(rest[0]) < since:
+            continue
+        parts = {int(x) for x in rest[1].split(",")} if rest[1] != "-" else set()
+        held = held | parts if kind == "A" else held - parts
+    return held
+
+
+def changes(m: MemberProc) -> int:
+    return sum(1 for line in (m.out.read_text().splitlines() if m.out.exists() else [])
+               if line[0] in "AVL")
+
+
+@pytest.mark.timeout(120)
+def test_static_member_killed_and_restarted_moves_nothing(cluster, procs, tmp_path):
+    c = cluster(1, overrides={**GROUP_SETTINGS, "offsets.topic.num.partitions": "1"})
+    c.create_topic(TOPIC, partitions=4)
+    a = MemberProc(procs, tmp_path, c, "a", instance_id="host-a").start()
+    b = MemberProc(procs, tmp_path, c, "b").start()
+    c.wait_for(lambda: len(holding(a)) == 2 and len(holding(b)) == 2, 30,
+               "both members holding two partitions each")
+    time.sleep(0.5)
+    mine, theirs, b_changes = holding(a), holding(b), changes(b)
+    a.kill9()
+    killed = time.monotonic()
+    a.start()                                   # the same instance id, a new process
+    c.wait_for(lambda: holding(a, since=killed) == mine, 20,
+               "the restarted member getting its partitions back")
+    time.sleep(1.0)
+    assert holding(b) == theirs and changes(b) == b_changes   # b never lost or gained any
+    assert_never_shared([m.read()[1] for m in (a, b)], ["a", "b"])

@@ -226,15 +226,38 @@ def test_static_member_restart_takes_its_partitions_back_without_a_rebalance():
                          "instance_id": "host-a", "topic_partitions": []}, "h", 0)
 
 
-def test_static_member_killed_and_restarted_takes_over_at_once():
+def test_static_member_killed_and_restarted_gets_its_partitions_once_the_old_one_is_gone():
     shard = GroupShard(0, CONFIG, {"t": 4})
     a = Client(shard, "g", "a1", ["t"], instance_id="host-a")
     b = Client(shard, "g", "b", ["t"])
     converge([a, b])
-    epoch, owned = group(shard).epoch, a.owned
+    epoch, owned, theirs = group(shard).epoch, a.owned, b.owned
     a2 = Client(shard, "g", "a2", ["t"], instance_id="host-a")   # no leave: it was killed
+    a2.heartbeat(now=1.0)
+    assert a2.owned == frozenset()           # a1 may still be alive: it keeps them for now
+    assert group(shard).members["a1"].replaced and group(shard).static == {"host-a": "a2"}
+    b.heartbeat(now=1.0)
+    assert b.owned == theirs and group(shard).epoch == epoch    # no rebalance
+    with pytest.raises(errors.FencedInstanceId):                 # what a1 hears if alive
+        shard.heartbeat({"group_id": "g", "member_id": "a1", "member_epoch": a.epoch,
+                         "instance_id": "host-a",
+                         "topic_partitions": rec.partitions_to_list(owned)}, "h", 1.5)
+    shard.expire(10.5)                        # a1's session (from t=0) ran out
+    assert "a1" not in group(shard).members and group(shard).epoch == epoch
+    a2.heartbeat(now=11)
+    assert a2.owned == owned and b.owned == theirs
+
+
+def test_a_replaced_static_member_that_hears_of_it_lets_go_at_once():
+    shard = GroupShard(0, CONFIG, {"t": 2})
+    a = Client(shard, "g", "a1", ["t"], instance_id="host-a")
+    a.heartbeat()
+    a2 = Client(shard, "g", "a2", ["t"], instance_id="host-a")
     a2.heartbeat()
-    assert a2.owned == owned and group(shard).epoch == epoch
+    assert a2.owned == frozenset()
+    a.leave()                                 # after FENCED_INSTANCE_ID, the client leaves
+    a2.heartbeat()
+    assert a2.owned == {("t", 0), ("t", 1)}
 
 
 def test_more_members_than_partitions_extra_members_idle_then_take_over():
@@ -475,3 +498,24 @@ def test_random_churn_never_gives_a_partition_to_two_members_and_replays_exactly
     except AssertionError:
         print(f"seed={seed}")
         raise
+
+
+def test_offsets_of_a_group_expire_once_it_has_been_empty_for_the_retention():
+    day = 24 * 3600 * 1000
+    shard = GroupShard(0, CONFIG._replace(offsets_retention_ms=7 * day), {"t": 2})
+    a = Client(shard, "g", "a", ["t"])
+    a.heartbeat()
+    commit = {"group_id": "g", "member_id": "a", "member_epoch": a.epoch}
+    shard.commit_offsets({**commit, "parts": [["t", 0, 10, -1, None], ["t", 1, 5, -1, None]]}, 0)
+    shard.commit_offsets({**commit, "parts": [["t", 0, 20, -1, None]]}, 8 * day)
+    shard.heartbeat({"group_id": "g", "member_id": "a", "member_epoch": -1}, "h", 0.0,
+                    now_ms=8 * day)               # the last member leaves on day 8
+    assert shard.groups["g"].empty_since_ms == 8 * day
+    assert shard.expire_offsets(8 * day + 60000).records == []      # t-1 (day 0) stays
+    assert shard.expire_offsets(15 * day - 1).records == []
+    assert len(shard.expire_offsets(15 * day + 1).records) > 2      # offsets, then the group
+    assert "g" not in shard.groups
+    # a member joining again clears it
+    a2 = Client(shard, "h", "x", ["t"])
+    a2.heartbeat()
+    assert shard.groups["h"].empty_since_ms is None

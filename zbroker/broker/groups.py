@@ -121,6 +121,7 @@ class GroupCoordinator:
             self.cfg["offsets.retention.check.interval.ms"] / 1000
         self.commit_timeout_s = self.cfg["offsets.commit.timeout.ms"] / 1000
         self.snapshot_records_min = self.cfg["offsets.topic.snapshot.records"]
+        self._paused_since: float | None = None
         # the largest log end offset seen at the leaders of partitions other brokers lead
         self.known_end: dict[tuple[str, int], int] = {}
 
@@ -211,17 +212,28 @@ class GroupCoordinator:
         host = self._host_of(gid)
         shard = host.shard
         now = time.monotonic()
-        if api == "ConsumerGroupHeartbeat":
-            return self._heartbeat(host, ident, header, client_host, now, now)
-        if api == "OffsetCommit":
-            return self._commit(host, ident, header)
-        if api == "OffsetFetch":
-            op = lambda: shard.fetch_offsets(header)  # noqa: E731
-        elif api == "OffsetDelete":
-            op = lambda: shard.delete_offsets(header)  # noqa: E731
-        else:
-            raise errors.InvalidRequest(f"{api} is not a group API.")
-        return self._run(host, self._call(host, op), ident, header["id"])
+        try:
+            if api == "ConsumerGroupHeartbeat":
+                return self._heartbeat(host, ident, header, client_host, now, now)
+            if api == "OffsetCommit":
+                return self._commit(host, ident, header)
+            if api == "OffsetFetch":
+                op = lambda: shard.fetch_offsets(header)  # noqa: E731
+            elif api == "OffsetDelete":
+                op = lambda: shard.delete_offsets(header)  # noqa: E731
+            else:
+                raise errors.InvalidRequest(f"{api} is not a group API.")
+            return self._run(host, self._call(host, op), ident, header["id"])
+        except errors.ZbError as e:
+            return self._answer_error(host, ident, header["id"], e)
+
+    def _answer_error(self, host: Host, ident, req_id, err: errors.ZbError):
+        """A refusal waits for the high watermark too: it may rest on state not yet
+        replicated (a member removed a moment ago)."""
+        if self.hosts.get(host.shard.partition) is not host:
+            return protocol.encode_error(req_id, err)
+        return self._answer(ident, req_id, protocol.encode_error(req_id, err),
+                            {host: host.part.log.log_end_offset})
 
     def _call(self, host: Host, op) -> Result:
         """Run a shard operation. Our own bug in it may have left records applied in memory
@@ -243,8 +255,12 @@ class GroupCoordinator:
         key = (header["group_id"], header["member_id"])
         before = host.parked.pop(key, None)
         if before is not None:          # its newer heartbeat answers the held one
-            self.server._send(before.ident, before.frames)
-        result = self._call(host, lambda: shard.heartbeat(header, client_host, now, arrived))
+            frames = self._answer(before.ident, before.header["id"], before.frames,
+                                  {host: host.part.log.log_end_offset})
+            if frames is not None:
+                self.server._send(before.ident, frames)
+        result = self._call(host, lambda: shard.heartbeat(header, client_host, now, arrived,
+                                                          _wall_ms()))
         resp = result.response
         wait_ms = min(max(header.get("max_wait_ms", 0), 0), protocol.HEARTBEAT_WAIT_MS_MAX,
                       resp["heartbeat_interval_ms"])
@@ -329,7 +345,7 @@ class GroupCoordinator:
             try:
                 frames = self._run_commit(host, d)
             except errors.ZbError as e:
-                frames = protocol.encode_error(d.header["id"], e)
+                frames = self._answer_error(host, d.ident, d.header["id"], e)
             if frames is not None:
                 self.server._send(d.ident, frames)
 
@@ -501,19 +517,18 @@ class GroupCoordinator:
         recs = host.shard.snapshot_records()
         part = host.part
         start = part.log.log_end_offset
-        host.records_since_snapshot = 0
         host.snapshot_records = len(recs)
-        host.trim = (start, start)
+        host.trim = (start, -1)             # not before the whole snapshot is in the log
         if recs:
             self._append(host, recs)
-            host.trim = (start, part.log.log_end_offset)
-            host.records_since_snapshot = 0
+        host.trim = (start, part.log.log_end_offset)
+        host.records_since_snapshot = 0
         log.info("group coordinator snapshot written", partition=host.shard.partition,
                  records=len(recs), log_start_after=start)
         self._maybe_trim(host)
 
     def _maybe_trim(self, host: Host) -> None:
-        if host.trim is None or host.part.high_watermark < host.trim[1]:
+        if host.trim is None or host.trim[1] < 0 or host.part.high_watermark < host.trim[1]:
             return
         start, _ = host.trim
         host.trim = None
@@ -592,33 +607,56 @@ class GroupCoordinator:
             frames = self._heartbeat(host, parked.ident, hdr, parked.client_host,
                                      time.monotonic(), parked.arrived)
         except errors.ZbError as e:
-            frames = protocol.encode_error(parked.header["id"], e)
+            frames = self._answer_error(host, parked.ident, parked.header["id"], e)
         if frames is not None:
             self.server._send(parked.ident, frames)
 
     # --- timers ---------------------------------------------------------------------------------
     def tick(self) -> None:
         now = time.monotonic()
+        paused = self.server.leadership_paused
+        if paused and self._paused_since is None:
+            self._paused_since = now
+        elif not paused and self._paused_since is not None:
+            # Members could not heartbeat while we refused to coordinate: fresh sessions for
+            # all, as after a load, rather than expire everyone at once.
+            self._paused_since = None
+            for host in self.hosts.values():
+                host.shard.loaded(now)
+        expiry_due = now >= self._next_offsets_expiry
+        if expiry_due:
+            self._next_offsets_expiry = now + \
+                self.cfg["offsets.retention.check.interval.ms"] / 1000
         for host in list(self.hosts.values()):
             if self.hosts.get(host.shard.partition) is not host:
                 continue
-            shard = host.shard
+            try:
+                self._tick_host(host, now, paused, expiry_due)
+            except errors.ZbError as e:
+                log.warning("a group coordinator timer failed; it runs again shortly",
+                            partition=host.shard.partition, error=str(e))
+
+    def _tick_host(self, host: Host, now: float, paused: bool, expiry_due: bool) -> None:
+        shard = host.shard
+        if not paused:
             d = shard.next_deadline()
             if d is not None and d <= now:
-                self._run(host, shard.expire(now), None, None)
-            for key in [k for k, v in host.parked.items() if v.deadline <= now]:
-                self._rehandle(host, key)
-            while host.waiting and (host.waiting[0].done or host.waiting[0].deadline <= now):
-                w = host.waiting.popleft()
-                self._fail(w, errors.CoordinatorNotAvailable(
-                    "The group coordinator's write was not replicated within "
-                    "offsets.commit.timeout.ms; retry."))
-        if now >= self._next_offsets_expiry:
-            self._next_offsets_expiry = now + \
-                self.cfg["offsets.retention.check.interval.ms"] / 1000
-            now_ms = int(time.time() * 1000)
-            for host in list(self.hosts.values()):
-                self._run(host, host.shard.expire_offsets(now_ms), None, None)
+                self._run(host, self._call(host, lambda: shard.expire(now, _wall_ms())),
+                          None, None)
+            if expiry_due:
+                self._run(host, self._call(host, lambda: shard.expire_offsets(_wall_ms())),
+                          None, None)
+        for key in [k for k, v in host.parked.items() if v.deadline <= now]:
+            self._rehandle(host, key)
+        while host.waiting and (host.waiting[0].done or host.waiting[0].deadline <= now):
+            w = host.waiting.popleft()
+            self._fail(w, errors.CoordinatorNotAvailable(
+                "The group coordinator's write was not replicated within "
+                "offsets.commit.timeout.ms; retry."))
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _batches(recs: list):

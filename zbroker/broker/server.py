@@ -381,8 +381,10 @@ class BrokerServer:
 
     def _periodic(self, interval_s: float, fn) -> None:
         def run():
-            fn()
-            self._add_timer(interval_s, run)
+            try:
+                fn()
+            finally:            # one failure must not stop the timer for good
+                self._add_timer(interval_s, run)
         self._add_timer(interval_s, run)
 
     # --- the loop -------------------------------------------------------------------------------

@@ -58,6 +58,9 @@ class Member:
     rebalance_timeout_ms: int = 300000
     session_timeout_ms: int = 45000
     heartbeat_interval_ms: int = 5000
+    # a static member whose instance id a newer member took over while it may still be alive:
+    # outside the group's target, it keeps what it owns until it goes
+    replaced: bool = False
     # where its reconciliation stands (CurrentAssignment record)
     member_epoch: int = 0
     previous_epoch: int = 0
@@ -67,7 +70,7 @@ class Member:
 
     METADATA_FIELDS = ("instance_id", "rack_id", "client_id", "client_host", "subscribed_topics",
                        "subscribed_regex", "server_assignor", "rebalance_timeout_ms",
-                       "session_timeout_ms", "heartbeat_interval_ms")
+                       "session_timeout_ms", "heartbeat_interval_ms", "replaced")
 
     def metadata(self) -> tuple:
         return tuple(getattr(self, f) for f in self.METADATA_FIELDS)
@@ -95,6 +98,7 @@ class Group:
     def __init__(self, group_id: str):
         self.group_id = group_id
         self.epoch = 0
+        self.empty_since_ms: int | None = None     # when it lost its last member
         self.assignment_epoch = 0
         self.subscription_metadata: dict[str, int] = {}
         self.members: dict[str, Member] = {}
@@ -116,6 +120,10 @@ class Group:
     def subscribed_topics(self) -> set[str]:
         return {t for m in self.members.values() for t in m.subscribed_topics}
 
+    def active(self) -> list[Member]:
+        """The members the assignor shares the partitions among (not replaced ones)."""
+        return [m for _, m in sorted(self.members.items()) if not m.replaced]
+
     def put_member(self, m: Member) -> None:
         """Replace (or add) a member, keeping ``owners`` and ``static`` in step with it."""
         old = self.members.get(m.member_id)
@@ -133,7 +141,7 @@ class Group:
                           now=m.member_id)
             self.owners[tp] = m.member_id
         self.members[m.member_id] = m
-        if m.instance_id is not None:
+        if m.instance_id is not None and not m.replaced:
             self.static[m.instance_id] = m.member_id
 
     def remove_member(self, member_id: str) -> None:

@@ -9,14 +9,14 @@ same key replaces an earlier one (the log could be compacted by key).
     type  key                              value
     1     [1, group, topic, partition]     OffsetCommit: offset, leader_epoch, metadata,
                                            commit_timestamp_ms
-    2     [2, group]                       GroupMetadata: epoch (the group epoch); a tombstone
-                                           deletes the group
+    2     [2, group]                       GroupMetadata: epoch (the group epoch),
+                                           empty_since_ms; a tombstone deletes the group
     3     [3, group]                       SubscriptionMetadata: topics {name: partitions} the
                                            group's members subscribe to, as of the last epoch
     4     [4, group, member_id]            MemberMetadata: instance_id, rack_id, client_id,
                                            client_host, topics, regex, assignor,
                                            rebalance_timeout_ms, session_timeout_ms,
-                                           heartbeat_interval_ms
+                                           heartbeat_interval_ms, replaced
     5     [5, group]                       TargetAssignmentMetadata: epoch
     6     [6, group, member_id]            TargetAssignmentMember: partitions
     7     [7, group, member_id]            CurrentAssignment: epoch, previous_epoch, state,
@@ -113,8 +113,11 @@ def offset_tombstone(group_id: str, topic: str, partition: int):
     return encode(OFFSET_COMMIT, group_id, topic, partition, value=None)
 
 
-def group_epoch(group_id: str, epoch: int):
-    return encode(GROUP_METADATA, group_id, value={"epoch": epoch})
+def group_epoch(group_id: str, epoch: int, empty_since_ms: int | None = None):
+    """``empty_since_ms``: when the group lost its last member (wall clock; None while it has
+    members, or never had any)."""
+    return encode(GROUP_METADATA, group_id, value={"epoch": epoch,
+                                                   "empty_since_ms": empty_since_ms})
 
 
 def group_tombstone(group_id: str):
@@ -134,7 +137,7 @@ def member_metadata(group_id: str, m) -> tuple:
         "regex": m.subscribed_regex, "assignor": m.server_assignor,
         "rebalance_timeout_ms": m.rebalance_timeout_ms,
         "session_timeout_ms": m.session_timeout_ms,
-        "heartbeat_interval_ms": m.heartbeat_interval_ms})
+        "heartbeat_interval_ms": m.heartbeat_interval_ms, "replaced": m.replaced})
 
 
 def member_tombstone(group_id: str, member_id: str):

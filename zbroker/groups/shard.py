@@ -61,6 +61,7 @@ class GroupShard:
         self.rebalance_deadlines: dict[tuple[str, str], tuple[float, int]] = {}
         self.touched: set[str] = set()      # groups changed since the caller last cleared it
         self._out: list | None = None       # records of the operation under way
+        self._op_ms = 0                     # its wall-clock time
 
     # --- replay ---------------------------------------------------------------------------------
     def replay(self, key: bytes | None, value: bytes | None) -> None:
@@ -86,6 +87,7 @@ class GroupShard:
                 return
             g = g or self._new_group(gid)
             g.epoch = v["epoch"]
+            g.empty_since_ms = v.get("empty_since_ms")
             return
         if g is None:
             if v is None:
@@ -116,7 +118,8 @@ class GroupShard:
                 rebalance_timeout_ms=v.get("rebalance_timeout_ms", old.rebalance_timeout_ms),
                 session_timeout_ms=v.get("session_timeout_ms", old.session_timeout_ms),
                 heartbeat_interval_ms=v.get("heartbeat_interval_ms",
-                                            old.heartbeat_interval_ms)))
+                                            old.heartbeat_interval_ms),
+                replaced=bool(v.get("replaced", False))))
         elif r.type == rec.TARGET_ASSIGNMENT_METADATA:
             g.assignment_epoch = v["epoch"] if v is not None else 0
         elif r.type == rec.TARGET_ASSIGNMENT_MEMBER:
@@ -162,7 +165,7 @@ class GroupShard:
         Replaying them on top of the state they describe changes nothing."""
         out = []
         for gid, g in sorted(self.groups.items()):
-            out.append(rec.group_epoch(gid, g.epoch))
+            out.append(rec.group_epoch(gid, g.epoch, g.empty_since_ms))
             if g.subscription_metadata:
                 out.append(rec.subscription_metadata(gid, g.subscription_metadata))
             for mid, m in sorted(g.members.items()):
@@ -178,8 +181,11 @@ class GroupShard:
         return out
 
     # --- emitting -------------------------------------------------------------------------------
-    def _begin(self) -> list:
+    def _begin(self, now_ms: int | None = None) -> list:
+        """Start an operation; ``now_ms`` (wall clock) is what it records as the time."""
         self._out = []
+        if now_ms is not None:
+            self._op_ms = now_ms
         return self._out
 
     def _emit(self, record: tuple) -> None:
@@ -194,7 +200,7 @@ class GroupShard:
 
     # --- ConsumerGroupHeartbeat -----------------------------------------------------------------
     def heartbeat(self, req: dict, client_host: str, now: float,
-                  arrived: float | None = None) -> Result:
+                  arrived: float | None = None, now_ms: int = 0) -> Result:
         """A member joins (epoch 0), heartbeats, or leaves (-1, or -2 for a static member that
         will be back). ``arrived`` is when the request came in (it may have waited here); the
         session runs from then."""
@@ -203,7 +209,7 @@ class GroupShard:
         gid, mid, epoch, instance_id = f["group_id"], f["member_id"], f["member_epoch"], \
             f["instance_id"]
         if epoch < 0:
-            return self._leave(gid, mid, epoch, instance_id)
+            return self._leave(gid, mid, epoch, instance_id, now_ms)
         owned = f["owned"]
         if epoch == protocol.JOIN_GROUP_MEMBER_EPOCH:
             if owned:
@@ -213,7 +219,7 @@ class GroupShard:
         g = self.groups.get(gid)
         member, replaced = self._find_member(g, gid, mid, epoch, instance_id, owned)
         session_ms, interval_ms = self._timeouts(f, member)
-        self._begin()
+        self._begin(now_ms)
         if g is None:
             self._emit(rec.group_epoch(gid, 0))
             g = self.groups[gid]
@@ -405,35 +411,51 @@ class GroupShard:
         return member, None
 
     def _take_over(self, g: Group, old: Member, mid: str) -> Member:
-        """A static member came back under a new member id (after a restart, or after leaving
-        with epoch -2): it takes the old member's place, assignment and target, without a
-        rebalance."""
+        """A static member came back under a new member id: it takes the old member's place in
+        the group (subscription and target) without a rebalance. When the old one left with
+        epoch -2 its partitions move at once. Otherwise it may still be alive (restarted after
+        kill -9, paused, or a second process with the same instance id): it stays, *replaced*,
+        outside the group's target and holding what it owns, until its session runs out or it
+        hears FENCED_INSTANCE_ID and leaves; only then does the new member get those
+        partitions, so no partition has two owners even then."""
         gid = g.group_id
-        if old.member_epoch != protocol.LEAVE_GROUP_STATIC_MEMBER_EPOCH:
-            log.warning("a static member takes over an instance id still in use (a restart, "
-                        "or two consumers configured with the same group_instance_id)",
+        target = g.target.get(old.member_id, EMPTY)
+        new = dataclasses.replace(old, member_id=mid, member_epoch=0, previous_epoch=0,
+                                  state=MemberState.STABLE, revoking=EMPTY, replaced=False)
+        self._emit(rec.target_member(gid, old.member_id, None))
+        if old.member_epoch == protocol.LEAVE_GROUP_STATIC_MEMBER_EPOCH:
+            self._emit(rec.current_assignment_tombstone(gid, old.member_id))
+            self._emit(rec.member_tombstone(gid, old.member_id))
+        else:
+            log.warning("a static member takes over an instance id still held (a restart, or "
+                        "two consumers with one group_instance_id); the old member keeps its "
+                        "partitions until its session ends or it hears it was replaced",
                         group=gid, instance_id=old.instance_id, old_member=old.member_id,
                         new_member=mid)
-        target = g.target.get(old.member_id, EMPTY)
-        self._emit(rec.current_assignment_tombstone(gid, old.member_id))
-        self._emit(rec.target_member(gid, old.member_id, None))
-        self._emit(rec.member_tombstone(gid, old.member_id))
-        new = dataclasses.replace(old, member_id=mid, member_epoch=0, previous_epoch=0,
-                                  state=MemberState.STABLE, revoking=EMPTY)
+            self._emit(rec.member_metadata(gid, dataclasses.replace(old, replaced=True)))
+            new = dataclasses.replace(new, assigned=EMPTY)
         self._emit(rec.member_metadata(gid, new))
         self._emit(rec.target_member(gid, mid, target))
         self._emit(rec.current_assignment(gid, new))
         return g.members[mid]
 
-    def _leave(self, gid: str, mid: str, epoch: int, instance_id: str | None) -> Result:
+    def _leave(self, gid: str, mid: str, epoch: int, instance_id: str | None,
+               now_ms: int) -> Result:
         g = self.groups.get(gid)
         member = g.members.get(mid) if g is not None else None
         if member is None:
             raise errors.UnknownMemberId(f"The group {gid!r} has no member {mid}.")
+        if member.replaced:                 # it heard it was replaced: let its partitions go
+            self._begin(now_ms)
+            self._release(g, member)
+            return self._done({"member_id": mid, "member_epoch": epoch,
+                               "heartbeat_interval_ms": 0,
+                               "session_timeout_ms": member.session_timeout_ms,
+                               "assignment": None})
         if instance_id is not None and g.static.get(instance_id) != mid:
             raise errors.FencedInstanceId(f"The instance id {instance_id!r} of group {gid!r} "
                                           f"belongs to another member.")
-        self._begin()
+        self._begin(now_ms)
         if epoch == protocol.LEAVE_GROUP_STATIC_MEMBER_EPOCH:
             # Stays in the group with its assignment until its session runs out.
             log.info("static member left for now", group=gid, member=mid,
@@ -447,6 +469,12 @@ class GroupShard:
             self._fence(g, member)
         return self._done({"member_id": mid, "member_epoch": epoch, "heartbeat_interval_ms": 0,
                            "session_timeout_ms": member.session_timeout_ms, "assignment": None})
+
+    def _release(self, g: Group, m: Member) -> None:
+        """Remove a replaced member: its partitions go to the member that replaced it; the
+        group's target does not change (no new epoch)."""
+        self._emit(rec.current_assignment_tombstone(g.group_id, m.member_id))
+        self._emit(rec.member_tombstone(g.group_id, m.member_id))
 
     def _fence(self, g: Group, m: Member) -> None:
         """Remove a member (it left, or its session or rebalance timeout ran out): its
@@ -471,15 +499,16 @@ class GroupShard:
             self._emit(rec.subscription_metadata(g.group_id, current))
             bump = True
         if bump:
-            self._emit(rec.group_epoch(g.group_id, g.epoch + 1))
+            self._emit(rec.group_epoch(g.group_id, g.epoch + 1,
+                                       None if g.members else self._op_ms))
 
     def _update_target(self, g: Group) -> None:
         """A new target assignment when the group moved to a new epoch."""
         if g.epoch <= g.assignment_epoch:
             return
         name = self._assignor_of(g)
-        specs = [MemberSpec(mid, m.instance_id, frozenset(m.subscribed_topics),
-                            g.target.get(mid, EMPTY)) for mid, m in sorted(g.members.items())]
+        specs = [MemberSpec(m.member_id, m.instance_id, frozenset(m.subscribed_topics),
+                            g.target.get(m.member_id, EMPTY)) for m in g.active()]
         target = ASSIGNORS[name](specs, g.subscription_metadata) if specs else {}
         for mid in sorted(set(g.target) | set(target)):
             parts = target.get(mid)
@@ -530,10 +559,10 @@ class GroupShard:
             return r
         return d if r is None else min(d, r)
 
-    def expire(self, now: float) -> Result:
+    def expire(self, now: float, now_ms: int = 0) -> Result:
         """Remove members whose session ran out, or that did not give up partitions within their
         rebalance timeout."""
-        self._begin()
+        self._begin(now_ms)
         for (gid, mid), deadline in sorted(self.sessions.items(), key=lambda kv: kv[1]):
             if deadline > now:
                 continue
@@ -543,7 +572,10 @@ class GroupShard:
             if m is not None:
                 log.info("member removed: its session expired", group=gid, member=mid,
                          instance_id=m.instance_id)
-                self._fence(g, m)
+                if m.replaced:
+                    self._release(g, m)
+                else:
+                    self._fence(g, m)
         for (gid, mid), (deadline, epoch) in list(self.rebalance_deadlines.items()):
             if deadline > now:
                 continue
@@ -555,19 +587,26 @@ class GroupShard:
                 log.info("member removed: it did not give up its partitions within its "
                          "rebalance timeout (max_poll_interval_ms)", group=gid, member=mid)
                 self.sessions.pop((gid, mid), None)
-                self._fence(g, m)
+                if m.replaced:
+                    self._release(g, m)
+                else:
+                    self._fence(g, m)
         return self._done(None)
 
     def expire_offsets(self, now_ms: int) -> Result:
-        """Offsets of empty groups older than offsets.retention.minutes go; so does an empty
-        group left with no offsets."""
-        self._begin()
+        """Kafka's offsets.retention.minutes: the offsets of a group that lost its members go
+        once it has been empty that long; those of a group that never had members (tools,
+        consumers that assign partitions themselves) once their commit is that old. An empty
+        group left with no offsets goes too."""
+        self._begin(now_ms)
         retention = self.config.offsets_retention_ms
         for gid, g in sorted(self.groups.items()):
             if g.members:
                 continue
             for (t, p), o in sorted(g.offsets.items()):
-                if retention >= 0 and o.commit_timestamp_ms + retention < now_ms:
+                since = o.commit_timestamp_ms if g.empty_since_ms is None else \
+                    max(g.empty_since_ms, o.commit_timestamp_ms)
+                if retention >= 0 and since + retention < now_ms:
                     self._emit(rec.offset_tombstone(gid, t, p))
             if not g.offsets:
                 self._delete_group(g)
