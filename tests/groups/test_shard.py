@@ -519,3 +519,18 @@ def test_offsets_of_a_group_expire_once_it_has_been_empty_for_the_retention():
     a2 = Client(shard, "h", "x", ["t"])
     a2.heartbeat()
     assert shard.groups["h"].empty_since_ms is None
+
+
+def test_offsets_of_a_topic_deleted_unseen_go_at_the_second_retention_check():
+    shard = GroupShard(0, CONFIG, {"t": 1, "u": 1})
+    shard.commit_offsets({"group_id": "g", "parts": [["t", 0, 1, -1, None],
+                                                     ["u", 0, 1, -1, None]]}, 0)
+    reloaded = GroupShard(0, CONFIG, {"t": 1})       # u went while nobody coordinated g
+    for key, value in shard.snapshot_records():
+        reloaded.replay(key, value)
+    reloaded.set_topics({"t": 1})
+    assert ("u", 0) in reloaded.groups["g"].offsets       # not yet: maybe just not seen yet
+    reloaded.expire_offsets(1000)
+    assert ("u", 0) in reloaded.groups["g"].offsets
+    reloaded.expire_offsets(2000)
+    assert list(reloaded.groups["g"].offsets) == [("t", 0)]

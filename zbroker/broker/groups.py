@@ -176,7 +176,6 @@ class GroupCoordinator:
         self.hosts[p] = Host(part, shard, count)
         log.info("group coordinator loaded", partition=p, groups=len(shard.groups),
                  records=count, ms=round((now - started) * 1000, 1))
-        # A topic deleted while nobody led this partition still has offsets here.
         self._run(self.hosts[p], shard.set_topics(self.topics), None, None)
 
     def unload(self, p: int, why: str) -> None:

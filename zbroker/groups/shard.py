@@ -62,6 +62,7 @@ class GroupShard:
         self.touched: set[str] = set()      # groups changed since the caller last cleared it
         self._out: list | None = None       # records of the operation under way
         self._op_ms = 0                     # its wall-clock time
+        self._missing_topics: set = set()   # topics with offsets here, missing from the cluster
 
     # --- replay ---------------------------------------------------------------------------------
     def replay(self, key: bytes | None, value: bytes | None) -> None:
@@ -600,7 +601,15 @@ class GroupShard:
         group left with no offsets goes too."""
         self._begin(now_ms)
         retention = self.config.offsets_retention_ms
+        # Offsets of a topic that did not exist at this check and the one before: it was
+        # deleted (perhaps while no broker coordinated these groups, so nobody saw it go).
+        missing = {t for g in self.groups.values() for t, _ in g.offsets
+                   if t not in self.topics} if self._topics_known else set()
+        gone, self._missing_topics = missing & self._missing_topics, missing
         for gid, g in sorted(self.groups.items()):
+            for (t, p) in sorted(g.offsets):
+                if t in gone:
+                    self._emit(rec.offset_tombstone(gid, t, p))
             if g.members:
                 continue
             for (t, p), o in sorted(g.offsets.items()):
@@ -615,7 +624,8 @@ class GroupShard:
     # --- metadata -------------------------------------------------------------------------------
     def set_topics(self, topics: dict[str, int]) -> Result:
         """The cluster's topics and partition counts changed: groups subscribed to a topic that
-        grew, shrank, appeared or went move to a new epoch; offsets of deleted topics go."""
+        grew, shrank, appeared or went move to a new epoch; offsets of deleted topics go. (A
+        topic deleted while nobody coordinated here is found by ``expire_offsets``.)"""
         previous = self.topics if self._topics_known else None
         self.topics = dict(topics)
         self._topics_known = True
