@@ -89,10 +89,12 @@ LOSE_MARGIN_S = 0.1         # a member gives up this much before its session cou
 
 class Task(NamedTuple):
     """Work for the caller's thread: revoke (commit, tell the listener, stop reading) then
-    assign; or, with ``lost``, drop every partition it holds without committing."""
+    assign; or, with ``lost``, drop every partition it holds without committing. A task of an
+    earlier incarnation of the membership (lost or left since) is skipped."""
     revoke: frozenset
     assign: frozenset
     lost: bool = False
+    incarnation: int = 0
 
 
 class Membership:
@@ -171,10 +173,20 @@ class Membership:
         self._leave_epoch = protocol.LEAVE_GROUP_STATIC_MEMBER_EPOCH \
             if self.instance_id is not None else protocol.LEAVE_GROUP_MEMBER_EPOCH
         self._to(State.LEAVING)
-        self.incarnation += 1
+        self._new_incarnation()
+        self.owned = frozenset()                  # the caller let everything go first
+        self._no_session()
         if not was_member:
             self._left()
         self._next_at = now
+
+    def _new_incarnation(self) -> None:
+        """Whatever the caller was asked to do for the membership before is void now."""
+        self.incarnation += 1
+        self.tasks_open = 0
+        self.pending_assign = frozenset()
+        self._fatal_after = None
+        self._latest = 0                          # answers to what was sent before: ignored
 
     def _left(self) -> None:
         self._to(State.UNSUBSCRIBED)
@@ -195,11 +207,14 @@ class Membership:
         log.warning("poll() was not called within max_poll_interval_ms; leaving the group so "
                     "its partitions go to other members", group=self.group_id,
                     member=self.member_id)
+        task = self._lose("it was too slow between polls", State.STALE)
+        # Leave at once (a caller that stopped polling may never let go), so the partitions
+        # go to others; as in Kafka, records the caller already has may still be processed.
         self._leave_epoch = protocol.LEAVE_GROUP_MEMBER_EPOCH
         self._leave_answered = False
         self._leave_until = now + self.session_s
         self._next_at = now
-        return self._lose("it was too slow between polls", State.STALE)
+        return task
 
     # --- heartbeats ---------------------------------------------------------------------------
     def next_heartbeat_at(self) -> float | None:
@@ -307,7 +322,7 @@ class Membership:
     def _task(self, task: Task) -> Task:
         self.tasks_open += 1
         self.pending_assign = self.pending_assign | task.assign
-        return task
+        return task._replace(incarnation=self.incarnation)
 
     def _on_error(self, err: ZbError, now: float) -> Task | None:
         if isinstance(err, _FENCING):
@@ -315,12 +330,13 @@ class Membership:
         if isinstance(err, errors.FencedInstanceId):
             # Another process took our instance id: drop everything, let the coordinator know
             # (so the partitions go to it at once), then stop for good.
+            task = self._lose(str(err), State.STALE)
             self._fatal_after = err
             self._leave_epoch = protocol.LEAVE_GROUP_MEMBER_EPOCH
             self._leave_answered = False
             self._leave_until = now + self.session_s
-            self._next_at = now
-            return self._lose(str(err), State.STALE)
+            self._next_at = float("inf")          # not before the caller dropped everything
+            return task
         if isinstance(err, COORDINATOR_MOVED) or err.retriable:
             self._next_at = now + self._backoff_s
             self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
@@ -338,9 +354,11 @@ class Membership:
         self._to(state)
         self.epoch = 0
         self.assigned = frozenset()
-        self.incarnation += 1
-        self._no_session()
-        return self._task(Task(self.owned | self.pending_assign, frozenset(), lost=True))
+        held = self.owned | self.pending_assign
+        self._new_incarnation()
+        self._last_ok_sent = None
+        self.lose_at = 0.0                        # no record is handed out until it ran
+        return self._task(Task(held, frozenset(), lost=True))
 
     def _no_session(self) -> None:
         self._last_ok_sent = None
@@ -362,20 +380,26 @@ class Membership:
     def _maybe_rejoin(self, now: float) -> None:
         if self.tasks_open or self.state not in (State.FENCED, State.STALE):
             return
-        if self.state is State.STALE and self._fatal_after is None and \
-                self._leave_epoch is not None and not self._leave_answered:
-            self._leave_epoch = None            # not sent (no coordinator): join instead
         if self._fatal_after is not None:
             if self._leave_epoch is not None and not self._leave_answered:
-                return                          # tell the coordinator first
+                if self._next_at == float("inf"):
+                    self._next_at = now         # everything dropped: tell the coordinator
+                return
             self.error, self._fatal_after = self._fatal_after, None
             self._to(State.FATAL)
             return
+        # (A leave still unanswered, or never sent for want of a coordinator, is left behind:
+        # the join goes after it on the wire, and its answer is not taken for the join's.)
+        self._leave_epoch = None
+        self._latest = 0
+        self.lose_at = None
         self._to(State.JOINING)
         self._next_at = now
 
-    def task_done(self, owned: frozenset, now: float) -> Task | None:
-        """The caller's thread ran a task; it now holds ``owned``."""
+    def task_done(self, owned: frozenset, now: float, incarnation: int) -> Task | None:
+        """The caller's thread ran a task of ``incarnation``; it now holds ``owned``."""
+        if incarnation != self.incarnation:
+            return None                           # for a membership that is gone
         self.tasks_open = max(0, self.tasks_open - 1)
         self.owned = frozenset(owned)
         if not self.tasks_open:
@@ -442,7 +466,7 @@ class GroupIO:
         self._fetches: list[_Fetch] = []
         self._incoming: collections.deque = collections.deque()   # from other threads
         self._commit_seq = 0
-        self._newest: dict = {}             # partition -> seq of the newest commit naming it
+        self._newest: dict = {}             # partition -> the newest commit naming it
 
     # --- from the caller's thread ---------------------------------------------------------------
     def submit_commit(self, offsets: dict, timeout_s: float, member: bool) -> Future:
@@ -465,7 +489,7 @@ class GroupIO:
                 self._commit_seq += 1
                 item.seq = self._commit_seq
                 for tp in item.offsets:
-                    self._newest[tp] = item.seq
+                    self._newest[tp] = item
                 self._commits.append(item)
             else:
                 self._fetches.append(item)
@@ -546,7 +570,8 @@ class GroupIO:
 
     def _fail_all(self, err: ZbError) -> None:
         for item in self._commits + self._fetches:
-            item.future.set_exception(err)
+            if not item.future.done():
+                item.future.set_exception(err)
         self._commits, self._fetches = [], []
         m = self.membership
         if m.state not in (State.FATAL, State.UNSUBSCRIBED):
@@ -573,7 +598,7 @@ class GroupIO:
         m = self.membership
         self._commits = [c for c in self._commits if not c.future.done()]
         for c in self._commits:
-            if c.in_flight or c.retry_at > now or c.waiting_on:
+            if c.in_flight or c.retry_at > now or (c.waiting_on and not c.offsets):
                 continue
             if c.member and c.incarnation != m.incarnation:
                 c.future.set_exception(CommitFailedError(
@@ -609,24 +634,24 @@ class GroupIO:
 
     def _superseded(self, c: _Commit) -> bool:
         """Before a retry: partitions that a newer commit names are left to it (a retry must
-        never overtake a newer commit and move an offset back). True when nothing is left, and
-        ``c`` then completes with the outcome of the commits that took its partitions over."""
-        taken = [tp for tp in c.offsets if self._newest.get(tp, 0) > c.seq]
-        if not taken:
-            return False
-        newer = [o for o in self._commits
-                 if o.seq > c.seq and not o.future.done() and any(tp in o.offsets
-                                                                   for tp in taken)]
-        for tp in taken:
-            del c.offsets[tp]
-        if c.offsets:
-            return False
+        never overtake a newer commit and move an offset back). True when nothing is left; ``c``
+        then ends as those newer commits end (failed if one of them failed)."""
+        newer = {self._newest[tp] for tp in c.offsets
+                 if tp in self._newest and self._newest[tp].seq > c.seq}
         if not newer:
-            c.future.set_result(None)
-            return True
-        c.waiting_on = [o.future for o in newer]
+            return False
+        for o in newer:
+            for tp in o.offsets:
+                c.offsets.pop(tp, None)
+        c.waiting_on = [o.future for o in sorted(newer, key=lambda o: o.seq)]
+        if c.offsets:
+            return False                 # the rest is retried now; it ends as they all end
+        self._settle(c)
+        return True
 
-        def one_done(_f, c=c):
+    def _settle(self, c: _Commit) -> None:
+        """Complete ``c`` once the newer commits it waits on are done."""
+        def one_done(_f=None, c=c):
             if c.future.done() or not all(f.done() for f in c.waiting_on):
                 return
             err = next((f.exception() for f in c.waiting_on if f.exception()), None)
@@ -636,7 +661,7 @@ class GroupIO:
                 c.future.set_exception(err)
         for f in c.waiting_on:
             f.add_done_callback(one_done)
-        return True
+        one_done()
 
     def _on_commit(self, c: _Commit, header, error) -> None:
         c.in_flight = False
@@ -648,7 +673,10 @@ class GroupIO:
                     err = errors.make_error(e[2], e[3])
                     first = first or err
             if first is None:
-                c.future.set_result(None)
+                if c.waiting_on:
+                    self._settle(c)      # its partitions taken over by newer commits decide
+                else:
+                    c.future.set_result(None)
             elif isinstance(first, errors.UnassignedPartition):
                 c.future.set_exception(CommitFailedError(
                     f"The commit failed: {first} It moved to another member in a rebalance."))

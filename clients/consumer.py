@@ -728,6 +728,8 @@ class Consumer:
                         error=str(e))
 
     def _run_task(self, task: Task) -> None:
+        if task.incarnation != self._membership.incarnation:
+            return                  # for a membership lost or left since: nothing to do
         listener = self._listener
         revoke = set(task.revoke)
         if task.lost:
@@ -755,7 +757,9 @@ class Consumer:
             self._call_listener(listener, "on_partitions_assigned", set(task.assign))
         with self._lock:
             owned = frozenset(self._states)
-        self._call_io(lambda now: self._on_group_task(self._membership.task_done(owned, now)))
+        inc = task.incarnation
+        self._call_io(lambda now: self._on_group_task(
+            self._membership.task_done(owned, now, inc)))
 
     @staticmethod
     def _call_listener(listener, name: str, partitions: set) -> None:

@@ -4,7 +4,7 @@ self-fencing after a silent session, polls that come too late, leaving, fatal er
 
 import pytest
 
-from clients._group import Membership, State, Task
+from clients._group import Membership, State
 from clients.structs import TopicPartition
 from zbroker import errors
 
@@ -19,6 +19,16 @@ def answer(epoch, parts, interval_ms=1000, session_ms=6000):
             "session_timeout_ms": session_ms, "assignment": [[t, ps] for t, ps in by.items()]}
 
 
+def same(task, revoke=(), assign=(), lost=False):
+    return task is not None and (task.revoke, task.assign, task.lost) == \
+        (frozenset(revoke), frozenset(assign), lost)
+
+
+def done(m, owned, now):
+    """The caller ran the membership's current task and holds ``owned``."""
+    return m.task_done(frozenset(owned), now, m.incarnation)
+
+
 def joined(parts=(T0, T1), now=0.0):
     """A member that joined, was given ``parts`` and took them."""
     m = Membership("g", member_id="m1", session_timeout_ms=6000, heartbeat_interval_ms=1000)
@@ -26,9 +36,9 @@ def joined(parts=(T0, T1), now=0.0):
     seq, fields, _ = m.heartbeat(now)
     assert fields["member_epoch"] == 0 and fields["topic_partitions"] == []
     task = m.on_answer(seq, answer(1, parts), None, now)
-    assert task == Task(frozenset(), frozenset(parts))
+    assert same(task, assign=parts)
     assert m.state is State.RECONCILING
-    m.task_done(frozenset(parts), now)
+    done(m, parts, now)
     seq, fields, _ = m.heartbeat(now)          # forced: tells the coordinator at once
     assert sorted(map(tuple, fields["topic_partitions"])) == [("t", [tp.partition for tp in
                                                                      sorted(parts)])]
@@ -50,21 +60,22 @@ def test_revocation_goes_through_the_caller_before_it_is_reported():
     m = joined()
     seq, _, _ = m.heartbeat(0.1)
     task = m.on_answer(seq, answer(1, [T0]), None, 0.2)
-    assert task == Task(frozenset({T1}), frozenset())
+    assert same(task, revoke={T1})
     # while the caller has not run it, heartbeats still report both and are not held
     seq, fields, _ = m.heartbeat(1.3)
     assert fields["max_wait_ms"] == 0 and len(fields["topic_partitions"][0][1]) == 2
     assert m.on_answer(seq, answer(1, [T0]), None, 1.3) is None      # no second task
-    m.task_done(frozenset({T0}), 1.4)
+    done(m, {T0}, 1.4)
     seq, fields, _ = m.heartbeat(1.4)
     assert fields["topic_partitions"] == [["t", [0]]]
-    assert m.on_answer(seq, answer(2, [T0, T2]), None, 1.5) == Task(frozenset(), frozenset({T2}))
+    assert same(m.on_answer(seq, answer(2, [T0, T2]), None, 1.5), assign={T2})
 
 
 def test_only_the_latest_heartbeat_answer_counts():
     m = joined()
     old, _, _ = m.heartbeat(0.1)
-    m.task_done(m.owned, 0.2)               # the caller finished: an ack goes at once
+    m.tasks_open = 1                        # as if a task had just run
+    done(m, m.owned, 0.2)                   # the caller finished: an ack goes at once
     new, _, _ = m.heartbeat(0.2)
     assert m.on_answer(old, answer(1, [T0]), None, 0.3) is None   # stale: ignored
     assert m.assigned == {T0, T1}
@@ -75,9 +86,9 @@ def test_fenced_member_gives_up_everything_then_rejoins_with_epoch_0():
     m = joined()
     seq, _, _ = m.heartbeat(0.1)
     task = m.on_answer(seq, None, errors.FencedMemberEpoch("fenced"), 0.2)
-    assert task == Task(frozenset({T0, T1}), frozenset(), lost=True)
+    assert same(task, revoke={T0, T1}, lost=True)
     assert m.state is State.FENCED and m.heartbeat(0.3) is None
-    m.task_done(frozenset(), 0.4)
+    done(m, (), 0.4)
     assert m.state is State.JOINING
     seq, fields, _ = m.heartbeat(0.4)
     assert fields["member_epoch"] == 0 and fields["member_id"] == "m1"
@@ -87,16 +98,18 @@ def test_fenced_while_the_caller_runs_a_task():
     m = joined()
     seq, _, _ = m.heartbeat(0.1)
     m.on_answer(seq, answer(2, [T0, T1, T2]), None, 0.2)      # a task for T2 is out
+    first_incarnation = m.incarnation
     seq, fields, _ = m.heartbeat(1.3)
     # what the task is about to take counts as held: nobody else may get it meanwhile
     assert fields["topic_partitions"] == [["t", [0, 1, 2]]]
     incarnation = m.incarnation
     lost = m.on_answer(seq, None, errors.UnknownMemberId("gone"), 1.4)
-    assert lost == Task(frozenset({T0, T1, T2}), frozenset(), lost=True)   # at once, queued
+    assert same(lost, revoke={T0, T1, T2}, lost=True)         # at once, queued
     assert m.incarnation == incarnation + 1                   # older commits cannot land now
-    assert m.task_done(frozenset({T0, T1, T2}), 1.5) is None
+    # the assign task finishes (of the old incarnation: it no longer counts)
+    assert m.task_done(frozenset({T0, T1, T2}), 1.5, first_incarnation) is None
     assert m.state is State.FENCED                            # the lost task is still to run
-    m.task_done(frozenset(), 1.6)
+    done(m, (), 1.6)
     assert m.state is State.JOINING
 
 
@@ -110,7 +123,8 @@ def test_retriable_errors_back_off_and_fatal_ones_stop():
     seq, _, _ = m2.heartbeat(0.1)
     lost = m2.on_answer(seq, None, errors.FencedInstanceId("taken"), 0.2)
     assert lost.lost and m2.state is State.STALE              # drop everything, say so, stop
-    m2.task_done(frozenset(), 0.3)
+    assert m2.heartbeat(0.25) is None                         # not before the caller dropped
+    done(m2, (), 0.3)
     seq, fields, _ = m2.heartbeat(0.3)
     assert fields["member_epoch"] == -1
     m2.on_answer(seq, {"member_epoch": -1}, None, 0.4)
@@ -137,12 +151,17 @@ def test_too_slow_between_polls_leaves_then_loses_then_rejoins():
     assert fields["member_epoch"] == -1
     assert m.on_answer(seq, {"member_epoch": -1}, None, 10.1) is None
     assert m.state is State.STALE                         # until the caller ran the task
-    m.task_done(frozenset(), 10.2)
+    done(m, (), 10.2)
     assert m.state is State.JOINING
     m2 = joined()                                         # no coordinator to tell: join anyway
     m2.poll_timed_out(10.0)
-    m2.task_done(frozenset(), 10.5)
+    leave_seq, _, _ = m2.heartbeat(10.0)
+    done(m2, (), 10.5)
     assert m2.state is State.JOINING
+    join_seq, fields, _ = m2.heartbeat(10.5)               # not held back by the leave
+    assert fields["member_epoch"] == 0
+    assert m2.on_answer(leave_seq, {"member_epoch": -1}, None, 10.6) is None
+    assert m2.state is State.JOINING and m2.epoch == 0     # not taken for the join's answer
 
 
 def test_static_member_leaves_for_now_with_epoch_minus_2():

@@ -534,3 +534,13 @@ def test_offsets_of_a_topic_deleted_unseen_go_at_the_second_retention_check():
     assert ("u", 0) in reloaded.groups["g"].offsets
     reloaded.expire_offsets(2000)
     assert list(reloaded.groups["g"].offsets) == [("t", 0)]
+
+
+def test_offsets_of_an_earlier_topic_of_the_same_name_go():
+    shard = GroupShard(0, CONFIG, {"t": 1}, {"t": "id-1"})
+    shard.commit_offsets({"group_id": "g", "parts": [["t", 0, 7, -1, None]]}, 0)
+    assert shard.groups["g"].offsets[("t", 0)].topic_id == "id-1"
+    shard.set_topics({"t": 1}, {"t": "id-1"})
+    assert ("t", 0) in shard.groups["g"].offsets
+    shard.set_topics({"t": 1}, {"t": "id-2"})        # deleted and created again
+    assert shard.groups["g"].offsets == {}

@@ -84,12 +84,13 @@ class Member:
 
 
 class OffsetAndMetadata:
-    __slots__ = ("offset", "leader_epoch", "metadata", "commit_timestamp_ms")
+    __slots__ = ("offset", "leader_epoch", "metadata", "commit_timestamp_ms", "topic_id")
 
     def __init__(self, offset: int, leader_epoch: int, metadata: str | None,
-                 commit_timestamp_ms: int):
+                 commit_timestamp_ms: int, topic_id: str | None = None):
         self.offset, self.leader_epoch = offset, leader_epoch
         self.metadata, self.commit_timestamp_ms = metadata, commit_timestamp_ms
+        self.topic_id = topic_id
 
 
 class Group:
@@ -109,11 +110,13 @@ class Group:
 
     @property
     def state(self) -> GroupState:
-        if not self.members:
+        """(A replaced member, on its way out, does not count.)"""
+        active = self.active()
+        if not active:
             return GroupState.EMPTY
         if self.epoch > self.assignment_epoch:
             return GroupState.ASSIGNING
-        if any(not m.reconciled_to(self.assignment_epoch) for m in self.members.values()):
+        if any(not m.reconciled_to(self.assignment_epoch) for m in active):
             return GroupState.RECONCILING
         return GroupState.STABLE
 

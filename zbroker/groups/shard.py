@@ -51,11 +51,12 @@ class Result(NamedTuple):
 
 class GroupShard:
     def __init__(self, partition: int, config: ShardConfig = ShardConfig(),
-                 topics: dict[str, int] | None = None):
+                 topics: dict[str, int] | None = None, topic_ids: dict[str, str] | None = None):
         self.partition = partition
         self.config = config
         self.groups: dict[str, Group] = {}
         self.topics: dict[str, int] = dict(topics or {})   # the cluster's partition counts
+        self.topic_ids: dict[str, str] = dict(topic_ids or {})
         self._topics_known = topics is not None
         self.sessions: dict[tuple[str, str], float] = {}    # (group, member) -> deadline
         self.rebalance_deadlines: dict[tuple[str, str], tuple[float, int]] = {}
@@ -101,7 +102,8 @@ class GroupShard:
             else:
                 g.offsets[tp] = OffsetAndMetadata(v["offset"], v.get("leader_epoch", -1),
                                                   v.get("metadata"),
-                                                  v.get("commit_timestamp_ms", 0))
+                                                  v.get("commit_timestamp_ms", 0),
+                                                  v.get("topic_id"))
         elif r.type == rec.SUBSCRIPTION_METADATA:
             g.subscription_metadata = dict(v["topics"]) if v is not None else {}
         elif r.type == rec.MEMBER_METADATA:
@@ -178,7 +180,7 @@ class GroupShard:
                 out.append(rec.target_member(gid, mid, parts))
             for (t, p), o in sorted(g.offsets.items()):
                 out.append(rec.offset_commit(gid, t, p, o.offset, o.leader_epoch, o.metadata,
-                                             o.commit_timestamp_ms))
+                                             o.commit_timestamp_ms, o.topic_id))
         return out
 
     # --- emitting -------------------------------------------------------------------------------
@@ -367,6 +369,10 @@ class GroupShard:
         every check that may refuse the heartbeat."""
         member = g.members.get(mid) if g is not None else None
         replaced = None
+        if member is not None and member.replaced:
+            raise errors.FencedInstanceId(
+                f"The member {mid} of group {gid!r} was replaced by a newer member with its "
+                f"instance id {member.instance_id!r}.")
         if member is not None and member.instance_id != instance_id:
             raise errors.InvalidRequest(
                 f"The member {mid} joined with instance id {member.instance_id!r} and cannot "
@@ -476,6 +482,8 @@ class GroupShard:
         group's target does not change (no new epoch)."""
         self._emit(rec.current_assignment_tombstone(g.group_id, m.member_id))
         self._emit(rec.member_tombstone(g.group_id, m.member_id))
+        if not g.members:                   # it was the last: the group is empty from now
+            self._emit(rec.group_epoch(g.group_id, g.epoch, self._op_ms))
 
     def _fence(self, g: Group, m: Member) -> None:
         """Remove a member (it left, or its session or rebalance timeout ran out): its
@@ -523,7 +531,7 @@ class GroupShard:
 
     def _assignor_of(self, g: Group) -> str:
         """The assignor most members asked for, else the broker's default."""
-        asked = Counter(m.server_assignor for m in g.members.values()
+        asked = Counter(m.server_assignor for m in g.active()
                         if m.server_assignor in self.config.assignors)
         if asked:
             best = max(asked.values())
@@ -622,19 +630,25 @@ class GroupShard:
         return self._done(None)
 
     # --- metadata -------------------------------------------------------------------------------
-    def set_topics(self, topics: dict[str, int]) -> Result:
+    def set_topics(self, topics: dict[str, int], topic_ids: dict[str, str] | None = None
+                   ) -> Result:
         """The cluster's topics and partition counts changed: groups subscribed to a topic that
-        grew, shrank, appeared or went move to a new epoch; offsets of deleted topics go. (A
+        grew, shrank, appeared or went move to a new epoch; offsets of deleted topics go, and
+        so do offsets committed for an earlier topic of the same name (another topic id). (A
         topic deleted while nobody coordinated here is found by ``expire_offsets``.)"""
         previous = self.topics if self._topics_known else None
         self.topics = dict(topics)
+        if topic_ids is not None:
+            self.topic_ids = dict(topic_ids)
         self._topics_known = True
         self._begin()
+        ids = self.topic_ids
         for gid, g in sorted(self.groups.items()):
-            if previous is not None:
-                for (t, p) in sorted(g.offsets):
-                    if t in previous and t not in self.topics:
-                        self._emit(rec.offset_tombstone(gid, t, p))
+            for (t, p), o in sorted(g.offsets.items()):
+                gone = previous is not None and t in previous and t not in self.topics
+                other = o.topic_id is not None and t in ids and ids[t] != o.topic_id
+                if gone or other:
+                    self._emit(rec.offset_tombstone(gid, t, p))
             if g.members:
                 self._refresh_subscription(g, bump=False)
                 self._update_target(g)
@@ -687,7 +701,7 @@ class GroupShard:
             self._emit(rec.group_epoch(gid, 0))
         for e in good:
             self._emit(rec.offset_commit(gid, e.topic, e.partition, e.offset, e.leader_epoch,
-                                         e.metadata, now_ms))
+                                         e.metadata, now_ms, self.topic_ids.get(e.topic)))
         return self._done({"parts": results})
 
     def _check_commit(self, e: protocol.OffsetCommitPart, member: Member | None,
@@ -778,7 +792,8 @@ class GroupShard:
             members.append([mid, m.instance_id, m.rack_id, m.member_epoch, m.client_id,
                             m.client_host, list(m.subscribed_topics), m.subscribed_regex,
                             rec.partitions_to_list(m.assigned),
-                            rec.partitions_to_list(g.target.get(mid, EMPTY)), m.state.value])
+                            rec.partitions_to_list(g.target.get(mid, EMPTY)),
+                            "replaced" if m.replaced else m.state.value])
         return [gid, 0, None, g.state.value, g.epoch, g.assignment_epoch, self._assignor_of(g),
                 members]
 
