@@ -100,7 +100,9 @@ def test_members_and_coordinator_killed_while_consuming(cluster, procs, tmp_path
     c = cluster(3, overrides={**GROUP_SETTINGS, **FAST, "offsets.topic.num.partitions": "5"})
     c.create_topic(TOPIC, partitions=PARTITIONS, replication_factor=3,
                    config={"min.insync.replicas": "2"})
-    rnd = random.Random(int(os.environ.get("ZB_SEED", str(int(time.time())))))
+    seed = int(os.environ.get("ZB_SEED", str(int(time.time()))))
+    print(f"ZB_SEED={seed}")             # shown when the test fails: repeat it with this
+    rnd = random.Random(seed)
     acked: set = set()
     stop = threading.Event()
     errors_seen: list = []
