@@ -451,7 +451,7 @@ def _assignment_text(parts) -> str:
 def _print_state(d: ConsumerGroupDescription) -> None:
     """GROUP COORDINATOR (ID) ASSIGNMENT-STRATEGY STATE #MEMBERS."""
     c = d.coordinator
-    coordinator = f"{c.host}:{c.port}  ({c.node_id})" if c is not None else MISSING
+    coordinator = f"{c.host}:{c.port} ({c.node_id})" if c is not None else MISSING
     width = max(25, len(coordinator))
     _table([["GROUP", "COORDINATOR (ID)", "ASSIGNMENT-STRATEGY", "STATE", "#MEMBERS"],
             [d.group_id, coordinator, d.partition_assignor, d.state, len(d.members)]],

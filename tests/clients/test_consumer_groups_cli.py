@@ -336,7 +336,7 @@ def test_describe_members_state_and_owned_partitions(cluster):
                 m.client_id: f"t({next(iter(m.assignment())).partition})" for m in (a, b)}
 
             out = ok(c.bootstrap, "--describe", "--group", "g", "--state")
-            coordinator = f"{broker.host}:{broker.port}  ({broker.node_id})"
+            coordinator = f"{broker.host}:{broker.port} ({broker.node_id})"
             assert out.splitlines() == [
                 "",
                 f"{'GROUP':<25} {'COORDINATOR (ID)':<25} {'ASSIGNMENT-STRATEGY':<20} "
