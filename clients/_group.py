@@ -169,7 +169,10 @@ class Membership:
         and keeps its partitions in the group for its session timeout."""
         if self.state in (State.UNSUBSCRIBED, State.LEAVING, State.FATAL):
             return
-        was_member = self.joined and self.epoch > 0
+        # (a fenced or stale member may still be in the group: a self-fenced one, one whose
+        # leave has not gone out yet: tell the coordinator, so its partitions move at once)
+        was_member = (self.joined and self.epoch > 0) or \
+            self.state in (State.FENCED, State.STALE)
         self._leave_epoch = protocol.LEAVE_GROUP_STATIC_MEMBER_EPOCH \
             if self.instance_id is not None else protocol.LEAVE_GROUP_MEMBER_EPOCH
         self._to(State.LEAVING)
@@ -187,6 +190,7 @@ class Membership:
         self.pending_assign = frozenset()
         self._fatal_after = None
         self._latest = 0                          # answers to what was sent before: ignored
+        self._leave_seq = 0
 
     def _left(self) -> None:
         self._to(State.UNSUBSCRIBED)
@@ -498,7 +502,7 @@ class GroupIO:
         if task is not None:
             self.on_task(task)
         wake = now + 1.0
-        if m.lose_at is not None:
+        if m.joined and m.lose_at is not None:
             wake = min(wake, max(m.lose_at, now + 0.005))
         if self.coordinator is None or not self._coordinator_known():
             self._find(now)
@@ -643,7 +647,8 @@ class GroupIO:
         for o in newer:
             for tp in o.offsets:
                 c.offsets.pop(tp, None)
-        c.waiting_on = [o.future for o in sorted(newer, key=lambda o: o.seq)]
+        c.waiting_on = list(dict.fromkeys(
+            c.waiting_on + [o.future for o in sorted(newer, key=lambda o: o.seq)]))
         if c.offsets:
             return False                 # the rest is retried now; it ends as they all end
         self._settle(c)

@@ -180,3 +180,104 @@ def test_transitions_are_checked():
     m = Membership("g")
     with pytest.raises(AssertionError):
         m._to(State.STABLE)
+
+
+def test_a_late_answer_to_an_earlier_leave_is_not_taken_for_the_current_one():
+    m = joined()
+    m.poll_timed_out(10.0)
+    first_leave, _, _ = m.heartbeat(10.0)
+    done(m, (), 10.5)                                   # rejoins while that leave is in flight
+    join, _, _ = m.heartbeat(10.5)
+    m.on_answer(join, answer(3, [T0]), None, 10.6)
+    done(m, {T0}, 10.6)
+    seq, _, _ = m.heartbeat(10.6)
+    m.on_answer(seq, answer(3, [T0]), None, 10.7)
+    m.poll_timed_out(11.0)                              # too slow again; its leave not sent yet
+    m.on_answer(first_leave, {"member_epoch": -1}, None, 11.1)
+    seq, fields, _ = m.heartbeat(11.1)                   # the new leave still goes
+    assert fields["member_epoch"] == -1 and seq != first_leave
+
+
+def test_closing_right_after_fenced_instance_id_still_tells_the_coordinator():
+    m = joined()
+    seq, _, _ = m.heartbeat(0.1)
+    m.on_answer(seq, None, errors.FencedInstanceId("taken"), 0.2)
+    done(m, (), 0.3)
+    m.leave(0.3)                                        # close() before the leave went out
+    seq, fields, _ = m.heartbeat(0.3)
+    assert fields["member_epoch"] == -1
+
+
+class FakeNet:
+    """A NetworkClient stand-in that records requests; the test answers them."""
+
+    class cluster:
+        brokers = {1: None}
+
+    def __init__(self):
+        self.sent = []
+
+    def ready(self, node):
+        return True
+
+    def metadata_nodes(self):
+        return [1]
+
+    def request_metadata(self, topics):
+        pass
+
+    def send(self, node, api, fields, handler=None, timeout_ms=None, blobs=None):
+        self.sent.append((api, fields, handler))
+        return len(self.sent)
+
+    def last(self, api):
+        return [x for x in self.sent if x[0] == api][-1]
+
+
+def group_io():
+    from clients._group import GroupIO
+    net = FakeNet()
+    m = Membership("g", member_id="m1")
+    m.state, m.epoch, m._next_at = State.STABLE, 3, float("inf")
+    io = GroupIO(net, m, lambda task: None)
+    io.tick(0.0)
+    net.last("FindCoordinator")[2]({"coordinators": [["g", 1, "h", 1, 0, None]]}, [], None)
+    return net, io
+
+
+def test_a_retried_commit_never_overtakes_a_newer_one_and_ends_as_it_ends(monkeypatch):
+    import clients._group
+    from clients.structs import OffsetAndMetadata
+    monkeypatch.setattr(clients._group, "_monotonic", lambda: 0.0)     # retries due at 0.1
+    net, io = group_io()
+    a, b = TopicPartition("t", 0), TopicPartition("t", 1)
+    c1 = io.submit_commit({a: OffsetAndMetadata(50), b: OffsetAndMetadata(5)}, 60, True)
+    io.tick(0.0)
+    net.last("OffsetCommit")[2](None, [], errors.StaleMemberEpoch("retry"))
+    c2 = io.submit_commit({a: OffsetAndMetadata(60)}, 60, True)
+    io.tick(0.0)
+    sent = net.last("OffsetCommit")
+    assert sent[1]["parts"] == [["t", 0, 60, -1, None]]
+    io.tick(1.0)                                        # c1's retry: only b, not a's old 50
+    retry = net.last("OffsetCommit")
+    assert retry[1]["parts"] == [["t", 1, 5, -1, None]]
+    retry[2](None, [], errors.StaleMemberEpoch("retry again"))
+    c3 = io.submit_commit({b: OffsetAndMetadata(7)}, 60, True)
+    io.tick(1.0)
+    net.last("OffsetCommit")[2]({"parts": [["t", 1, 0, None]]}, [], None)     # c3 ok
+    sent[2]({"parts": [["t", 0, 1, "out of range"]]}, [], None)               # c2 fails
+    io.tick(2.0)
+    assert c3.exception() is None and c2.exception() is not None
+    assert c1.done() and c1.exception() is not None     # one of its successors failed
+    assert len([x for x in net.sent if x[0] == "OffsetCommit"]) == 4
+
+
+def test_a_commit_from_an_earlier_membership_never_lands():
+    from clients.errors import CommitFailedError
+    from clients.structs import OffsetAndMetadata
+    net, io = group_io()
+    c = io.submit_commit({T0: OffsetAndMetadata(5)}, 60, True)
+    io.membership.incarnation += 1                      # lost and joined again meanwhile
+    io.tick(0.0)
+    assert isinstance(c.exception(), CommitFailedError)
+    assert not [x for x in net.sent if x[0] == "OffsetCommit"]

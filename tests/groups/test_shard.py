@@ -536,11 +536,20 @@ def test_offsets_of_a_topic_deleted_unseen_go_at_the_second_retention_check():
     assert list(reloaded.groups["g"].offsets) == [("t", 0)]
 
 
-def test_offsets_of_an_earlier_topic_of_the_same_name_go():
-    shard = GroupShard(0, CONFIG, {"t": 1}, {"t": "id-1"})
-    shard.commit_offsets({"group_id": "g", "parts": [["t", 0, 7, -1, None]]}, 0)
-    assert shard.groups["g"].offsets[("t", 0)].topic_id == "id-1"
-    shard.set_topics({"t": 1}, {"t": "id-1"})
-    assert ("t", 0) in shard.groups["g"].offsets
-    shard.set_topics({"t": 1}, {"t": "id-2"})        # deleted and created again
-    assert shard.groups["g"].offsets == {}
+
+def test_a_group_is_reconciling_while_a_replaced_member_still_holds_partitions():
+    shard = GroupShard(0, CONFIG, {"t": 2})
+    a = Client(shard, "g", "a1", ["t"], instance_id="host-a")
+    a.heartbeat()
+    a2 = Client(shard, "g", "a2", ["t"], instance_id="host-a")
+    a2.heartbeat()
+    assert group(shard).state is GroupState.RECONCILING
+    described = shard.describe_group("g")
+    assert {m[0]: m[10] for m in described[7]}["a1"] == "replaced"
+    with pytest.raises(errors.FencedInstanceId):         # the old id cannot come back
+        shard.heartbeat({"group_id": "g", "member_id": "a1", "member_epoch": 0,
+                         "instance_id": "host-a", "subscribed_topic_names": ["t"],
+                         "topic_partitions": []}, "h", 0.5)
+    shard.expire(10.5)
+    a2.heartbeat(now=11)
+    assert group(shard).state is GroupState.STABLE and len(a2.owned) == 2

@@ -116,7 +116,6 @@ class GroupCoordinator:
         self.config = shard_config(server.cfg)
         self.hosts: dict[int, Host] = {}
         self.topics: dict[str, int] = {}
-        self.topic_ids: dict[str, str] = {}
         self._create_asked = -1e9
         self._next_offsets_expiry = time.monotonic() + \
             self.cfg["offsets.retention.check.interval.ms"] / 1000
@@ -132,10 +131,8 @@ class GroupCoordinator:
         about topics that changed."""
         topics = {name: len(t.partitions) for name, t in image.topics.items()
                   if name not in protocol.INTERNAL_TOPICS}
-        ids = {name: t.topic_id for name, t in image.topics.items()
-               if name not in protocol.INTERNAL_TOPICS and t.topic_id}
-        topics_changed = topics != self.topics or ids != self.topic_ids
-        self.topics, self.topic_ids = topics, ids
+        topics_changed = topics != self.topics
+        self.topics = topics
         if topics_changed:
             self.known_end = {tp: e for tp, e in self.known_end.items()
                               if tp[0] in topics and tp[1] < topics[tp[0]]}
@@ -152,11 +149,11 @@ class GroupCoordinator:
                 self._load(p, part)
             elif topics_changed:
                 host = self.hosts[p]
-                self._run(host, host.shard.set_topics(topics, ids), None, None)
+                self._run(host, host.shard.set_topics(topics), None, None)
 
     def _load(self, p: int, part) -> None:
         started = time.monotonic()
-        shard = GroupShard(p, self.config, self.topics, self.topic_ids)
+        shard = GroupShard(p, self.config, self.topics)
         plog = part.log
         offset, end, count = plog.log_start_offset, plog.log_end_offset, 0
         try:
@@ -179,7 +176,7 @@ class GroupCoordinator:
         self.hosts[p] = Host(part, shard, count)
         log.info("group coordinator loaded", partition=p, groups=len(shard.groups),
                  records=count, ms=round((now - started) * 1000, 1))
-        self._run(self.hosts[p], shard.set_topics(self.topics, self.topic_ids), None, None)
+        self._run(self.hosts[p], shard.set_topics(self.topics), None, None)
 
     def unload(self, p: int, why: str) -> None:
         host = self.hosts.pop(p, None)

@@ -84,13 +84,12 @@ class Member:
 
 
 class OffsetAndMetadata:
-    __slots__ = ("offset", "leader_epoch", "metadata", "commit_timestamp_ms", "topic_id")
+    __slots__ = ("offset", "leader_epoch", "metadata", "commit_timestamp_ms")
 
     def __init__(self, offset: int, leader_epoch: int, metadata: str | None,
-                 commit_timestamp_ms: int, topic_id: str | None = None):
+                 commit_timestamp_ms: int):
         self.offset, self.leader_epoch = offset, leader_epoch
         self.metadata, self.commit_timestamp_ms = metadata, commit_timestamp_ms
-        self.topic_id = topic_id
 
 
 class Group:
@@ -110,13 +109,14 @@ class Group:
 
     @property
     def state(self) -> GroupState:
-        """(A replaced member, on its way out, does not count.)"""
-        active = self.active()
-        if not active:
+        """(A replaced member, on its way out, holds partitions its successor waits for: while
+        one is there the group is reconciling, not stable or empty.)"""
+        if not self.members:
             return GroupState.EMPTY
         if self.epoch > self.assignment_epoch:
             return GroupState.ASSIGNING
-        if any(not m.reconciled_to(self.assignment_epoch) for m in active):
+        if any(m.replaced or not m.reconciled_to(self.assignment_epoch)
+               for m in self.members.values()):
             return GroupState.RECONCILING
         return GroupState.STABLE
 

@@ -8,7 +8,7 @@ same key replaces an earlier one (the log could be compacted by key).
 
     type  key                              value
     1     [1, group, topic, partition]     OffsetCommit: offset, leader_epoch, metadata,
-                                           commit_timestamp_ms, topic_id
+                                           commit_timestamp_ms
     2     [2, group]                       GroupMetadata: epoch (the group epoch),
                                            empty_since_ms; a tombstone deletes the group
     3     [3, group]                       SubscriptionMetadata: topics {name: partitions} the
@@ -103,12 +103,10 @@ def partitions_from_list(entries) -> frozenset:
 # --- constructors, one per record type ----------------------------------------------------------
 
 def offset_commit(group_id: str, topic: str, partition: int, offset: int, leader_epoch: int,
-                  metadata: str | None, commit_timestamp_ms: int, topic_id: str | None = None):
-    """``topic_id``: the id of the topic the offset was committed for, so that an offset of a
-    deleted topic is never taken for a new topic of the same name."""
+                  metadata: str | None, commit_timestamp_ms: int):
     return encode(OFFSET_COMMIT, group_id, topic, partition,
                   value={"offset": offset, "leader_epoch": leader_epoch, "metadata": metadata,
-                         "commit_timestamp_ms": commit_timestamp_ms, "topic_id": topic_id})
+                         "commit_timestamp_ms": commit_timestamp_ms})
 
 
 def offset_tombstone(group_id: str, topic: str, partition: int):

@@ -51,12 +51,11 @@ class Result(NamedTuple):
 
 class GroupShard:
     def __init__(self, partition: int, config: ShardConfig = ShardConfig(),
-                 topics: dict[str, int] | None = None, topic_ids: dict[str, str] | None = None):
+                 topics: dict[str, int] | None = None):
         self.partition = partition
         self.config = config
         self.groups: dict[str, Group] = {}
         self.topics: dict[str, int] = dict(topics or {})   # the cluster's partition counts
-        self.topic_ids: dict[str, str] = dict(topic_ids or {})
         self._topics_known = topics is not None
         self.sessions: dict[tuple[str, str], float] = {}    # (group, member) -> deadline
         self.rebalance_deadlines: dict[tuple[str, str], tuple[float, int]] = {}
@@ -102,8 +101,7 @@ class GroupShard:
             else:
                 g.offsets[tp] = OffsetAndMetadata(v["offset"], v.get("leader_epoch", -1),
                                                   v.get("metadata"),
-                                                  v.get("commit_timestamp_ms", 0),
-                                                  v.get("topic_id"))
+                                                  v.get("commit_timestamp_ms", 0))
         elif r.type == rec.SUBSCRIPTION_METADATA:
             g.subscription_metadata = dict(v["topics"]) if v is not None else {}
         elif r.type == rec.MEMBER_METADATA:
@@ -180,7 +178,7 @@ class GroupShard:
                 out.append(rec.target_member(gid, mid, parts))
             for (t, p), o in sorted(g.offsets.items()):
                 out.append(rec.offset_commit(gid, t, p, o.offset, o.leader_epoch, o.metadata,
-                                             o.commit_timestamp_ms, o.topic_id))
+                                             o.commit_timestamp_ms))
         return out
 
     # --- emitting -------------------------------------------------------------------------------
@@ -630,25 +628,19 @@ class GroupShard:
         return self._done(None)
 
     # --- metadata -------------------------------------------------------------------------------
-    def set_topics(self, topics: dict[str, int], topic_ids: dict[str, str] | None = None
-                   ) -> Result:
+    def set_topics(self, topics: dict[str, int]) -> Result:
         """The cluster's topics and partition counts changed: groups subscribed to a topic that
-        grew, shrank, appeared or went move to a new epoch; offsets of deleted topics go, and
-        so do offsets committed for an earlier topic of the same name (another topic id). (A
+        grew, shrank, appeared or went move to a new epoch; offsets of deleted topics go. (A
         topic deleted while nobody coordinated here is found by ``expire_offsets``.)"""
         previous = self.topics if self._topics_known else None
         self.topics = dict(topics)
-        if topic_ids is not None:
-            self.topic_ids = dict(topic_ids)
         self._topics_known = True
         self._begin()
-        ids = self.topic_ids
         for gid, g in sorted(self.groups.items()):
-            for (t, p), o in sorted(g.offsets.items()):
-                gone = previous is not None and t in previous and t not in self.topics
-                other = o.topic_id is not None and t in ids and ids[t] != o.topic_id
-                if gone or other:
-                    self._emit(rec.offset_tombstone(gid, t, p))
+            if previous is not None:
+                for (t, p) in sorted(g.offsets):
+                    if t in previous and t not in self.topics:
+                        self._emit(rec.offset_tombstone(gid, t, p))
             if g.members:
                 self._refresh_subscription(g, bump=False)
                 self._update_target(g)
@@ -701,7 +693,7 @@ class GroupShard:
             self._emit(rec.group_epoch(gid, 0))
         for e in good:
             self._emit(rec.offset_commit(gid, e.topic, e.partition, e.offset, e.leader_epoch,
-                                         e.metadata, now_ms, self.topic_ids.get(e.topic)))
+                                         e.metadata, now_ms))
         return self._done({"parts": results})
 
     def _check_commit(self, e: protocol.OffsetCommitPart, member: Member | None,
