@@ -18,8 +18,9 @@ one fetch the next is already on its way. Answered fetches are queued raw; ``pol
 them on the caller's thread (``zbroker.records``), drops records before the position (a fetch
 returns whole batches) and hands out at most ``max_records``.
 
-Every partition has a *generation*, bumped by ``seek`` and friends: a fetch answered for an older
-generation is dropped, so a seek is exact even with fetches in flight. OFFSET_OUT_OF_RANGE
+Every partition has a *generation*, renewed by ``seek`` and friends and unique across the
+consumer's life: a fetch answered for another generation is dropped, so a seek is exact even
+with fetches in flight, and so is a partition given back after it was revoked or lost. OFFSET_OUT_OF_RANGE
 resets the position by ``auto_offset_reset`` (ListOffsets); NOT_LEADER_OR_FOLLOWER, an unknown
 partition, a lost connection refresh the metadata and fetch from the new leader.
 
@@ -39,6 +40,7 @@ to the group without joining it (the group must have no members).
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import re
 import threading
@@ -63,6 +65,10 @@ _RESETS = {"earliest": EARLIEST, "smallest": EARLIEST, "latest": LATEST, "larges
 PATTERN_REFRESH_S = 5.0             # how often a pattern subscription looks for new topics
 LEAVE_WAIT_S = 5.0                  # how long close() waits for the coordinator to see it go
 _consumer_ids = iter(range(1, 1 << 62))
+# Generations of partition states come from one counter, so an answer to a fetch made for a
+# partition's earlier state (before it was revoked or lost and given back) can never pass for
+# an answer meant for its new one: a fetch answered for an earlier generation is dropped.
+_generations = itertools.count(1)
 
 
 class ConsumerRebalanceListener:
@@ -97,7 +103,7 @@ class _PartitionState:
         self.tp = tp
         self.position: int | None = None     # next offset poll() returns (caller's view)
         self.fetch_offset: int | None = None  # next offset to fetch (>= position)
-        self.generation = 0
+        self.generation = next(_generations)
         self.reset = reset                   # EARLIEST/LATEST: ListOffsets needed
         self.reset_sent = False
         self.in_flight = False
@@ -878,7 +884,7 @@ class Consumer:
 
     def _invalidate(self, st: _PartitionState) -> None:
         """Under _lock: forget what was fetched for ``st``; fetches in flight will be dropped."""
-        st.generation += 1
+        st.generation = next(_generations)
         st.buffered = 0
         st.reset_sent = False
         st.committed_sent = False        # an answer in flight is dropped: ask again
@@ -1077,7 +1083,7 @@ class Consumer:
                 st.committed_pending = False
                 got = fut.result().get(tp)
                 if got is not None:
-                    st.generation += 1
+                    st.generation = next(_generations)
                     st.position = st.fetch_offset = got.offset
                 elif self.auto_offset_reset is not None:
                     st.reset = self.auto_offset_reset
@@ -1211,7 +1217,7 @@ class Consumer:
                     else:
                         st.error = err
                     continue
-                st.generation += 1
+                st.generation = next(_generations)
                 st.position = st.fetch_offset = r[3]
                 st.reset = None
             self._cond.notify_all()

@@ -200,3 +200,21 @@ def test_consumer_records_are_tuples_with_fields_equality_and_pickling():
     assert r != ConsumerRecord.of("one", 1)(5, 1000, b"k", b"v", (("h", b"x"),))
     plain = records.Record(5, 1000, b"k", b"v", ())
     assert pickle.loads(pickle.dumps(plain)) == plain and repr(plain).startswith("Record(")
+
+
+def test_a_fetch_made_before_a_partition_was_given_back_is_not_taken_for_its_new_state(
+        fake_broker):
+    """A partition dropped and assigned again gets a new state; a fetch still parked at the
+    broker for the old one must not be taken for it (once, their generations could collide,
+    and the answer of the old fetch made the new one skip records)."""
+    fill(fake_broker, 10)
+    with consumer(fake_broker, fetch_max_wait_ms=1500) as c:
+        c.assign([TP])
+        assert [r.offset for r in read_all(c, 10)] == list(range(10))
+        time.sleep(0.2)                     # the next fetch (from 10) is parked at the broker
+        c.assign([])
+        c.assign([TP])
+        c.seek(TP, 0)
+        fill(fake_broker, 10)               # the parked fetch will be answered with 10..19
+        got = read_all(c, 20, timeout_s=10)
+    assert [r.offset for r in got][:20] == list(range(20))
