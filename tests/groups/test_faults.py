@@ -96,6 +96,7 @@ class MemberProc:
         return processed, intervals, commits
 
 
+@pytest.mark.slow
 def test_members_and_coordinator_killed_while_consuming(cluster, procs, tmp_path):
     c = cluster(3, overrides={**GROUP_SETTINGS, **FAST, "offsets.topic.num.partitions": "5"})
     c.create_topic(TOPIC, partitions=PARTITIONS, replication_factor=3,
