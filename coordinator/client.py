@@ -160,6 +160,9 @@ class CoordinatorClient:
         self._secret = b""
         self._run_id = None
         self.state = CONNECTING
+        # when the coordinator was last heard from while connected (monotonic): the session
+        # cannot expire before this plus the session timeout, less a round trip
+        self.last_contact_s = time.monotonic()
         self._ids = itertools.count(1)
         self._outq: collections.deque[_Request] = collections.deque()
         self._waiting: collections.deque[_Request] = collections.deque()  # not sent yet
@@ -374,6 +377,8 @@ class CoordinatorClient:
                 self._take_submissions()
             if self._sock in ready:
                 last_recv = time.monotonic()
+                if self.state == CONNECTED:
+                    self.last_contact_s = last_recv
                 self._read_replies()
                 if self._outq:              # callbacks that chained new requests
                     self._take_submissions()

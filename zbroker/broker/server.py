@@ -257,9 +257,13 @@ class BrokerServer:
             return              # a listener of a session we already left
         if state == SUSPENDED:
             if self._suspended_at is None:
+                # Counted from the last time the coordinator was heard from, not from when the
+                # client noticed the silence (which is itself up to 2/3 of the timeout later):
+                # the session may expire a session timeout after that contact.
                 self._suspended_at = time.monotonic()
-                limit_s = self.client.session_timeout_ms * 2 / 3000
-                self._add_timer(limit_s, self._check_suspended, self._suspended_at)
+                limit_at = client.last_contact_s + self.client.session_timeout_ms * 2 / 3000
+                self._add_timer(max(0.0, limit_at - time.monotonic()), self._check_suspended,
+                                self._suspended_at)
         elif state == CONNECTED:
             if self.leadership_paused:
                 log.info("coordinator session back; leading again")
