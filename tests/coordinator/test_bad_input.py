@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 
 import msgpack
 import pytest
@@ -86,15 +87,91 @@ def test_garbage_gets_error_replies_and_changes_nothing(coordinator, raw):
     got = replies(raw, 2)
     assert {r["id"] for r in got} == {53, None}
     assert [r for r in got if r["id"] is None][0]["err"] != 0
-    # an oversized frame: the server drops that peer, and keeps serving the others
-    big = zmq.Context.instance().socket(zmq.DEALER)
-    big.setsockopt(zmq.LINGER, 0)
-    big.connect(f"tcp://{coordinator.address}")
-    big.send(b"\x00" * (protocol.FRAME_BYTES_MAX + 10))
-    big.close(0)
+    good.close()
+
+
+def frame_of_size(size):
+    """One frame of exactly ``size`` bytes holding one valid connect request (padded with a
+    field the coordinator ignores): taken, it opens a session (a transaction) and is answered."""
+    def build(pad):
+        return req(api="connect", id=7, sid=0, timeout_ms=60000, pad=b"p" * pad)
+    overhead = len(build(1 << 16)) - (1 << 16)      # msgpack's bin32 header from here on
+    frame = build(size - overhead)
+    assert len(frame) == size
+    return frame
+
+
+class MonitoredDealer:
+    """A DEALER with a socket monitor, so a test knows when the connection is up (the ZeroMQ
+    handshake is done, so what it sends goes out at once) and when the peer dropped it."""
+
+    def __init__(self, address):
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.monitor = self.sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self.sock.connect(f"tcp://{address}")
+
+    def wait_for(self, event, timeout_s=10.0):
+        from zmq.utils.monitor import recv_monitor_message
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            assert left_ms > 0 and self.monitor.poll(left_ms), \
+                f"no {event} on the connection within {timeout_s}s"
+            if recv_monitor_message(self.monitor)["event"] == event:
+                return
+
+    def close(self):
+        self.sock.disable_monitor()
+        self.monitor.close(0)
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def test_a_frame_over_the_limit_drops_its_sender_and_nobody_else(coordinator, raw):
+    good = CoordinatorClient(coordinator.address)
+    states = []
+    good.add_listener(states.append)
+    good.create("/keep", b"v")
+    sid = ask(raw, req(api="connect", id=1, sid=0, timeout_ms=60000))["sid"]
+
+    def durable_zxid():
+        return ask(raw, req(api="ping", id=2, sid=sid))["zxid"]
+    before = durable_zxid()
+    # a frame of exactly FRAME_BYTES_MAX is taken: answered on the same connection, which stays
+    at_limit = MonitoredDealer(coordinator.address)
+    try:
+        at_limit.wait_for(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        at_limit.sock.send(frame_of_size(protocol.FRAME_BYTES_MAX))
+        assert at_limit.sock.poll(10_000), "no answer to a frame at the limit"
+        (reply,) = protocol.unpack_stream(at_limit.sock.recv())[0]
+        assert reply["id"] == 7 and reply["err"] == 0, reply
+        new_sid = reply["sid"]
+        assert new_sid == before + 1          # its session is the next transaction
+        at_limit.sock.send(req(api="ping", id=8, sid=new_sid))  # the same connection: its own
+        assert at_limit.sock.poll(10_000)
+        (pong,) = protocol.unpack_stream(at_limit.sock.recv())[0]
+        assert pong["id"] == 8 and pong["err"] == 0, pong
+    finally:
+        at_limit.close()
+    assert durable_zxid() == before + 1
+    # one byte more: the socket (ZMQ_MAXMSGSIZE) drops that peer's connection as the frame
+    # arrives; the coordinator never sees the request, and nobody else notices
+    over = MonitoredDealer(coordinator.address)
+    try:
+        over.wait_for(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        over.sock.send(frame_of_size(protocol.FRAME_BYTES_MAX + 1))
+        over.wait_for(zmq.EVENT_DISCONNECTED)
+        assert not over.sock.poll(0), "a frame over the limit was answered"
+    finally:
+        over.close()
+    assert durable_zxid() == before + 1     # no session was opened
     assert good.get("/keep") == (b"v", 0)
     assert good.children("/") == ["keep"]
     assert ask(raw, req(api="get", id=99, sid=sid, path="/keep"))["value"] == b"v"
+    assert states == [], states             # the well-behaved client never lost its connection
     good.close()
 
 

@@ -2,6 +2,7 @@
 partition: a host cut off for longer than its session timeout loses its session and ephemeral
 keys; one cut off for less keeps them."""
 
+import json
 import subprocess
 import time
 
@@ -15,6 +16,18 @@ def stat(hosts, path):
     r = subprocess.run(hosts.python(0, "coordinator.shell", "--coordinator", "127.0.0.1:2181",
                                     "stat", path), capture_output=True, text=True, timeout=30)
     return "version =" in r.stdout
+
+
+STAT_OWNER = 5      # ephemeral_owner in a stat list
+
+
+def probe(hosts, path, until_ms=0):
+    """From the coordinator's host: the coordinator's clock once it is at least ``until_ms``, and
+    the stat of ``path`` read after that moment (tests/coordinator/helper_probe.py)."""
+    r = subprocess.run(hosts.python(0, "tests.coordinator.helper_probe", "127.0.0.1:2181", path,
+                                    str(until_ms)), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def wait_until(predicate, timeout_s, what):
@@ -41,11 +54,24 @@ def test_partitioned_client_loses_its_session_and_a_short_blip_does_not(netns_ho
     wait_until(lambda: "CREATED" in holder.log_tail(), 20, "the remote client's key")
     assert stat(hosts, "/host-1")
 
+    before = probe(hosts, "/host-1")
+    assert before["stat"] is not None
+    owner = before["stat"][STAT_OWNER]
     hosts.disconnect(1)                 # shorter than the session timeout
+    cut = time.monotonic()
     time.sleep(0.8)
     hosts.reconnect(1)
-    time.sleep(2.5)                     # past the timeout: the session was kept alive again
-    assert stat(hosts, "/host-1")
+    blip_s = time.monotonic() - cut
+    back_ms = int(time.time() * 1000)   # one machine: the coordinator's wall clock is ours
+    assert blip_s < 1.3, f"the machine stalled: the blip lasted {blip_s:.2f} s, too long for a " \
+                         f"2 s session to be sure to survive it"
+    # Had the blip cost the session, its key would go within a timeout (and a tick) of the
+    # reconnect. Wait until the coordinator's clock is two timeouts past it: the key is still
+    # there, held by the same session.
+    after = probe(hosts, "/host-1", until_ms=back_ms + 2 * 2000)
+    assert after["clock_ms"] >= back_ms + 2 * 2000
+    assert after["stat"] is not None, "the key went after a short blip"
+    assert after["stat"][STAT_OWNER] == owner
     assert "STATE LOST" not in holder.log_tail()
 
     hosts.disconnect(1)                 # longer than the session timeout

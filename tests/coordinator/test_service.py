@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from coordinator.client import BadVersion, CoordinatorClient, NodeExists, NoNode, NotEmpty, Op
+from coordinator.client import (BadVersion, ConnectionLoss, CoordinatorClient, NodeExists, NoNode,
+                                NotEmpty, Op)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -78,6 +79,18 @@ def test_multi_is_all_or_nothing(coordinator_client):
     assert c.children("/m") == [] and c.get("/m") == (b"x", 1)
 
 
+def wait_until(predicate, timeout_s, what):
+    """Poll ``predicate()`` until it returns something truthy, and return that; fail after
+    ``timeout_s`` seconds, naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = predicate()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 def test_session_expiry_removes_ephemerals_and_tells_watchers(coordinator, procs):
     watcher = CoordinatorClient(coordinator.address)
     events = []
@@ -85,26 +98,35 @@ def test_session_expiry_removes_ephemerals_and_tells_watchers(coordinator, procs
     watcher.ensure_path("/brokers/ids")
 
     def on_change(ev):
-        events.append((time.monotonic(), ev))
+        events.append(ev)
         if ev.type == "deleted":
             seen.set()
     watcher.watch("/brokers/ids", on_change)
     holder = procs.python("holder", "tests.coordinator.helper_client", coordinator.address,
                           "ephemeral", "/brokers/ids/7", "1000")
-    deadline = time.monotonic() + 10
-    while watcher.exists("/brokers/ids/7") is None:
-        assert time.monotonic() < deadline, holder.log_tail()
-        time.sleep(0.02)
-    time.sleep(1.5)         # well past the timeout: pings keep the session alive
-    assert watcher.exists("/brokers/ids/7") is not None
+    held = wait_until(lambda: watcher.exists("/brokers/ids/7") or holder.popen.poll() is not None,
+                      10, "the holder's ephemeral key")
+    assert held is not True, holder.log_tail()      # True: the holder exited
+    # Pings keep the session alive well past its timeout: write a clock key until the
+    # coordinator's own clock (the key's mtime) is two timeouts past the ephemeral's creation.
+    # Watch events come in transaction order, so the clock key's last event arriving with no
+    # deletion before it means the ephemeral lived at least that long.
+    watcher.create("/brokers/ids/clock")
+    wait_until(lambda: watcher.set("/brokers/ids/clock", b"") and
+               watcher.exists("/brokers/ids/clock").mtime_ms >= held.ctime_ms + 2 * 1000,
+               20, "two session timeouts on the coordinator's clock")
+    last = watcher.exists("/brokers/ids/clock")
+    wait_until(lambda: any(e.path == "/brokers/ids/clock" and e.version == last.version
+                           for e in events), 10, "the clock key's last event")
+    assert [(e.type, e.path) for e in events if e.path == "/brokers/ids/7"] == \
+        [("created", "/brokers/ids/7")], holder.log_tail()
+    assert watcher.exists("/brokers/ids/7").ephemeral_owner == held.ephemeral_owner
     holder.kill9()
-    killed = time.monotonic()
-    assert seen.wait(10), events
-    took = events[-1][0] - killed
-    # expiry is due 1000 ms after the last ping; tick is 100 ms; allow scheduling slack
-    assert took <= 1.0 + 0.1 + 0.5, took
+    # within a generous bound (how fast is measured in benchmarks/bench_coordinator.py)
+    assert seen.wait(15), events
     assert watcher.exists("/brokers/ids/7") is None
-    assert [e.type for _, e in events] == ["created", "deleted"]
+    assert [(e.type, e.path) for e in events if e.path == "/brokers/ids/7"] == \
+        [("created", "/brokers/ids/7"), ("deleted", "/brokers/ids/7")]
     watcher.close()
 
 
@@ -117,7 +139,7 @@ def test_a_thousand_concurrent_writes_reach_a_watcher_complete_and_in_order(coor
 
     def on_change(ev):
         got.append(ev)
-        if len(got) == 1000:
+        if len(got) >= 1000:
             done.set()
     watcher.watch("/storm", on_change)
 
@@ -131,7 +153,11 @@ def test_a_thousand_concurrent_writes_reach_a_watcher_complete_and_in_order(coor
     for t in threads:
         t.join()
     assert done.wait(20), len(got)
-    time.sleep(0.2)
+    # events come in transaction order: once a later change's event is in, any duplicate or
+    # extra event of the storm would be in too
+    watcher.create("/storm/zz-end")
+    wait_until(lambda: got[-1].path == "/storm/zz-end", 10, "the end marker's event")
+    assert got.pop().path == "/storm/zz-end"
     assert len(got) == 1000
     zxids = [e.zxid for e in got]
     assert zxids == sorted(zxids) and len(set(zxids)) == 1000
@@ -150,7 +176,7 @@ def test_closed_session_ephemerals_go_at_once(coordinator):
     assert b.exists("/e1").ephemeral_owner == a.session_id
     a.close()
     assert b.exists("/e1") is None
-    with pytest.raises(Exception):
+    with pytest.raises(ConnectionLoss, match="The client is closed"):
         a.get("/e1")
     b.close()
 
@@ -178,15 +204,16 @@ def test_reconnect_within_timeout_keeps_the_session_across_a_coordinator_restart
         try:
             c.create("/keep/after", b"1")
             break
-        except Exception:
+        except NodeExists:          # an earlier try took effect; its reply was lost
+            break
+        except ConnectionLoss:
             assert time.monotonic() < deadline
             time.sleep(0.1)
     assert c.session_id == sid
     assert c.exists("/keep/mine") is not None
-    deadline = time.monotonic() + 5
-    while not any(e.path == "/keep/after" for e in events):
-        assert time.monotonic() < deadline, events
-        time.sleep(0.05)
+    wait_until(lambda: any(e.path == "/keep/after" for e in events), 5, "the watch event")
+    assert [(e.type, e.path) for e in events] == [("created", "/keep/mine"),
+                                                  ("created", "/keep/after")]
     c.close()
 
 
