@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import threading
@@ -13,9 +12,6 @@ import pytest
 from clients import (AdminClient, Consumer, MessageTooLarge, NoBrokersAvailable, Producer,
                      TopicPartition, UnknownTopicOrPartition)
 from tests.procs import free_port
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("zbroker.broker.server") is None,
-                                reason="the broker (zbroker.broker.server) is not built yet")
 
 
 def consume(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> list:

@@ -9,6 +9,7 @@ import pytest
 from clients import (IllegalStateError, MessageTooLarge, NoBrokersAvailable, Producer,
                      RecordMetadata, RequestTimedOut, UnknownTopicOrPartition)
 from clients.partitioner import partition_for_key
+from tests.clients.produce_spy import OK, ProduceSpy
 from tests.procs import free_port
 from zbroker import errors, records
 
@@ -37,17 +38,30 @@ def test_keyed_records_follow_the_key_hash(fake_broker):
 
 
 def test_keyless_records_stick_to_one_partition_per_batch(fake_broker):
-    with Producer(fake_broker.bootstrap, batch_size=2000, linger_ms=1000) as p:
-        for i in range(200):
-            p.send("t", b"x" * 50)
+    # linger_ms far beyond the test: only batch_size seals a batch, and flush() the last one
+    with Producer(fake_broker.bootstrap, batch_size=2000, linger_ms=600_000) as p:
+        futs = [p.send("t", b"x" * 50) for _ in range(200)]
         p.flush(10)
-    sizes = []
+    metas = [f.result(0) for f in futs]
+    runs = []                       # [partition, records] of consecutive sends
+    for m in metas:
+        if runs and runs[-1][0] == m.partition:
+            runs[-1][1] += 1
+        else:
+            runs.append([m.partition, 1])
+    full = runs[0][1]
+    # every batch but the last filled up to batch_size, then the next went to another partition
+    assert len(runs) == -(-200 // full) and len(runs) > 3, runs
+    assert [n for _, n in runs] == [full] * (len(runs) - 1) + [200 - full * (len(runs) - 1)]
+    assert all(a[0] != b[0] for a, b in zip(runs, runs[1:])), runs
+    # the broker got exactly those batches, one per run, in order within each partition
     for part in range(3):
-        for h in batches_of(fake_broker, "t", part):
-            sizes.append(h.records_count)
-    # every batch but the last ones filled up (size-sealed): 200 records in few batches
-    assert sum(sizes) == 200
-    assert len(sizes) <= 200 * 80 // 2000 + 3
+        assert [h.records_count for h in batches_of(fake_broker, "t", part)] == \
+            [n for q, n in runs if q == part]
+    next_offset = [0, 0, 0]
+    for m in metas:
+        assert m.offset == next_offset[m.partition]
+        next_offset[m.partition] += 1
 
 
 def test_batch_size_bounds_batches_and_linger_sends_a_lone_record(fake_broker):
@@ -110,11 +124,28 @@ def test_retriable_errors_are_retried_in_order_with_max_in_flight_1(fake_broker)
                                   errors.RequestTimedOut.code]
     with Producer(fake_broker.bootstrap, max_in_flight=1, retry_backoff_ms=10,
                   batch_size=200, linger_ms=0) as p:
+        spy = ProduceSpy(p, keep_blobs=True)
         futs = [p.send("one", b"%d" % i) for i in range(300)]
         p.flush(10)
-    assert [f.result().offset for f in futs] == list(range(300))
+    assert fake_broker.produce_errors == []
+    assert [f.result(0).offset for f in futs] == list(range(300))
     assert [r.value for r in fake_broker.records("one", 0)] == [b"%d" % i for i in range(300)]
-    assert sum(1 for r in fake_broker.requests if r["api"] == "Metadata") >= 2
+    # the refused request was sent again, twice, before anything else; then all went through
+    tp = ("one", 0)
+    attempts = spy.ended()
+    assert len(attempts) == len(spy.attempts)
+    assert [a.outcome for a in attempts[:3]] == [{tp: "NotLeaderOrFollower"},
+                                                 {tp: "RequestTimedOut"}, {tp: OK}]
+    assert all(a.outcome == {tp: OK} for a in attempts[3:])
+    assert spy.errors() == {"NotLeaderOrFollower": 1, "RequestTimedOut": 1}
+    first = attempts[0].blobs[0]
+    assert attempts[1].blobs[0].startswith(first) and attempts[2].blobs[0].startswith(first)
+    assert spy.max_in_flight_per_partition == 1      # one request at a time: no reordering
+    # NOT_LEADER_OR_FOLLOWER made the producer ask who leads before it sent the batch again
+    produce_or_metadata = [r["api"] for r in fake_broker.requests
+                           if r["api"] in ("Produce", "Metadata")]
+    first_produce = produce_or_metadata.index("Produce")
+    assert produce_or_metadata[first_produce + 1] == "Metadata", produce_or_metadata
 
 
 def test_a_lost_request_times_out_and_is_retried(fake_broker):
@@ -135,12 +166,27 @@ def test_non_retriable_error_fails_the_future(fake_broker):
 
 
 def test_delivery_timeout_bounds_retries(fake_broker):
+    # Every answer is NOT_LEADER_OR_FOLLOWER. Attempts go out at about 0, 0.4 and 0.8 s; after
+    # the third refusal a resend (at 1.2 s) would pass the 1 s delivery timeout, so the record
+    # fails then with the error the broker gave, after exactly three attempts (each step has
+    # some 200 ms of slack).
     fake_broker.produce_errors = [errors.NotLeaderOrFollower.code] * 1000
-    with Producer(fake_broker.bootstrap, delivery_timeout_ms=500, retry_backoff_ms=20) as p:
+    with Producer(fake_broker.bootstrap, delivery_timeout_ms=1000, retry_backoff_ms=400) as p:
+        spy = ProduceSpy(p)
+        p.partitions_for("one")     # metadata first: its refreshes are retry_backoff_ms apart
+        start = time.monotonic()
         f = p.send("one", b"x")
-        with pytest.raises(errors.ZbError) as e:
+        with pytest.raises(errors.NotLeaderOrFollower, match="injected"):
             f.result(10)
-        assert isinstance(e.value, (RequestTimedOut, errors.NotLeaderOrFollower))
+        failed_after = time.monotonic() - start
+        assert f.failed() and isinstance(f.exception(), errors.NotLeaderOrFollower)
+    assert [a.outcome for a in spy.attempts] == [{("one", 0): "NotLeaderOrFollower"}] * 3
+    assert sum(1 for r in fake_broker.requests if r["api"] == "Produce") == 3
+    assert len(fake_broker.produce_errors) == 1000 - 3
+    sent = [a.sent_at - start for a in spy.attempts]
+    assert sent[1] - sent[0] >= 0.4 and sent[2] - sent[1] >= 0.4, sent    # the backoff
+    assert sent[2] < 1.0, sent                      # nothing sent past the delivery timeout
+    assert 0.8 <= failed_after < 5, failed_after    # failed at the last refusal, not later
 
 
 def test_clear_errors_at_send(fake_broker):

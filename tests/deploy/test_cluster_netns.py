@@ -1,17 +1,46 @@
 """deploy/cluster.sh over three test hosts (network namespaces): a coordinator on one, a broker
 on each of the others; the brokers register with their own addresses, and stop cleanly."""
 
+import json
 import os
-import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.deploy.helpers import kill_and_wait
+
 pytestmark = pytest.mark.timeout(120)
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+PROBE = """
+import json, sys
+from clients import AdminClient
+from coordinator.client import CoordinatorClient
+from zbroker.broker import metadata as md
+out = {"registered": {}, "metadata": {}}
+with CoordinatorClient(sys.argv[1], session_timeout_ms=4000) as c:
+    for i in c.children("/brokers/ids"):
+        r = md.decode_registration(int(i), c.get("/brokers/ids/" + i)[0])
+        out["registered"][i] = [r.host, r.port, r.rack]
+with AdminClient(sys.argv[2]) as admin:
+    for b in admin.describe_cluster(timeout_ms=10000)["brokers"]:
+        out["metadata"][str(b.node_id)] = [b.host, b.port, b.rack]
+print(json.dumps(out))
+"""
+
+
+def probe(hosts, i: int, coordinator: str, bootstrap: str) -> dict:
+    """The brokers' registrations at the coordinator and in a client's Metadata, read on
+    host ``i``: {"registered": {id: [host, port, rack]}, "metadata": {...}}."""
+    r = subprocess.run(hosts.command(i, [sys.executable, "-c", PROBE, coordinator, bootstrap]),
+                       capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
 
 
 def test_cluster_over_three_hosts(netns_hosts, tmp_path):
@@ -39,14 +68,30 @@ def test_cluster_over_three_hosts(netns_hosts, tmp_path):
             return subprocess.run(hosts.python(1, "coordinator.shell", "--coordinator",
                                                f"{hosts.address(0)}:2181", *words),
                                   capture_output=True, text=True, timeout=30).stdout
-        ids = shell("ls", "/brokers/ids").strip()
-        assert ids == "[1, 2]", ids
+        # a broker listens a moment before it has registered: wait (bounded) for both
+        wait_until(lambda: shell("ls", "/brokers/ids").strip() == "[1, 2]", 20,
+                   "both brokers registering")
+        # each broker registered, and is advertised to clients, with its own host's address
+        # and its rack (seen from the coordinator's host, a third machine)
+        want = {"1": [hosts.address(1), 9092, "rack-a"], "2": [hosts.address(2), 9092, "rack-b"]}
+        seen = {}
+
+        def both_seen():
+            seen.update(probe(hosts, 0, f"{hosts.address(0)}:2181",
+                              f"{hosts.address(1)}:9092,{hosts.address(2)}:9092"))
+            return seen["registered"].keys() == seen["metadata"].keys() == want.keys()
+        wait_until(both_seen, 20, "both brokers in the metadata")
+        assert seen["registered"] == want, seen
+        assert seen["metadata"] == want, seen
         stopped = run("stop")
         assert stopped.returncode == 0 and stopped.stdout.count("Stopped") == 3, stopped.stdout
         assert run("status").stdout.count("not running") == 3
     finally:
-        for pidfile in (tmp_path / "data" / "run").glob("*.pid"):
-            try:
-                os.kill(int(pidfile.read_text()), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
+        kill_and_wait(tmp_path / "data" / "run")       # only our own processes, until gone
+
+
+def wait_until(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
+        time.sleep(0.1)

@@ -95,7 +95,7 @@ def test_leader_shrinks_a_stalled_follower_out_of_the_isr_and_takes_it_back(clus
         h, _ = conn.request("Produce", [batch([b"late"])], acks=-1, timeout_ms=500,
                             parts=[["slow", 0, -1]])
         assert h["parts"][0][2] == errors.RequestTimedOut.code, h
-        assert 0.4 < time.monotonic() - t0 < 3
+        assert time.monotonic() - t0 >= 0.5       # it waited its timeout_ms for the follower
         # written by the leader but not replicated: consumers do not see it yet
         meta, blob = conn.fetch("slow", 0, 0)
         assert meta[2] == 0 and meta[3] == 0 and meta[5] == 1 and blob == b"", meta
