@@ -215,8 +215,10 @@ class CoordinatorClient:
         return self._submit("get", lambda r: (r["value"], r["stat"][0]), path=path)
 
     def get_with_stat(self, path: str) -> tuple[bytes, Stat]:
-        return self._wait(self._submit("get", lambda r: (r["value"], _stat(r["stat"])),
-                                       path=path))
+        return self._wait(self.get_with_stat_async(path))
+
+    def get_with_stat_async(self, path: str) -> Future:
+        return self._submit("get", lambda r: (r["value"], _stat(r["stat"])), path=path)
 
     def set(self, path: str, value: bytes, version: int = -1) -> int:
         return self._wait(self.set_async(path, value, version))

@@ -302,6 +302,12 @@ class UnknownLeaderEpoch(ZbError):
 
 
 @_register
+class StaleBrokerEpoch(ZbError):
+    code, name, retriable = 77, "STALE_BROKER_EPOCH", True
+    message = "The broker epoch in the request is not the broker's registered one."
+
+
+@_register
 class KafkaStorageError(ZbError):
     code, name, retriable = 56, "KAFKA_STORAGE_ERROR", True
     message = "The broker could not read or write its log directory."

@@ -29,18 +29,26 @@ APIs (fields beyond api/v/id; "p" lists are positional for compactness on hot pa
                          leader_epoch]]
                 blobs: one per part: the partition's batches back to back
   Fetch         replica_id (-1 client),  -> parts: [[topic, partition, err, high_watermark,
-                max_wait_ms, min_bytes,      log_start_offset, log_end_offset]]
-                max_bytes,                   blobs: one per part (b"" when nothing)
-                parts: [[topic, partition,
+                replica_epoch (replicas), log_start_offset, log_end_offset]]
+                max_wait_ms, min_bytes,      blobs: one per part (b"" when nothing)
+                max_bytes,                   diverging (replicas, when any): [[topic,
+                parts: [[topic, partition,     partition, epoch, end_offset]]
                          fetch_offset, leader_epoch,
-                         partition_max_bytes]]
+                         partition_max_bytes
+                         (, last_fetched_epoch: replicas)]]
                 A consumer (replica_id -1) sees only batches below the high watermark; a follower
-                (replica_id = its broker id, leader_epoch = the epoch it follows in) reads up to
-                the log end offset, and its fetch_offset tells the leader its log end offset.
-                On OFFSET_OUT_OF_RANGE the leader still fills in log_start_offset and
-                log_end_offset, so the follower can tell which end it fell off.
+                (replica_id = its broker id, replica_epoch = its broker epoch, leader_epoch = the
+                epoch it follows in, required) reads up to the log end offset, and its
+                fetch_offset tells the leader its log end offset. When its last fetched epoch
+                does not end at fetch_offset in the leader's log, the leader sends no records
+                but a ``diverging`` entry: the largest epoch it has <= that one and where it
+                ends (KIP-320). On OFFSET_OUT_OF_RANGE the leader still fills in
+                log_start_offset and log_end_offset, so the follower can tell which end it fell
+                off. A replica request whose broker epoch is not the registered one is refused
+                (STALE_BROKER_EPOCH).
   OffsetForLeaderEpoch  replica_id,      -> parts: [[topic, partition, err, leader_epoch,
-                parts: [[topic, partition,               end_offset]]
+                replica_epoch,                           end_offset]]
+                parts: [[topic, partition,
                          current_leader_epoch, epoch]]
                 (broker to broker) Where ``epoch`` ends in the leader's log: the largest epoch
                 the leader knows that is <= ``epoch``, and the offset where it ended (the log
@@ -184,10 +192,12 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[str, ...], bool]]] = {
     "ApiVersions": {},
     "Metadata": {"topics": ((_L, _N), False), "allow_auto_create": ((_B,), False)},
     "Produce": {"acks": ((_I,), True), "timeout_ms": ((_I,), False), "parts": ((_L,), True)},
-    "Fetch": {"replica_id": ((_I,), False), "max_wait_ms": ((_I,), False),
+    "Fetch": {"replica_id": ((_I,), False), "replica_epoch": ((_I,), False),
+              "max_wait_ms": ((_I,), False),
               "min_bytes": ((_I,), False), "max_bytes": ((_I,), False),
               "parts": ((_L,), True)},
-    "OffsetForLeaderEpoch": {"replica_id": ((_I,), True), "parts": ((_L,), True)},
+    "OffsetForLeaderEpoch": {"replica_id": ((_I,), True), "replica_epoch": ((_I,), False),
+                             "parts": ((_L,), True)},
     "ListOffsets": {"parts": ((_L,), True)},
     "CreateTopics": {"topics": ((_L,), True), "timeout_ms": ((_I,), False),
                      "validate_only": ((_B,), False)},
@@ -198,6 +208,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[str, ...], bool]]] = {
 # positional layouts of the "parts" / "topics" entries, checked by check_entries()
 PRODUCE_PART = (_S, _I, _I)                      # topic, partition, leader_epoch
 FETCH_PART = (_S, _I, _I, _I, _I)                # topic, partition, offset, epoch, max_bytes
+REPLICA_FETCH_PART = (*FETCH_PART, _I)           # ... and the last fetched epoch
 OFFSET_FOR_EPOCH_PART = (_S, _I, _I, _I)        # topic, partition, current epoch, epoch
 LIST_OFFSETS_PART = (_S, _I, _I, _I)             # topic, partition, timestamp, epoch
 CREATE_TOPIC = (_S, _I, _I, (_M, _N), (_M, _N))  # name, partitions, rf, config, assignment

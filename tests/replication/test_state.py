@@ -5,7 +5,7 @@ import pytest
 
 from zbroker.broker import metadata as md
 from zbroker.broker.controller import decide_partition
-from zbroker.broker.replicas import Partition
+from zbroker.replication import FetchQuery, HighWatermarkMoved, ReplicaCore, Role
 from zbroker.storage import PartitionLog
 from tests.broker.helpers import batch
 
@@ -54,37 +54,42 @@ def state(leader, epoch, isr, version, replicas=(1, 2, 3)):
 
 def test_leader_high_watermark_and_isr(tmp_path):
     plog = PartitionLog(str(tmp_path / "t-0"))
-    part = Partition("t", 0, "id", plog, broker_id=1)
-    part.become_leader(state(1, 3, (1, 2, 3), 7), now_s=100.0)
-    assert plog.leader_epoch_cache.latest_epoch == 3
+    core = ReplicaCore(1, plog, "t-0")
+    core.set_broker_epochs({1: 10, 2: 20, 3: 30})
+    assert core.on_partition_state(state(1, 3, (1, 2, 3), 7), now_s=100.0) == []
+    assert core.role is Role.LEADER and plog.leader_epoch_cache.latest_epoch == 3
     plog.append(batch([b"a", b"b"]), 3)
     # followers have not fetched in this epoch: the HW waits for them
-    assert not part.maybe_advance_high_watermark() and part.high_watermark == 0
-    part.update_follower(2, 2, now_s=100.1)
-    assert not part.maybe_advance_high_watermark()
-    part.update_follower(3, 1, now_s=100.1)
-    assert part.maybe_advance_high_watermark() and part.high_watermark == 1
+    assert core.on_leader_append() == [] and core.high_watermark == 0
+    assert core.on_follower_fetch(2, 20, 2, 3, now_s=100.1) == (None, [])
+    assert core.on_follower_fetch(3, 30, 1, 3, now_s=100.1) == (None, [HighWatermarkMoved(1)])
     # 3 does not catch up for longer than the lag limit: it is shrunk out
-    part.update_follower(2, 2, now_s=101.0)
-    assert part.isr_to_shrink(now_s=101.0, lag_max_s=0.5) == (1, 2)
-    part.pending_isr = (1, 2)
-    assert part.maximal_isr() == (1, 2, 3)       # the HW still counts 3 until written
-    part.isr_written((1, 2), 8)
-    assert part.maybe_advance_high_watermark() and part.high_watermark == 2
-    # 3 catches up: back in
-    part.update_follower(3, 2, now_s=102.0)
-    assert part.isr_to_expand(3, frozenset()) == (1, 2, 3)
-    assert part.isr_to_expand(3, frozenset({3})) is None     # not while it shuts down
+    core.on_follower_fetch(2, 20, 2, 3, now_s=101.0)
+    [w] = core.tick(now_s=101.0, lag_max_s=0.5)
+    assert (w.isr, w.version, w.leader_epoch, w.reason, w.replicas) == \
+        ((1, 2), 7, 3, "lagging", (3,))
+    assert core.maximal_isr() == (1, 2, 3)       # the HW still counts 3 until written
+    assert core.tick(now_s=101.0, lag_max_s=0.5) == []       # one ISR change at a time
+    assert core.on_isr_written((1, 2), 8, 3) == [HighWatermarkMoved(2)]
+    # 3 catches up: back in, but not while it shuts down
+    assert core.on_follower_fetch(3, 30, 2, 3, now_s=102.0, shutting_down={3}) == (None, [])
+    _, [w] = core.on_follower_fetch(3, 30, 2, 3, now_s=102.0)
+    assert (w.isr, w.version, w.reason) == ((1, 2, 3), 8, "caught up")
+    core.on_isr_write_failed((1, 2, 3), 3)      # the controller wrote first
     # a newer version of the state from the controller in the same epoch is adopted
-    assert part.adopt_state(state(1, 3, (1,), 9))
-    assert part.isr == (1,) and not part.adopt_state(state(1, 3, (1, 2), 8))
+    core.on_partition_state(state(1, 3, (1,), 9), now_s=103.0)
+    assert core.isr == (1,)
+    core.on_partition_state(state(1, 3, (1, 2), 8), now_s=103.0)   # older: ignored
+    assert core.isr == (1,) and core.state_version == 9
     plog.close()
 
 
 def test_follower_role_and_high_watermark_never_above_the_log(tmp_path):
     plog = PartitionLog(str(tmp_path / "t-0"))
-    part = Partition("t", 0, "id", plog, broker_id=2)
-    part.become_follower(state(1, 0, (1, 2), 0))
-    assert not part.is_leader and part.leader_id == 1
-    assert not part.maybe_advance_high_watermark()
+    core = ReplicaCore(2, plog, "t-0")
+    core.on_partition_state(state(1, 0, (1, 2), 0), now_s=0.0)
+    assert core.role is Role.FOLLOWER and core.leader_id == 1
+    assert core.next_request() == FetchQuery(0, 0, -1)      # nothing of ours to check
+    assert core.on_fetch_data(high_watermark=5, leader_log_start=0, blob=b"") == []
+    assert core.high_watermark == 0
     plog.close()

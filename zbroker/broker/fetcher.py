@@ -1,13 +1,11 @@
 """Followers: the replica fetchers of one broker, run on its loop (no threads of their own).
 
 One ``ReplicaFetcher`` per leader broker this broker follows partitions of: a DEALER socket to
-the leader's listener and the partitions fetched from it. Each partition starts TRUNCATING: the
-fetcher asks the leader where the follower's latest leader epoch ends there (OffsetForLeaderEpoch)
-and truncates its log to that point (Kafka's KIP-101/279), so no record the leader never had
-survives a failover; then the partition is FETCHING: Fetch(replica_id = this broker, offset = our
-log end offset, leader_epoch = the epoch we follow in) and append what comes back
-(``append_as_follower``). The follower's high watermark is the leader's, capped at its own log end
-offset.
+the leader's listener and the partitions fetched from it. What to ask and what to do with the
+answer is each partition's state machine's (``ReplicaCore`` in zbroker/replication.py: truncate
+to the log the leader shares, then fetch, KIP-279/320); this module only gathers the partitions'
+questions into one request per leader, sends it and hands each answer back. Every replica request
+carries this broker's id and broker epoch, which the leader checks against the registration.
 
 One request per fetcher is in flight at a time (a long poll of ``replica.fetch.wait.max.ms`` at
 the leader); a request unanswered for ``replica.socket.timeout.ms`` beyond that is sent again on a
@@ -25,12 +23,9 @@ import zmq
 
 from zbroker import errors, protocol
 from zbroker.logs import get_logger
-from zbroker.storage import UNDEFINED_EPOCH
+from zbroker.replication import Diverging, EpochQuery, FetchQuery, ReplicationBug
 
 log = get_logger("zbroker.broker.fetcher")
-
-TRUNCATING, FETCHING = "truncating", "fetching"
-
 
 class ReplicaFetcher:
     def __init__(self, manager: "FetcherManager", leader_id: int, endpoint: str):
@@ -38,11 +33,9 @@ class ReplicaFetcher:
         self.leader_id = leader_id
         self.endpoint = endpoint
         self.parts: dict[tuple[str, int], object] = {}      # key -> Partition
-        self.state: dict[tuple[str, int], str] = {}
         self.sock: zmq.Socket | None = None
         self.in_flight: tuple | None = None                 # (req_id, api, sent_at, keys)
         self.backoff_until = 0.0
-        self._ids = itertools.count(1)
         self._open()
 
     def _open(self) -> None:
@@ -79,11 +72,11 @@ class FetcherManager:
         self.wait_s = self.cfg["replica.fetch.wait.max.ms"] / 1000
         self.timeout_s = self.wait_s + self.cfg["replica.socket.timeout.ms"] / 1000
         self.backoff_s = self.cfg["replica.fetch.backoff.ms"] / 1000
+        self._ids = itertools.count(1)
 
     # --- membership -------------------------------------------------------------------------------
     def follow(self, part) -> None:
-        """``part`` follows ``part.leader_id`` in ``part.leader_epoch`` (a new epoch): truncate
-        first, then fetch."""
+        """``part`` follows ``part.leader_id`` in ``part.leader_epoch`` (a new epoch)."""
         key = (part.topic, part.partition)
         self.remove(key)
         info = self.server.image.brokers.get(part.leader_id)
@@ -103,7 +96,6 @@ class FetcherManager:
                 time.monotonic() - f.in_flight[2] > self.wait_s + 1.0:
             self._reset(f)      # a leader that came back: the old request may be lost
         f.parts[key] = part
-        f.state[key] = TRUNCATING
         self.where[key] = part.leader_id
         self.kick(f)
 
@@ -116,7 +108,6 @@ class FetcherManager:
         if f is None:
             return
         f.parts.pop(key, None)
-        f.state.pop(key, None)
         if not f.parts:
             self._drop_fetcher(f)
 
@@ -150,26 +141,26 @@ class FetcherManager:
         now = time.monotonic()
         if now < f.backoff_until:
             return
-        truncating = [k for k, s in f.state.items() if s == TRUNCATING]
-        for key in list(truncating):
-            part = f.parts[key]
-            if part.log.leader_epoch_cache.latest_epoch == UNDEFINED_EPOCH:
-                f.state[key] = FETCHING        # nothing of ours to check: fetch from our end
-                truncating.remove(key)
-        req_id = next(f._ids)
+        asks = {key: part.core.next_request() for key, part in f.parts.items()}
+        truncating = [k for k, q in asks.items() if isinstance(q, EpochQuery)]
+        req_id = next(self._ids)    # increasing over this process: a leader drops older
+        epoch = self.server.broker_epoch
         if truncating:
-            parts = [[k[0], k[1], f.parts[k].leader_epoch,
-                      f.parts[k].log.leader_epoch_cache.latest_epoch] for k in truncating]
+            parts = [[k[0], k[1], asks[k].current_leader_epoch, asks[k].epoch]
+                     for k in truncating]
             frames = protocol.encode_request("OffsetForLeaderEpoch", req_id,
-                                             replica_id=self.broker_id, parts=parts)
+                                             replica_id=self.broker_id, replica_epoch=epoch,
+                                             parts=parts)
             f.in_flight = (req_id, "OffsetForLeaderEpoch", now, truncating)
         else:
-            keys = list(f.parts)
+            keys = [k for k, q in asks.items() if isinstance(q, FetchQuery)]
+            if not keys:
+                return
             part_max = self.cfg["replica.fetch.max.bytes"]
-            parts = [[k[0], k[1], f.parts[k].log.log_end_offset, f.parts[k].leader_epoch,
-                      part_max] for k in keys]
+            parts = [[k[0], k[1], asks[k].fetch_offset, asks[k].current_leader_epoch, part_max,
+                      asks[k].last_fetched_epoch] for k in keys]
             frames = protocol.encode_request(
-                "Fetch", req_id, replica_id=self.broker_id,
+                "Fetch", req_id, replica_id=self.broker_id, replica_epoch=epoch,
                 max_wait_ms=self.cfg["replica.fetch.wait.max.ms"], min_bytes=1,
                 max_bytes=self.cfg["replica.fetch.response.max.bytes"], parts=parts)
             f.in_flight = (req_id, "Fetch", now, keys)
@@ -216,6 +207,8 @@ class FetcherManager:
                     self._on_fetch(f, header, blobs)
                 else:
                     self._on_offset_for_epoch(f, header)
+            except ReplicationBug:
+                raise
             except Exception:       # our bug or a disk error: keep the loop, retry later
                 log.exception("handling a leader's reply failed", leader=f.leader_id, api=api)
                 f.backoff_until = time.monotonic() + max(self.backoff_s, 1.0)
@@ -226,74 +219,40 @@ class FetcherManager:
     def _on_offset_for_epoch(self, f: ReplicaFetcher, header: dict) -> None:
         failed = False
         for topic, p, err, epoch, end_offset in header.get("parts", ()):
-            key = (topic, p)
-            part = f.parts.get(key)
-            if part is None or f.state.get(key) != TRUNCATING:
+            part = f.parts.get((topic, p))
+            if part is None:
                 continue
             if err:
                 failed = True
                 continue
-            plog = part.log
-            leo = plog.log_end_offset
-            if epoch == UNDEFINED_EPOCH or end_offset < 0:
-                # The leader knows no epoch as old as ours: keep what is committed.
-                target = min(part.high_watermark, leo)
-            else:
-                mine_epoch, mine_end = plog.leader_epoch_cache.end_offset_for_epoch(epoch, leo)
-                target = min(end_offset, leo)
-                if mine_epoch == epoch and mine_end >= 0:
-                    target = min(target, mine_end)
-            target = max(target, plog.log_start_offset)
-            if target < leo:
-                log.info("truncating to the leader's epoch end", topic=topic, partition=p,
-                         leader=f.leader_id, epoch=epoch, from_offset=leo, to_offset=target)
-                plog.truncate_to(target)
-                part.high_watermark = min(part.high_watermark, plog.log_end_offset)
-            else:
-                # Nothing to cut, but an epoch we started as leader without writing anything
-                # (its entry sits at our log end) never happened on the leader: forget it, or
-                # the leader's older-epoch batches that follow would be refused for ever.
-                plog.leader_epoch_cache.truncate_from_end(target)
-            f.state[key] = FETCHING
+            self.server.carry_out(part, part.core.on_epoch_end(epoch, end_offset))
         if failed:
             f.backoff_until = time.monotonic() + self.backoff_s
 
     def _on_fetch(self, f: ReplicaFetcher, header: dict, blobs: list) -> None:
         failed = False
+        diverging = {(d[0], d[1]): Diverging(d[2], d[3]) for d in header.get("diverging", ())}
         for (topic, p, err, hw, log_start, leader_leo), blob in zip(header.get("parts", ()),
                                                                     blobs):
             key = (topic, p)
             part = f.parts.get(key)
-            if part is None or f.state.get(key) != FETCHING:
+            if part is None:
                 continue
-            plog = part.log
+            core = part.core
             if err == errors.OffsetOutOfRange.code:
-                if log_start > plog.log_end_offset:
-                    log.info("the leader's log starts after ours; starting over there",
-                             topic=topic, partition=p, offset=log_start)
-                    plog.truncate_fully_and_start_at(log_start)
-                    part.high_watermark = log_start
-                else:
-                    f.state[key] = TRUNCATING
+                self.server.carry_out(part, core.on_out_of_range(log_start, leader_leo))
                 failed = True
                 continue
             if err:
                 failed = True
                 continue
-            if blob:
-                try:
-                    plog.append_as_follower(blob)
-                except errors.ZbError as e:
-                    log.warning("could not append what the leader sent; checking epochs again",
-                                topic=topic, partition=p, error=str(e))
-                    f.state[key] = TRUNCATING
-                    continue
-            new_hw = min(hw, plog.log_end_offset)
-            if new_hw > part.high_watermark:
-                part.high_watermark = new_hw
-            # The leader's log start offset moved (DeleteRecords, or a group coordinator's
-            # snapshot): follow it, as far as what is known to be committed here.
-            if log_start > plog.log_start_offset and part.high_watermark > plog.log_start_offset:
-                plog.delete_records_before(min(log_start, part.high_watermark))
+            try:
+                effects = core.on_fetch_data(hw, log_start, blob, diverging.get(key))
+            except errors.ZbError as e:
+                log.warning("could not append what the leader sent; checking epochs again",
+                            topic=topic, partition=p, error=str(e))
+                failed = True
+                continue
+            self.server.carry_out(part, effects)
         if failed:
             f.backoff_until = time.monotonic() + self.backoff_s

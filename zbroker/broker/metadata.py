@@ -77,6 +77,7 @@ class BrokerInfo(NamedTuple):
     host: str
     port: int
     rack: str | None
+    epoch: int = -1         # the creation zxid of its registration: new for every life
 
 
 class PartitionState(NamedTuple):
@@ -103,9 +104,9 @@ def encode_registration(host: str, port: int, rack: str | None) -> bytes:
     return pack({"host": host, "port": port, "rack": rack or None})
 
 
-def decode_registration(broker_id: int, raw: bytes) -> BrokerInfo:
+def decode_registration(broker_id: int, raw: bytes, epoch: int = -1) -> BrokerInfo:
     d = unpack(raw)
-    return BrokerInfo(broker_id, d["host"], d["port"], d.get("rack"))
+    return BrokerInfo(broker_id, d["host"], d["port"], d.get("rack"), epoch)
 
 
 def encode_topic(topic_id: str, replicas: list[list[int]], config: dict) -> bytes:
@@ -192,7 +193,7 @@ def read_image(client: CoordinatorClient, timeout_s: float = 10.0) -> ClusterIma
     broker_ids = [int(c) for c in children(BROKER_IDS) if c.isdigit()]
     topic_names = children(TOPICS)
     shutting_down = frozenset(int(c) for c in children(SHUTDOWN) if c.isdigit())
-    f_brokers = {b: client.get_async(broker_path(b)) for b in broker_ids}
+    f_brokers = {b: client.get_with_stat_async(broker_path(b)) for b in broker_ids}
     f_topics = {t: client.get_async(topic_path(t)) for t in topic_names}
     f_controller = client.get_async(CONTROLLER)
     f_epoch = client.get_async(CONTROLLER_EPOCH)
@@ -202,7 +203,7 @@ def read_image(client: CoordinatorClient, timeout_s: float = 10.0) -> ClusterIma
         got = result(fut)
         if got is not None:
             try:
-                brokers[b] = decode_registration(b, got[0])
+                brokers[b] = decode_registration(b, got[0], got[1].czxid)
             except Exception:
                 log.warning("unreadable broker registration", broker=b)
     topic_records = {}

@@ -21,6 +21,7 @@ from zbroker import errors
 from zbroker.broker import metadata as md
 from zbroker.broker.config import topic_log_config, topic_min_insync_replicas
 from zbroker.logs import get_logger
+from zbroker.replication import ReplicaCore, Role
 from zbroker.storage import PartitionLog
 
 log = get_logger("zbroker.broker.replicas")
@@ -34,167 +35,29 @@ class StartupError(Exception):
     """The broker cannot start; the text is one sentence for the operator."""
 
 
-class FollowerState:
-    """What a leader knows of one follower (Kafka's Replica): its log end offset (its last
-    fetch offset; -1 until it fetches in this leadership) and when it was last caught up."""
-
-    __slots__ = ("log_end_offset", "last_caught_up_s", "last_fetch_s", "last_fetch_leader_leo")
-
-    def __init__(self, caught_up_s: float):
-        self.log_end_offset = -1
-        self.last_caught_up_s = caught_up_s
-        self.last_fetch_s = 0.0
-        self.last_fetch_leader_leo = -1
-
-
 class Partition:
-    """A partition this broker holds a replica of: its log, its role (leader or follower) in the
-    current leader epoch, and as leader the followers' progress, the ISR and the high watermark.
+    """A partition this broker holds a replica of: its log, its replication state machine
+    (``core``, zbroker/replication.py, which decides everything about roles, the ISR and the
+    high watermark) and what the transport parks on it (delayed fetches)."""
 
-    The replication state machine (no I/O): ``become_leader`` / ``become_follower`` on a new
-    partition state, ``update_follower`` on each follower fetch, ``maybe_advance_high_watermark``,
-    and ``isr_to_expand`` / ``isr_to_shrink`` that return the ISR the leader should write (the
-    loop writes it through the coordinator with a version check and calls ``isr_written``)."""
-
-    __slots__ = ("topic", "partition", "topic_id", "log", "leader_epoch", "waiters",
-                 "hw_waiters", "produce_waiters", "is_leader", "leader_id", "replicas", "isr",
-                 "state_version", "controller_epoch", "high_watermark", "followers",
-                 "pending_isr", "min_insync_replicas", "broker_id", "epoch_start_offset")
+    __slots__ = ("topic", "partition", "topic_id", "log", "core", "waiters", "hw_waiters")
 
     def __init__(self, topic: str, partition: int, topic_id: str, log_: PartitionLog,
                  broker_id: int):
         self.topic, self.partition, self.topic_id = topic, partition, topic_id
         self.log = log_
-        self.broker_id = broker_id
-        self.leader_epoch = -1
+        self.core = ReplicaCore(broker_id, log_, f"{topic}-{partition}")
         self.waiters: list = []         # delayed follower fetches waiting for data here
         self.hw_waiters: list = []      # delayed consumer fetches waiting for the HW to move
-        self.produce_waiters: list = []  # acks=all produces waiting for the HW
-        self.is_leader = False
-        self.leader_id = md.NO_LEADER
-        self.replicas: tuple = ()
-        self.isr: tuple = ()
-        self.state_version = -1
-        self.controller_epoch = 0
-        self.high_watermark = max(log_.log_start_offset,
-                                  min(log_.high_watermark_checkpoint, log_.log_end_offset))
-        self.followers: dict[int, FollowerState] = {}
-        self.pending_isr: tuple | None = None
-        self.min_insync_replicas = 1
-        self.epoch_start_offset = 0
 
-    # --- role changes ---------------------------------------------------------------------------
-    def become_leader(self, st: md.PartitionState, now_s: float) -> None:
-        assert st.leader == self.broker_id
-        if self.is_leader and st.leader_epoch < self.leader_epoch:
-            raise AssertionError(f"leader epoch went back for {self.topic}-{self.partition}")
-        self.is_leader = True
-        self.leader_id = st.leader
-        self.leader_epoch = st.leader_epoch
-        self.replicas = st.replicas
-        self.isr = st.isr
-        self.state_version = st.version
-        self.controller_epoch = st.controller_epoch
-        self.pending_isr = None
-        self.followers = {r: FollowerState(now_s if r in st.isr else 0.0)
-                          for r in st.replicas if r != self.broker_id}
-        cache = self.log.leader_epoch_cache
-        if st.leader_epoch > cache.latest_epoch:
-            # The epoch starts at our log end offset (Kafka assigns it at election), so a
-            # follower asking where its older epoch ends gets our log end offset.
-            cache.assign(st.leader_epoch, self.log.log_end_offset)
-        self.epoch_start_offset = self.log.log_end_offset
-        self.high_watermark = min(self.high_watermark, self.log.log_end_offset)
-        self.maybe_advance_high_watermark()
-
-    def become_follower(self, st: md.PartitionState) -> None:
-        self.is_leader = False
-        self.leader_id = st.leader
-        self.leader_epoch = st.leader_epoch
-        self.replicas = st.replicas
-        self.isr = st.isr
-        self.state_version = st.version
-        self.controller_epoch = st.controller_epoch
-        self.followers = {}
-        self.pending_isr = None
-
-    def adopt_state(self, st: md.PartitionState) -> bool:
-        """A newer version of our partition state in the same leader epoch (the controller took a
-        dead or departing broker out of the ISR, or our own ISR write came back). True when the
-        ISR changed."""
-        if st.version <= self.state_version:
-            return False
-        self.state_version = st.version
-        self.controller_epoch = st.controller_epoch
-        changed = st.isr != self.isr
-        self.isr = st.isr
-        if self.pending_isr is not None and self.pending_isr == st.isr:
-            self.pending_isr = None
-        return changed
-
-    # --- the leader's view of its followers -------------------------------------------------------
-    def update_follower(self, replica_id: int, fetch_offset: int, now_s: float) -> None:
-        f = self.followers.get(replica_id)
-        if f is None:
-            return
-        leo = self.log.log_end_offset
-        if fetch_offset >= leo:
-            f.last_caught_up_s = now_s
-        elif fetch_offset >= f.last_fetch_leader_leo:
-            f.last_caught_up_s = max(f.last_caught_up_s, f.last_fetch_s)
-        f.log_end_offset = min(fetch_offset, leo)
-        f.last_fetch_s = now_s
-        f.last_fetch_leader_leo = leo
-
-    def maximal_isr(self) -> tuple:
-        if self.pending_isr is None:
-            return self.isr
-        return tuple(sorted(set(self.isr) | set(self.pending_isr)))
-
-    def maybe_advance_high_watermark(self) -> bool:
-        """High watermark = lowest log end offset in the ISR (including a member being added or
-        removed right now); it never goes back while leading. True when it moved."""
-        if not self.is_leader:
-            return False
-        hw = self.log.log_end_offset
-        for r in self.maximal_isr():
-            if r == self.broker_id:
-                continue
-            f = self.followers.get(r)
-            if f is None or f.log_end_offset < 0:
-                return False
-            hw = min(hw, f.log_end_offset)
-        if hw > self.high_watermark:
-            self.high_watermark = hw
-            return True
-        return False
-
-    def isr_to_expand(self, replica_id: int, shutting_down) -> tuple | None:
-        """The ISR with ``replica_id`` added, when it has caught up (its log end offset reached
-        the high watermark and the start of this leader epoch), else None."""
-        if self.pending_isr is not None or replica_id in self.isr or \
-                replica_id in shutting_down:
-            return None
-        f = self.followers.get(replica_id)
-        if f is None or f.log_end_offset < self.high_watermark or \
-                f.log_end_offset < self.epoch_start_offset:
-            return None
-        return tuple(sorted((*self.isr, replica_id)))
-
-    def isr_to_shrink(self, now_s: float, lag_max_s: float) -> tuple | None:
-        """The ISR without followers that have not caught up for ``lag_max_s``, or None."""
-        if self.pending_isr is not None:
-            return None
-        out = [r for r in self.isr if r == self.broker_id or
-               (r in self.followers and now_s - self.followers[r].last_caught_up_s <= lag_max_s)]
-        if len(out) == len(self.isr):
-            return None
-        return tuple(out)
-
-    def isr_written(self, isr: tuple, version: int) -> None:
-        self.isr = isr
-        self.state_version = version
-        self.pending_isr = None
+    # read-only views of the core's state, for the transport and the group coordinator
+    is_leader = property(lambda self: self.core.role is Role.LEADER)
+    leader_id = property(lambda self: self.core.leader_id)
+    leader_epoch = property(lambda self: self.core.leader_epoch)
+    high_watermark = property(lambda self: self.core.high_watermark)
+    isr = property(lambda self: self.core.isr)
+    replicas = property(lambda self: self.core.replicas)
+    min_insync_replicas = property(lambda self: self.core.min_insync_replicas)
 
 
 class ReplicaManager:
@@ -234,21 +97,21 @@ class ReplicaManager:
     # --- following the metadata -------------------------------------------------------------------
     def apply_image(self, image: md.ClusterImage, now_s: float):
         """Open logs of partitions this broker now holds, close the others, delete the logs of
-        deleted topics, and move each to the role the image gives it. Returns (partitions that
-        became leader in a new epoch, that became followers in a new epoch, whose ISR changed in
-        the same epoch, closed)."""
-        leaders, followers, isr_changed, closed = [], [], [], []
+        deleted topics, and give each partition's state machine its new state. Returns
+        (partitions that became leader in a new epoch, that became followers in a new epoch,
+        closed, [(partition, effect)] for the transport to carry out)."""
+        leaders, followers, closed, effects = [], [], [], []
         me = self.broker_id
+        epochs = {b: info.epoch for b, info in image.brokers.items()}
         for key, part in list(self.partitions.items()):
             t = image.topics.get(part.topic)
             st = image.partition(*key)
-            if t is None or t.topic_id != part.topic_id:
+            if t is None or t.topic_id != part.topic_id or st is None or me not in st.replicas:
+                effects.extend((part, e) for e in part.core.stop())
                 self._close(key)
                 closed.append(part)
-                self._delete_dir(part.log.dir)
-            elif st is None or me not in st.replicas:
-                self._close(key)
-                closed.append(part)
+                if t is None or t.topic_id != part.topic_id:
+                    self._delete_dir(part.log.dir)
         for t in image.topics.values():
             for st in t.partitions:
                 if st is None or me not in st.replicas:
@@ -263,26 +126,24 @@ class ReplicaManager:
                                   partition=st.partition, error=str(e))
                         continue
                     self.partitions[key] = part
-                part.min_insync_replicas = topic_min_insync_replicas(self.cfg, t.config)
-                if st.leader_epoch > part.leader_epoch or \
-                        (st.leader_epoch == part.leader_epoch and
-                         (st.leader == me) != part.is_leader):
-                    if st.leader == me:
-                        part.become_leader(st, now_s)
-                        leaders.append(part)
-                        log.info("leading partition", topic=t.name, partition=st.partition,
-                                 leader_epoch=st.leader_epoch, isr=list(st.isr),
-                                 log_end_offset=part.log.log_end_offset)
-                    else:
-                        part.become_follower(st)
-                        followers.append(part)
-                        log.info("following partition", topic=t.name, partition=st.partition,
-                                 leader=st.leader, leader_epoch=st.leader_epoch,
-                                 log_end_offset=part.log.log_end_offset)
-                elif st.leader_epoch == part.leader_epoch:
-                    if part.adopt_state(st):
-                        isr_changed.append(part)
-        return leaders, followers, isr_changed, closed
+                core = part.core
+                core.min_insync_replicas = topic_min_insync_replicas(self.cfg, t.config)
+                core.set_broker_epochs(epochs)
+                before = (core.role, core.leader_epoch)
+                effects.extend((part, e) for e in core.on_partition_state(st, now_s))
+                if (core.role, core.leader_epoch) == before:
+                    continue
+                if core.is_leader:
+                    leaders.append(part)
+                    log.info("leading partition", topic=t.name, partition=st.partition,
+                             leader_epoch=st.leader_epoch, isr=list(st.isr),
+                             log_end_offset=part.log.log_end_offset)
+                else:
+                    followers.append(part)
+                    log.info("following partition", topic=t.name, partition=st.partition,
+                             leader=st.leader, leader_epoch=st.leader_epoch,
+                             log_end_offset=part.log.log_end_offset)
+        return leaders, followers, closed, effects
 
     def _find_dir(self, name: str) -> str:
         for d in self.log_dirs:
@@ -343,7 +204,7 @@ class ReplicaManager:
     def run_retention(self) -> None:
         for part in self.partitions.values():
             try:
-                part.log.apply_retention()
+                part.log.apply_retention(high_watermark=part.high_watermark)
             except errors.ZbError as e:
                 log.error("retention failed", dir=part.log.dir, error=str(e))
 

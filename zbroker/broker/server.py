@@ -73,6 +73,8 @@ from zbroker.broker.fetcher import FetcherManager
 from zbroker.broker.groups import GroupCoordinator
 from zbroker.broker.peers import PeerClient
 from zbroker.broker.replicas import ReplicaManager, StartupError
+from zbroker.replication import (HighWatermarkMoved, ProduceDone, ReplicationBug, Truncated,
+                                 WriteIsr)
 from zbroker.config import ConfigError, server_arg_parser
 from zbroker.logs import configure_logging, get_logger
 
@@ -91,12 +93,15 @@ ADMIN_APIS = ("CreateTopics", "DeleteTopics", "CreatePartitions")
 
 class DelayedFetch:
     __slots__ = ("ident", "req_id", "parts", "min_bytes", "max_bytes", "bytes_ready", "done",
-                 "partitions", "replica_id")
+                 "partitions", "replica_id", "replica_epoch", "diverging")
 
-    def __init__(self, ident, req_id, parts, min_bytes, max_bytes, replica_id=-1):
+    def __init__(self, ident, req_id, parts, min_bytes, max_bytes, replica_id=-1,
+                 replica_epoch=-1):
         self.ident, self.req_id, self.parts = ident, req_id, parts
         self.min_bytes, self.max_bytes = min_bytes, max_bytes
         self.replica_id = replica_id
+        self.replica_epoch = replica_epoch
+        self.diverging: list = []       # [[topic, partition, epoch, end_offset]]
         self.bytes_ready = 0
         self.done = False
         self.partitions: list = []      # Partition objects whose waiters list holds this
@@ -104,8 +109,8 @@ class DelayedFetch:
 
 class DelayedProduce:
     """An acks=all produce waiting for the high watermark of its partitions to pass its
-    batches. ``out`` is the response's parts list; ``waiting`` maps an index of it to
-    (partition, offset the high watermark must reach)."""
+    batches. ``out`` is the response's parts list; ``waiting`` maps an index of it to the
+    partition whose state machine holds the wait (token ``(dp, index)``)."""
     __slots__ = ("ident", "req_id", "out", "waiting", "done")
 
     def __init__(self, ident, req_id, out, waiting):
@@ -154,6 +159,10 @@ class BrokerServer:
         # then refuses to act as a leader (DESIGN: a leader that lost its session stops first).
         self.leadership_paused = False
         self._suspended_at: float | None = None
+        # After a session expiry: the watcher of the session we left. Leadership stays paused
+        # until an image of the new session is applied (never resume from stale metadata).
+        self._stale_image_watcher = None
+        self.broker_epoch = -1          # the creation zxid of our registration
         self._handlers = {
             "ApiVersions": self._api_versions, "Metadata": self._metadata,
             "Produce": self._produce, "Fetch": self._fetch, "ListOffsets": self._list_offsets,
@@ -212,7 +221,9 @@ class BrokerServer:
                                f"{str(e).rstrip('.')}.")
         client = self.client
         client.add_listener(lambda state: self._post(("session", state, client)))
-        self.watcher = md.MetadataWatcher(self.client, lambda image: self._post(("image", image)))
+        watcher = md.MetadataWatcher(self.client,
+                                     lambda image: self._post(("image", image, watcher)))
+        self.watcher = watcher
         self.watcher.start()
         self.controller = Controller(self.client, self.broker_id, self.cfg,
                                      lambda ident, frames, wait:
@@ -240,6 +251,7 @@ class BrokerServer:
         with a new broker epoch and makes it leader again with a bumped leader epoch."""
         log.warning("the coordinator session expired; registering again")
         self.leadership_paused = True
+        self._stale_image_watcher = self.watcher
         self._close_session()
         try:
             self._open_session()
@@ -248,9 +260,10 @@ class BrokerServer:
             self.exit_code = 3
             self.stopping = True
             return
-        self.leadership_paused = False
+        # Still paused: our metadata is from before the expiry (the controller has moved our
+        # leaderships meanwhile). The new session's watcher lifts the pause with its first image.
         self._suspended_at = None
-        log.info("registered again", broker_id=self.broker_id)
+        log.info("registered again; waiting for fresh metadata", broker_id=self.broker_id)
 
     def _on_session_event(self, state: str, client) -> None:
         if client is not self.client:
@@ -265,10 +278,10 @@ class BrokerServer:
                 self._add_timer(max(0.0, limit_at - time.monotonic()), self._check_suspended,
                                 self._suspended_at)
         elif state == CONNECTED:
-            if self.leadership_paused:
+            if self.leadership_paused and self._stale_image_watcher is None:
                 log.info("coordinator session back; leading again")
+                self.leadership_paused = False
             self._suspended_at = None
-            self.leadership_paused = False
         elif state == LOST:
             self._renew_session()
 
@@ -285,7 +298,6 @@ class BrokerServer:
         while True:
             try:
                 self.client.create(path, value, ephemeral=True)
-                return
             except NodeExists:
                 pass
             try:
@@ -293,6 +305,7 @@ class BrokerServer:
             except NoNode:
                 continue
             if stat.ephemeral_owner == self.client.session_id:
+                self.broker_epoch = stat.czxid
                 return
             try:
                 holder = md.decode_registration(self.broker_id, raw)
@@ -331,26 +344,37 @@ class BrokerServer:
         while inbox:
             item = inbox.popleft()
             kind = item[0]
-            if kind == "image":
-                self._apply_image(item[1])
-            elif kind == "admin_reply":
-                self._on_admin_reply(*item[1:])
-            elif kind == "session":
-                self._on_session_event(item[1], item[2])
-            elif kind == "isr_done":
-                self._on_isr_done(*item[1:])
-            elif kind == "stop":
-                self._on_stop()
-            elif kind == "stop_now":
-                self.stopping = True
+            try:
+                if kind == "image":
+                    self._apply_image(item[1], item[2])
+                elif kind == "admin_reply":
+                    self._on_admin_reply(*item[1:])
+                elif kind == "session":
+                    self._on_session_event(item[1], item[2])
+                elif kind == "isr_done":
+                    self._on_isr_done(*item[1:])
+                elif kind == "stop":
+                    self._on_stop()
+                elif kind == "stop_now":
+                    self.stopping = True
+            except ReplicationBug:
+                raise           # an impossible state: stop loudly (STYLE 5)
+            except Exception:   # our bug: log it, keep the loop and the rest of the inbox
+                log.exception("handling an event failed", kind=kind)
 
-    def _apply_image(self, image: md.ClusterImage) -> None:
+    def _apply_image(self, image: md.ClusterImage, watcher) -> None:
         # Keep only the newest image when several are queued.
         while self._inbox and self._inbox[0][0] == "image":
-            image = self._inbox.popleft()[1]
+            _, image, watcher = self._inbox.popleft()
         self.image = image
-        leaders, followers, isr_changed, closed = self.replicas.apply_image(image,
-                                                                            time.monotonic())
+        if self._stale_image_watcher is not None:
+            if watcher is self._stale_image_watcher:
+                return      # read in a session we already left
+            # the first image of the new session: leading again is safe from here on
+            self._stale_image_watcher = None
+            self.leadership_paused = False
+            log.info("fresh metadata after registering again; leading again")
+        leaders, followers, closed, effects = self.replicas.apply_image(image, time.monotonic())
         for part in closed:
             self.fetchers.remove((part.topic, part.partition))
             self._lost_leadership(part)
@@ -360,10 +384,8 @@ class BrokerServer:
         for part in leaders:
             self.fetchers.remove((part.topic, part.partition))
             self._hw_advanced(part)
-        for part in isr_changed:
-            if part.is_leader:
-                part.maybe_advance_high_watermark()
-                self._hw_advanced(part)
+        for part, effect in effects:
+            self._carry_out_one(part, effect)
         self.fetchers.on_image()
         self.groups.on_image(image)
         if self._pending_admin:
@@ -580,8 +602,7 @@ class BrokerServer:
         part.log.append(blob, part.leader_epoch)
         if part.waiters:
             self._on_append(part, len(blob))
-        if part.maybe_advance_high_watermark():
-            self._hw_advanced(part, len(blob))
+        self.carry_out(part, part.core.on_leader_append(), len(blob))
 
     # --- consumer groups ------------------------------------------------------------------------
     def _find_coordinator(self, ident, header, blobs):
@@ -621,11 +642,7 @@ class BrokerServer:
                 if part is None or not part.is_leader or \
                         (epoch != -1 and epoch != part.leader_epoch) or self.leadership_paused:
                     part = self._partition(topic, p, epoch)
-                if acks == -1 and len(part.isr) < part.min_insync_replicas:
-                    raise errors.NotEnoughReplicas(
-                        f"{topic}-{p} has {len(part.isr)} in-sync replicas "
-                        f"({','.join(map(str, part.isr))}); min.insync.replicas is "
-                        f"{part.min_insync_replicas}.")
+                part.core.check_produce(acks)
                 result = part.log.append(blob.buffer, part.leader_epoch)
             except errors.ZbError as e:
                 out.append([topic, p, e.code, -1, -1, -1, str(e)])
@@ -638,77 +655,66 @@ class BrokerServer:
                 waiting[len(out) - 1] = (part, part.log.log_end_offset)
             if part.waiters:
                 self._on_append(part, len(blob))
-            if part.maybe_advance_high_watermark():     # alone in the ISR
-                self._hw_advanced(part, len(blob))
+            self.carry_out(part, part.core.on_leader_append(), len(blob))   # alone in the ISR
         if acks == 0:
             return None
         if waiting:
-            dp = DelayedProduce(ident, header["id"], out, waiting)
-            if not self._check_produce(dp):
-                for part, _ in waiting.values():
-                    part.produce_waiters.append(dp)
+            dp = DelayedProduce(ident, header["id"], out, {i: w[0] for i, w in waiting.items()})
+            for i, (part, offset) in waiting.items():
+                self.carry_out(part, part.core.wait_for_high_watermark((dp, i), offset))
+            if not dp.done:
                 timeout_ms = min(max(header.get("timeout_ms", 30000), 0),
                                  protocol.REQUEST_TIMEOUT_MS_MAX)
                 self._add_timer(timeout_ms / 1000, self._expire_produce, dp)
             return None
         return protocol.encode_response(header["id"], parts=out)
 
+    # --- effects of the replication state machine ------------------------------------------------
+    def carry_out(self, part, effects: list, nbytes: int | None = None) -> None:
+        """Carry out what ``part``'s state machine decided (zbroker/replication.py)."""
+        for effect in effects:
+            self._carry_out_one(part, effect, nbytes)
+
+    def _carry_out_one(self, part, effect, nbytes: int | None = None) -> None:
+        if isinstance(effect, ProduceDone):
+            dp, i = effect.token
+            self._produce_entry_done(dp, i, effect.error)
+        elif isinstance(effect, HighWatermarkMoved):
+            self._hw_advanced(part, nbytes)
+        elif isinstance(effect, WriteIsr):
+            self._write_isr(part, effect)
+        elif isinstance(effect, Truncated):
+            log.info("truncated the log", topic=part.topic, partition=part.partition,
+                     leader=part.leader_id, why=effect.why, from_offset=effect.from_offset,
+                     to_offset=effect.to_offset)
+        else:
+            raise AssertionError(f"unknown effect {effect!r}")
+
     # --- acks=all ---------------------------------------------------------------------------------
-    def _check_produce(self, dp: DelayedProduce) -> bool:
-        """Answer ``dp`` when every partition's high watermark passed its batch. True if done."""
-        if dp.done:
-            return True
-        for i, (part, required) in list(dp.waiting.items()):
-            if part.high_watermark >= required:
-                if len(part.isr) < part.min_insync_replicas:
-                    e = errors.NotEnoughReplicasAfterAppend(
-                        f"The ISR of {part.topic}-{part.partition} shrank below "
-                        f"min.insync.replicas ({part.min_insync_replicas}) before the batch "
-                        f"was replicated.")
-                    dp.out[i] = [part.topic, part.partition, e.code, -1, -1, -1, str(e)]
-                del dp.waiting[i]
-        if dp.waiting:
-            return False
-        self._finish_produce(dp)
-        return True
-
-    def _finish_produce(self, dp: DelayedProduce) -> None:
-        dp.done = True
-        for part, _ in dp.waiting.values():
-            try:
-                part.produce_waiters.remove(dp)
-            except ValueError:
-                pass
-        self._send(dp.ident, protocol.encode_response(dp.req_id, parts=dp.out))
-
-    def _fail_produce_entries(self, dp: DelayedProduce, part, err: errors.ZbError) -> None:
-        for i, (p, _) in list(dp.waiting.items()):
-            if part is None or p is part:
-                dp.out[i] = [p.topic, p.partition, err.code, -1, -1, -1, str(err)]
-                del dp.waiting[i]
-                try:
-                    p.produce_waiters.remove(dp)
-                except ValueError:
-                    pass
-        if not dp.waiting and not dp.done:
-            self._finish_produce(dp)
+    def _produce_entry_done(self, dp: DelayedProduce, i: int, err: errors.ZbError | None) -> None:
+        part = dp.waiting.pop(i, None)
+        if part is None or dp.done:
+            return
+        if err is not None:
+            dp.out[i] = [part.topic, part.partition, err.code, -1, -1, -1, str(err)]
+        if not dp.waiting:
+            dp.done = True
+            self._send(dp.ident, protocol.encode_response(dp.req_id, parts=dp.out))
 
     def _expire_produce(self, dp: DelayedProduce) -> None:
-        if not dp.done:
-            self._fail_produce_entries(dp, None, errors.RequestTimedOut(
-                "The batch was written by the leader but not replicated to the in-sync "
-                "replicas within the request's timeout_ms."))
+        if dp.done:
+            return
+        err = errors.RequestTimedOut(
+            "The batch was written by the leader but not replicated to the in-sync replicas "
+            "within the request's timeout_ms.")
+        for i, part in list(dp.waiting.items()):
+            part.core.cancel_wait((dp, i))
+            self._produce_entry_done(dp, i, err)
 
     def _hw_advanced(self, part, nbytes: int | None = None) -> None:
-        """The high watermark of a partition we lead may have moved: answer what waits on it."""
-        if part.topic == protocol.OFFSETS_TOPIC:
+        """The high watermark of a partition may have moved: wake what waits on it."""
+        if part.topic == protocol.OFFSETS_TOPIC and part.is_leader:
             self.groups.on_high_watermark(part)
-        for dp in list(part.produce_waiters):
-            if self._check_produce(dp):
-                try:
-                    part.produce_waiters.remove(dp)
-                except ValueError:
-                    pass
         for fetch in list(part.hw_waiters):
             if nbytes is None:
                 self._complete_fetch(fetch)
@@ -718,71 +724,52 @@ class BrokerServer:
                 self._complete_fetch(fetch)
 
     def _lost_leadership(self, part) -> None:
-        """``part`` is no longer led here (or gone): answer everything waiting on it."""
-        for dp in list(part.produce_waiters):
-            self._fail_produce_entries(dp, part, errors.NotLeaderOrFollower(
-                f"Broker {self.broker_id} is no longer the leader of {part.topic}-"
-                f"{part.partition}; the batch may or may not be committed, retry."))
-        part.produce_waiters = []
+        """``part`` is no longer led here (or gone): answer the fetches parked on it (its state
+        machine already failed the produces waiting on it)."""
         for f in list(part.waiters) + list(part.hw_waiters):
             self._complete_fetch(f)
 
     # --- ISR changes (the leader's) ---------------------------------------------------------------
-    def _follower_fetched(self, part, replica_id: int, offset: int) -> None:
-        part.update_follower(replica_id, offset, time.monotonic())
-        if part.maybe_advance_high_watermark():
-            self._hw_advanced(part)
-        new_isr = part.isr_to_expand(replica_id, self.image.shutting_down)
-        if new_isr is not None:
-            self._write_isr(part, new_isr, "caught up", replica_id)
-
     def _shrink_isrs(self) -> None:
         if self.leadership_paused:
             return
         now = time.monotonic()
         lag_s = self.cfg["replica.lag.time.max.ms"] / 1000
         for part in self.replicas.partitions.values():
-            if part.is_leader and len(part.isr) > 1:
-                new_isr = part.isr_to_shrink(now, lag_s)
-                if new_isr is not None:
-                    out = sorted(set(part.isr) - set(new_isr))
-                    self._write_isr(part, new_isr, "lagging", out)
+            if part.is_leader:
+                self.carry_out(part, part.core.tick(now, lag_s))
 
-    def _write_isr(self, part, new_isr: tuple, why: str, who) -> None:
+    def _write_isr(self, part, w: WriteIsr) -> None:
         client = self.client
         if client is None or self.leadership_paused:
+            part.core.on_isr_write_failed(w.isr, w.leader_epoch)
             return
-        part.pending_isr = new_isr
-        value = md.encode_state(self.broker_id, part.leader_epoch, list(new_isr),
-                                part.controller_epoch)
-        epoch = part.leader_epoch
+        value = md.encode_state(self.broker_id, w.leader_epoch, list(w.isr), w.controller_epoch)
         log.info("changing the ISR", topic=part.topic, partition=part.partition,
-                 isr=list(part.isr), new_isr=list(new_isr), reason=why, replica=who)
+                 isr=list(part.isr), new_isr=list(w.isr), reason=w.reason,
+                 replicas=list(w.replicas))
         try:
             fut = client.set_async(md.partition_path(part.topic, part.partition), value,
-                                   part.state_version)
+                                   w.version)
         except Exception as e:
-            part.pending_isr = None
+            part.core.on_isr_write_failed(w.isr, w.leader_epoch)
             log.warning("ISR write not sent", error=str(e))
             return
-        fut.add_done_callback(lambda f: self._post(("isr_done", part, epoch, new_isr, f)))
+        fut.add_done_callback(lambda f: self._post(("isr_done", part, w, f)))
 
-    def _on_isr_done(self, part, epoch: int, new_isr: tuple, fut) -> None:
+    def _on_isr_done(self, part, w: WriteIsr, fut) -> None:
         key = (part.topic, part.partition)
-        if self.replicas.partitions.get(key) is not part or not part.is_leader or \
-                part.leader_epoch != epoch or part.pending_isr != new_isr:
+        if self.replicas.partitions.get(key) is not part:
             return
         exc = fut.exception()
         if exc is not None:
-            part.pending_isr = None
+            part.core.on_isr_write_failed(w.isr, w.leader_epoch)
             log.warning("ISR write refused; taking the state from the metadata",
                         topic=part.topic, partition=part.partition, error=str(exc))
             if self.watcher is not None:
                 self.watcher.poke()
             return
-        part.isr_written(new_isr, fut.result())
-        part.maybe_advance_high_watermark()
-        self._hw_advanced(part)
+        self.carry_out(part, part.core.on_isr_written(w.isr, fut.result(), w.leader_epoch))
 
     # --- controlled shutdown ----------------------------------------------------------------------
     def _on_stop(self) -> None:
@@ -841,14 +828,21 @@ class BrokerServer:
 
     def _fetch(self, ident, header, blobs):
         parts = header["parts"]
-        protocol.check_entries("Fetch", "parts", parts, protocol.FETCH_PART)
+        replica_id = header.get("replica_id", protocol.CONSUMER_REPLICA_ID)
+        if replica_id >= 0:
+            protocol.check_entries("Fetch", "parts", parts, protocol.REPLICA_FETCH_PART)
+            if header.get("replica_epoch") is None:
+                raise errors.InvalidRequest("A replica's Fetch needs its broker epoch "
+                                            "(replica_epoch).")
+        else:
+            protocol.check_entries("Fetch", "parts", parts, protocol.FETCH_PART)
         max_wait_ms = min(max(header.get("max_wait_ms", FETCH_WAIT_MS_DEFAULT), 0),
                           protocol.FETCH_WAIT_MS_MAX)
         min_bytes = max(header.get("min_bytes", 1), 0)
         max_bytes = min(max(header.get("max_bytes", FETCH_MAX_BYTES_DEFAULT), 0),
                         FETCH_RESPONSE_BYTES_MAX)
-        fetch = DelayedFetch(ident, header["id"], parts, min_bytes, max_bytes,
-                             header.get("replica_id", protocol.CONSUMER_REPLICA_ID))
+        fetch = DelayedFetch(ident, header["id"], parts, min_bytes, max_bytes, replica_id,
+                             header.get("replica_epoch", -1))
         if max_wait_ms > 0 and min_bytes > 0 and \
                 self._delayed_fetches < self.cfg["delayed.fetches.max"]:
             meta, data, nbytes, failed = self._read_fetch(fetch)
@@ -857,6 +851,13 @@ class BrokerServer:
                 return None
         else:
             meta, data, _, _ = self._read_fetch(fetch)
+        return self._fetch_response(fetch, meta, data)
+
+    @staticmethod
+    def _fetch_response(fetch, meta: list, data: list) -> list:
+        if fetch.diverging:
+            return protocol.encode_response(fetch.req_id, data, parts=meta,
+                                            diverging=fetch.diverging)
         return protocol.encode_response(fetch.req_id, data, parts=meta)
 
     def _read_fetch(self, fetch: DelayedFetch):
@@ -866,7 +867,9 @@ class BrokerServer:
         failed = False
         get = self.replicas.partitions.get
         replica_id = fetch.replica_id
-        for topic, p, offset, epoch, part_max in fetch.parts:
+        fetch.diverging = []
+        now = time.monotonic()
+        for topic, p, offset, epoch, part_max, *rest in fetch.parts:
             part = get((topic, p))
             try:
                 if part is None or not part.is_leader or \
@@ -874,15 +877,21 @@ class BrokerServer:
                     part = self._partition(topic, p, epoch)
                 bound = part.high_watermark
                 if replica_id >= 0:
-                    if replica_id not in part.followers:
-                        raise errors.NotLeaderOrFollower(
-                            f"Broker {replica_id} is not a follower of {topic}-{p}.")
-                    if part.log.log_start_offset <= offset <= part.log.log_end_offset:
-                        self._follower_fetched(part, replica_id, offset)
-                    else:
-                        raise errors.OffsetOutOfRange(
-                            f"The offset {offset} is outside [{part.log.log_start_offset}, "
-                            f"{part.log.log_end_offset}].")
+                    if epoch != part.leader_epoch:      # a replica always names its epoch
+                        raise errors.FencedLeaderEpoch(
+                            f"A replica's fetch of {topic}-{p} must name the leader epoch "
+                            f"{part.leader_epoch} it follows in, not {epoch}.")
+                    diverging, effects = part.core.on_follower_fetch(
+                        replica_id, fetch.replica_epoch, offset, rest[0], now,
+                        self.image.shutting_down, fetch.req_id)
+                    self.carry_out(part, effects)
+                    if diverging is not None:
+                        fetch.diverging.append([topic, p, diverging.epoch, diverging.end_offset])
+                        meta.append([topic, p, 0, part.high_watermark,
+                                     part.log.log_start_offset, part.log.log_end_offset])
+                        data.append(b"")
+                        failed = True       # answer at once: the follower must truncate
+                        continue
                     bound = None
                 hw = part.high_watermark
                 if remaining > 0 and part_max > 0:
@@ -938,7 +947,7 @@ class BrokerServer:
                 pass
         fetch.partitions = []
         meta, data, _, _ = self._read_fetch(fetch)
-        self._send(fetch.ident, protocol.encode_response(fetch.req_id, data, parts=meta))
+        self._send(fetch.ident, self._fetch_response(fetch, meta, data))
 
     def _offset_for_leader_epoch(self, ident, header, blobs):
         """A follower asks where its latest epoch ends in our log (we must lead in the epoch it
@@ -946,6 +955,13 @@ class BrokerServer:
         parts = header["parts"]
         protocol.check_entries("OffsetForLeaderEpoch", "parts", parts,
                                protocol.OFFSET_FOR_EPOCH_PART)
+        replica_id = header["replica_id"]
+        registered = self.image.brokers.get(replica_id)
+        if replica_id >= 0 and (registered is None or
+                                header.get("replica_epoch") != registered.epoch):
+            raise errors.StaleBrokerEpoch(
+                f"Broker {replica_id} with broker epoch {header.get('replica_epoch')} is not "
+                f"the registered one.")
         out = []
         for topic, p, current_epoch, epoch in parts:
             try:

@@ -93,11 +93,12 @@ class LeaderEpochCache:
     following a new leader asks where its last epoch ends there and truncates to that.
 
     Entries are (epoch, start_offset), both strictly increasing. Every change is checkpointed
-    before the call returns (changes are rare: once per leader election)."""
+    before the call returns (changes are rare: once per leader election). ``path=None`` keeps
+    it in memory only (the replication simulator's logs)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str | None):
         self.path = path
-        entries = read_entries(path, 2) or []
+        entries = (read_entries(path, 2) if path is not None else None) or []
         self._epochs = [e for e, _ in entries]
         self._starts = [o for _, o in entries]
         if not _ascending(self._epochs) or not _ascending(self._starts):
@@ -167,7 +168,8 @@ class LeaderEpochCache:
             self._save()
 
     def _save(self) -> None:
-        write_entries(self.path, self.entries())
+        if self.path is not None:
+            write_entries(self.path, self.entries())
 
 
 def _ascending(xs: list[int]) -> bool:

@@ -1,0 +1,196 @@
+"""The replication state machine (zbroker/replication.py) driven by events, without processes:
+truncation to the shared log (KIP-279, several rounds), the diverging epoch in Fetch (KIP-320),
+fencing of replicas by broker epoch and of late fetches, acks=all waits, and impossible states."""
+
+import pytest
+
+from zbroker import errors
+from zbroker.broker import metadata as md
+from zbroker.replication import (Diverging, EpochQuery, FetchQuery, HighWatermarkMoved, Phase,
+                                 ProduceDone, ReplicaCore, ReplicationBug, Role, Truncated)
+from tests.sim.memlog import MemoryLog
+
+pytestmark = pytest.mark.timeout(30)
+
+EPOCHS = {1: 11, 2: 22, 3: 33}
+
+
+def state(leader, epoch, isr=(1, 2, 3), version=0, replicas=(1, 2, 3)):
+    return md.PartitionState("t", 0, tuple(replicas), leader, epoch, tuple(isr), 1, version)
+
+
+def log_of(*runs) -> MemoryLog:
+    """A log from (epoch, values) runs, one batch per run."""
+    log = MemoryLog()
+    for epoch, values in runs:
+        log.append(tuple(values), epoch)
+    return log
+
+
+def leader_core(log: MemoryLog, epoch: int, me: int = 1, isr=(1, 2, 3)) -> ReplicaCore:
+    core = ReplicaCore(me, log, "t-0")
+    core.set_broker_epochs(EPOCHS)
+    core.on_partition_state(state(me, epoch, isr), now_s=0.0)
+    assert core.role is Role.LEADER
+    return core
+
+
+def follower_core(log: MemoryLog, leader: int, epoch: int, me: int = 2) -> ReplicaCore:
+    core = ReplicaCore(me, log, "t-0")
+    core.on_partition_state(state(leader, epoch), now_s=0.0)
+    assert core.role is Role.FOLLOWER
+    return core
+
+
+def serve(leader: ReplicaCore, follower: ReplicaCore, rounds: int = 20) -> list:
+    """Let ``follower`` talk to ``leader`` until it has nothing left to fetch; returns the
+    follower's Truncated effects."""
+    cuts = []
+    for _ in range(rounds):
+        q = follower.next_request()
+        if isinstance(q, EpochQuery):
+            got = leader.log.leader_epoch_cache.end_offset_for_epoch(q.epoch,
+                                                                     leader.log.log_end_offset)
+            effects = follower.on_epoch_end(*got)
+        else:
+            assert isinstance(q, FetchQuery)
+            diverging, _ = leader.on_follower_fetch(follower.broker_id,
+                                                    EPOCHS[follower.broker_id], q.fetch_offset,
+                                                    q.last_fetched_epoch, now_s=1.0)
+            blob = () if diverging else leader.log.read(q.fetch_offset, 100)
+            effects = follower.on_fetch_data(leader.high_watermark, leader.log.log_start_offset,
+                                             blob, diverging)
+            if not blob and not diverging:
+                cuts += [e for e in effects if isinstance(e, Truncated)]
+                return cuts
+        cuts += [e for e in effects if isinstance(e, Truncated)]
+    raise AssertionError("the follower never caught up")
+
+
+def test_a_follower_that_never_had_the_leaders_epoch_asks_again_down_to_the_shared_prefix():
+    # offsets 0-4 epoch 0 everywhere. The follower then holds 5-9 of epoch 0 (written by an
+    # epoch-0 leader, never committed) and 10-14 of epoch 2; the leader holds 5-7 of epoch 1
+    # and 8-12 of epoch 3. Asked where epoch 2 ends, the leader says epoch 1 ends at 8: the
+    # follower has no epoch 1, so nothing after its own epoch 0 can be shared with the leader.
+    # (The rule before KIP-279 cut at min(8, ...) = 8 and kept 5-7 of epoch 0, which differ
+    # from the leader's 5-7 of epoch 1.)
+    leader_log = log_of((0, "abcde"), (1, "FGH"), (3, "IJKLM"))
+    follower_log = log_of((0, "abcde"), (0, "vwxyz"), (2, "PQRST"))
+    leader = leader_core(leader_log, 4)
+    follower = follower_core(follower_log, leader=1, epoch=4)
+    assert follower.next_request() == EpochQuery(4, 2)
+    assert follower.on_epoch_end(1, 8) == [Truncated(15, 10, "epoch end")]
+    assert follower.phase.value == "truncating"         # ask again, about epoch 0 now
+    assert follower.next_request() == EpochQuery(4, 0)
+    assert follower.on_epoch_end(0, 5) == [Truncated(10, 5, "epoch end")]
+    assert follower.phase.value == "fetching"
+    serve(leader, follower)
+    assert follower_log.records() == leader_log.records()
+    assert follower_log.leader_epoch_cache.entries() == [(0, 0), (1, 5), (3, 8)]
+
+
+def test_a_diverging_epoch_in_the_fetch_answer_truncates_without_an_epoch_query():
+    # The follower is already fetching (say it followed this leader before a pause) with a
+    # log that diverged: its Fetch names epoch 2 as its last, the leader answers with where
+    # its own largest epoch <= 2 ends instead of records.
+    leader_log = log_of((0, "abc"), (1, "DEF"), (3, "GH"))
+    follower_log = log_of((0, "abc"), (2, "xyzw"))
+    leader = leader_core(leader_log, 4)
+    follower = follower_core(follower_log, leader=1, epoch=4)
+    follower._move(Role.FOLLOWER, Phase.FETCHING)       # as if its epoch query had passed
+    q = follower.next_request()
+    assert q == FetchQuery(fetch_offset=7, current_leader_epoch=4, last_fetched_epoch=2)
+    assert leader.on_follower_fetch(2, 22, 7, 2, now_s=1.0) == (Diverging(1, 6), [])
+    # the leader counted nothing for this fetch: the follower's log end is not 7
+    assert leader.followers[2].log_end_offset == -1
+    cuts = serve(leader, follower)
+    assert cuts == [Truncated(7, 3, "diverging epoch")]
+    assert follower_log.records() == leader_log.records()
+
+
+def test_an_epoch_that_starts_at_the_log_end_is_forgotten_when_following():
+    # It led in epoch 2 without writing anything; now it follows in epoch 3 a leader that never
+    # had epoch 2. Keeping the empty epoch would refuse the leader's epoch-1 batches.
+    log = log_of((1, "abc"))
+    log.leader_epoch_cache.assign(2, 3)
+    follower = follower_core(log, leader=1, epoch=3)
+    assert log.leader_epoch_cache.entries() == [(1, 0)]
+    assert follower.next_request() == EpochQuery(3, 1)
+
+
+def test_replica_fetches_are_fenced_by_broker_epoch_and_order():
+    log = log_of((0, "abc"))
+    leader = leader_core(log, 1)
+    leader.followers[3].log_end_offset = 3
+    # an impostor (or an earlier life of broker 2) cannot move the HW or the ISR
+    with pytest.raises(errors.StaleBrokerEpoch):
+        leader.on_follower_fetch(2, 21, 3, 0, now_s=1.0)
+    with pytest.raises(errors.NotLeaderOrFollower):
+        leader.on_follower_fetch(7, 77, 3, 0, now_s=1.0)
+    assert leader.high_watermark == 0 and leader.followers[2].log_end_offset == -1
+    # the real broker 2: the HW moves
+    assert leader.on_follower_fetch(2, 22, 3, 0, now_s=1.0, fetch_id=5) == \
+        (None, [HighWatermarkMoved(3)])
+    # a fetch sent before that one (queued on a connection it gave up) arrives late: refused
+    with pytest.raises(errors.InvalidRequest):
+        leader.on_follower_fetch(2, 22, 1, 0, now_s=1.1, fetch_id=4)
+    assert leader.followers[2].log_end_offset == 3
+    # a parked fetch read again counts once more; a new life of broker 2 starts its ids again
+    leader.on_follower_fetch(2, 22, 3, 0, now_s=1.2, fetch_id=5)
+    leader.set_broker_epochs({**EPOCHS, 2: 23})
+    leader.on_follower_fetch(2, 23, 3, 0, now_s=1.3, fetch_id=1)
+
+
+def test_acks_all_waits_are_answered_by_the_high_watermark_or_fail_with_the_leadership():
+    log = log_of((0, "ab"))
+    leader = leader_core(log, 1, isr=(1, 2))
+    leader.min_insync_replicas = 2
+    leader.check_produce(-1)
+    log.append(("c",), 1)
+    assert leader.on_leader_append() == []
+    assert leader.wait_for_high_watermark("p1", 3) == []
+    assert leader.on_follower_fetch(2, 22, 2, 0, now_s=1.0)[1] == [HighWatermarkMoved(2)]
+    assert leader.on_follower_fetch(2, 22, 3, 1, now_s=1.1)[1] == \
+        [HighWatermarkMoved(3), ProduceDone("p1", None)]
+    # the ISR shrinks below min.insync.replicas: new acks=all produces are refused, and one
+    # already waiting is answered NOT_ENOUGH_REPLICAS_AFTER_APPEND once the HW passes it
+    log.append(("d",), 1)
+    leader.wait_for_high_watermark("p2", 4)
+    moved, done = leader.on_partition_state(state(1, 1, isr=(1,), version=1), now_s=2.0)
+    assert moved == HighWatermarkMoved(4)
+    assert done.token == "p2" and isinstance(done.error, errors.NotEnoughReplicasAfterAppend)
+    with pytest.raises(errors.NotEnoughReplicas):
+        leader.check_produce(-1)
+    # losing the leadership fails what still waits
+    log.append(("e",), 1)
+    leader.on_partition_state(state(1, 1, isr=(1, 2), version=2), now_s=2.1)
+    leader.wait_for_high_watermark("p3", 5)
+    [done] = leader.on_partition_state(state(2, 2, isr=(2,), version=3), now_s=3.0)
+    assert done.token == "p3" and isinstance(done.error, errors.NotLeaderOrFollower)
+    assert leader.role is Role.FOLLOWER
+
+
+def test_two_leaders_in_one_epoch_stop_loudly():
+    core = leader_core(log_of((0, "a")), 1)
+    with pytest.raises(ReplicationBug):
+        core.on_partition_state(state(2, 1), now_s=1.0)
+    core = follower_core(log_of((0, "a")), leader=1, epoch=1)
+    with pytest.raises(ReplicationBug):
+        core.on_partition_state(state(3, 1), now_s=1.0)
+    # an older image than one applied changes nothing
+    assert core.on_partition_state(state(3, 0), now_s=1.0) == [] and core.leader_id == 1
+
+
+def test_a_follower_behind_the_leaders_log_start_starts_over_there():
+    leader_log = log_of((0, "abc"), (0, "def"))
+    leader_log.delete_records_before(3)
+    follower_log = log_of((0, "ab"))
+    leader = leader_core(leader_log, 1)
+    follower = follower_core(follower_log, leader=1, epoch=1)
+    follower.on_epoch_end(0, 6)
+    with pytest.raises(errors.OffsetOutOfRange):
+        leader.on_follower_fetch(2, 22, 2, 0, now_s=1.0)
+    assert follower.on_out_of_range(3, 6) == [Truncated(2, 3, "the leader's log starts later"),
+                                              HighWatermarkMoved(3)]
+    serve(leader, follower)
+    assert follower_log.log_start_offset == 3 and follower_log.records() == leader_log.records()
