@@ -490,17 +490,28 @@ class PartitionLog:
             self._delete_prefix(lambda seg, nxt: nxt is not None and nxt <= offset)
         return self._log_start_offset
 
-    def apply_retention(self, now_ms: int | None = None) -> int:
+    def apply_retention(self, now_ms: int | None = None,
+                        high_watermark: int | None = None) -> int:
         """Delete whole segments past ``retention.ms`` (by their newest timestamp) or beyond
         ``retention.bytes`` (oldest first), and those entirely below the log start offset.
+        With ``high_watermark`` (a replicated partition), only segments wholly below it go, as
+        in Kafka: records not yet committed are never deleted before anyone could read them.
         Returns how many were deleted."""
         self._check_open()
         now = self._clock_ms() if now_ms is None else now_ms
         deleted = self._delete_prefix(
             lambda seg, nxt: nxt is not None and nxt <= self._log_start_offset)
+        if high_watermark is not None:
+            below = self._delete_prefix
+
+            def bounded(predicate):
+                return below(lambda seg, nxt: (self._next_offset if nxt is None else nxt) <=
+                             high_watermark and predicate(seg, nxt))
+        else:
+            bounded = self._delete_prefix
         if self._retention_ms >= 0:
             limit = now - self._retention_ms
-            deleted += self._delete_prefix(lambda seg, nxt: seg.max_timestamp < limit)
+            deleted += bounded(lambda seg, nxt: seg.max_timestamp < limit)
         if self._retention_bytes >= 0:
             excess = self.size_in_bytes() - self._retention_bytes
 
@@ -510,7 +521,7 @@ class PartitionLog:
                     excess -= seg.size
                     return True
                 return False
-            deleted += self._delete_prefix(over)
+            deleted += bounded(over)
         return deleted
 
     def _delete_prefix(self, predicate: Callable[[LogSegment, int | None], bool]) -> int:
