@@ -25,6 +25,9 @@ class FakeBroker:
         self.requests: list[dict] = []
         self.produce_errors: list[int] = []     # codes answered to the next Produce parts
         self.drop_next = 0                      # requests to swallow without answering
+        # fn(topic, partition, offset, data) -> data: rewrites the record bytes of a Fetch
+        # answer (e.g. to end it inside a batch, as a real fetch may)
+        self.fetch_hook = None
         self.lock = threading.Lock()
         self._parked: list = []                 # empty fetches held until data or max_wait
         self._stop = False
@@ -170,7 +173,10 @@ class FakeBroker:
             budget -= len(chunk)
             has_data = has_data or bool(chunk)
             parts.append([topic, p, 0, end, 0, end])
-            out.append(bytes(chunk))
+            data = bytes(chunk)
+            if self.fetch_hook is not None and data:
+                data = self.fetch_hook(topic, p, offset, data)
+            out.append(data)
         return protocol.encode_response(h["id"], out, parts=parts), has_data
 
     def _ListOffsets(self, h, blobs):
