@@ -3,11 +3,22 @@
 ``Procs`` is handed out by the ``procs`` fixture. Every process started through it is killed
 (SIGKILL) and reaped at teardown, whether the test passed or not, and its stderr is kept in a
 file whose tail is printed when a start fails.
+
+Ports. ``free_port()`` hands out ports below the kernel's ephemeral range (so no outgoing
+connection can take one as its local port between the check and the server's bind), never the
+same one twice in a test session, checked free at that moment. Another process can still bind
+one first (a concurrent test run, say), so ``CoordinatorProc`` and ``BrokerProc`` count a
+server as started only once the process itself listens on its port (read from /proc, not just
+"something answers there"), and when it exits because its address is in use: a first start on a
+port of our choosing goes again on a fresh port (``PORT_ATTEMPTS`` times); a port that must be
+kept (a restart after kill -9: clients and the coordinator know the address; or one the test
+chose) is tried again for ``REBIND_S`` seconds.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,25 +26,106 @@ import sys
 import time
 from pathlib import Path
 
+PORT_ATTEMPTS = 5           # fresh ports a first start tries when it finds its port taken
+REBIND_S = 20.0             # how long a restart keeps trying the address it must keep
+REBIND_INTERVAL_S = 0.2     # between two such tries
+ADDRESS_IN_USE = "is already in use"    # in the one sentence a server exits with (both kinds)
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+_handed_out: set[int] = set()       # every port free_port() returned in this test session
+_random = random.Random()           # our own: tests that seed the module's generator don't
+                                    # make two runs pick the same ports
+
+
+def _port_range() -> tuple[int, int]:
+    """[low, high) of ports to hand out: below the ephemeral range where it leaves room (the
+    kernel gives ephemeral ports to outgoing connections and to bind(port 0)), else in it."""
+    try:
+        low, _ = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low = 32768
+    if low - 20000 >= 2000:
+        return 20000, low
+    return 1024, 65536
+
+
+def _is_free(port: int) -> bool:
+    """Nothing is bound to ``port`` on any IPv4 address (no SO_REUSEADDR: a port with
+    connections in TIME_WAIT counts as taken, to be safe)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(count: int = 1) -> int:
+    """A TCP port (the first of ``count`` consecutive ones) that nothing is bound to right now
+    and that no earlier call in this test session returned."""
+    low, high = _port_range()
+    for _ in range(2000):
+        first = _random.randrange(low, high - count + 1)
+        ports = range(first, first + count)
+        if any(p in _handed_out for p in ports):
+            continue
+        if all(_is_free(p) for p in ports):
+            _handed_out.update(ports)
+            return first
+    raise RuntimeError(f"no {count} free consecutive ports in [{low}, {high}) after 2000 tries")
+
+
+def listening_ports(pid: int) -> set[int] | None:
+    """The TCP ports that process ``pid`` itself listens on (its sockets in /proc, in its own
+    network namespace); None where /proc cannot tell (gone, or no /proc)."""
+    try:
+        inodes = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+        ports = set()
+        for table in ("tcp", "tcp6"):
+            try:
+                lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+            except FileNotFoundError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if len(fields) > 9 and fields[3] == "0A" and fields[9] in inodes:   # LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+        return ports
+    except OSError:
+        return None
+
+
+class ProcessExited(RuntimeError):
+    """A process being waited for exited first."""
 
 
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout_s: float = 15.0,
                   proc: subprocess.Popen | None = None) -> None:
+    """Until something listens on ``host:port``; with ``proc``, until that process itself does
+    (so another process on the same port is not taken for it), raising ProcessExited if it
+    exits first."""
     deadline = time.monotonic() + timeout_s
+    by_proc = proc is not None and os.path.isdir("/proc/self/fd")
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
+            raise ProcessExited(f"process exited with {proc.returncode} before listening on "
+                                f"{port}")
+        if by_proc:
+            if port in (listening_ports(proc.pid) or ()):
                 return
-        except OSError:
-            time.sleep(0.02)
+        else:
+            try:
+                with socket.create_connection((host, port), timeout=0.2):
+                    return
+            except OSError:
+                pass
+        time.sleep(0.02)
     raise TimeoutError(f"nothing listened on {host}:{port} within {timeout_s}s")
 
 
@@ -59,11 +151,19 @@ class Proc:
             self.kill9()
             raise
 
-    def log_tail(self, n: int = 40) -> str:
+    def log_text(self) -> str:
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+            return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+    def log_tail(self, n: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+    @property
+    def exited_address_in_use(self) -> bool:
+        """It exited, saying its listening address is taken."""
+        return self.popen.poll() is not None and ADDRESS_IN_USE in self.log_text()
 
 
 class Procs:
@@ -71,10 +171,13 @@ class Procs:
         self.tmp = tmp
         self.started: list[Proc] = []
         self._count = 0
+        self._cleaned_up = False
 
     def start(self, name: str, args: list[str], env: dict | None = None,
               cwd: str | None = None) -> Proc:
         """Start ``python -m``-style ``args`` (a list passed to Popen as is)."""
+        if self._cleaned_up:    # (a test's thread, late): nothing would kill it
+            raise RuntimeError(f"not starting {name}: the test's processes were cleaned up")
         self._count += 1
         log_path = self.tmp / f"{name}-{self._count}.log"
         full_env = dict(os.environ)
@@ -93,6 +196,7 @@ class Procs:
         return self.start(name, [sys.executable, "-m", module, *argv], env=env)
 
     def cleanup(self) -> None:
+        self._cleaned_up = True
         for p in self.started:
             if p.popen.poll() is None:
                 try:
@@ -106,20 +210,71 @@ class Procs:
                 pass
 
 
-class CoordinatorProc:
-    """A real coordinator process on a free loopback port, restartable on the same data dir."""
+class _Server:
+    """What CoordinatorProc and BrokerProc share: a port of their own, and a start-up that
+    survives finding it taken (see the module's docstring)."""
 
-    def __init__(self, procs: Procs, data_dir: Path, overrides: dict | None = None):
-        self.procs = procs
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.overrides = {"tick.ms": "100", "min.session.timeout.ms": "200",
-                          **(overrides or {})}
-        self.proc: Proc | None = None
+    proc: Proc | None
+
+    def __init__(self, port: int | None):
+        self._port = port or free_port()
+        self._pinned = port is not None     # the port must be kept: given, or served on
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @port.setter
+    def port(self, value: int) -> None:
+        self._port, self._pinned = value, True
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def _spawn(self) -> Proc:
+        raise NotImplementedError
+
+    def _wait_serving(self, timeout_s: float) -> None:
+        """Until the process serves on its port; raises if it exits or the time runs out."""
+        raise NotImplementedError
+
+    def _until_serving(self, timeout_s: float) -> None:
+        """Wait for ``self.proc`` to serve; while it exits because its address is in use, start
+        it again: on a fresh port if the port is ours to change, else on the same one for up to
+        REBIND_S seconds."""
+        fresh_left = PORT_ATTEMPTS
+        rebind_until = time.monotonic() + REBIND_S
+        while True:
+            try:
+                self._wait_serving(timeout_s)
+                self._pinned = True
+                return
+            except Exception:
+                if not self.proc.exited_address_in_use:
+                    raise
+                if not self._pinned and fresh_left > 0:
+                    fresh_left -= 1
+                    self._port = free_port()
+                elif self._pinned and time.monotonic() < rebind_until:
+                    time.sleep(REBIND_INTERVAL_S)       # a retry interval, not a check
+                else:
+                    raise
+            self.proc = self._spawn()
+
+
+class CoordinatorProc(_Server):
+    """A real coordinator process on a free loopback port, restartable on the same data dir
+    (and the same port)."""
+
+    def __init__(self, procs: Procs, data_dir: Path, overrides: dict | None = None,
+                 port: int | None = None):
+        super().__init__(port)
+        self.procs = procs
+        self.data_dir = data_dir
+        self.overrides = {"tick.ms": "100", "min.session.timeout.ms": "200",
+                          **(overrides or {})}
+        self.proc: Proc | None = None
 
     def argv(self) -> list[str]:
         args = ["--override", f"listeners=tcp://127.0.0.1:{self.port}",
@@ -128,10 +283,16 @@ class CoordinatorProc:
             args += ["--override", f"{k}={v}"]
         return args
 
-    def start(self) -> "CoordinatorProc":
-        self.proc = self.procs.python("coordinator", "coordinator.server", *self.argv())
+    def _spawn(self) -> Proc:
+        return self.procs.python("coordinator", "coordinator.server", *self.argv())
+
+    def _wait_serving(self, timeout_s: float) -> None:
+        wait_for_port(self.port, timeout_s=timeout_s, proc=self.proc.popen)
+
+    def start(self, timeout_s: float = 15.0) -> "CoordinatorProc":
+        self.proc = self._spawn()
         try:
-            wait_for_port(self.port, proc=self.proc.popen)
+            self._until_serving(timeout_s)
         except Exception as e:
             raise RuntimeError(f"coordinator did not start: {e}\n{self.proc.log_tail()}")
         return self
@@ -164,23 +325,19 @@ def broker_request(port: int, api: str, timeout_s: float = 5.0, blobs: list | No
         sock.close(0)
 
 
-class BrokerProc:
+class BrokerProc(_Server):
     """A real broker process on a free loopback port with its own log dir; restartable on the
     same port and log dir (as the same broker id)."""
 
     def __init__(self, procs: Procs, broker_id: int, coordinator: str, log_dir: Path,
                  overrides: dict | None = None, port: int | None = None):
+        super().__init__(port)
         self.procs = procs
         self.broker_id = broker_id
         self.coordinator = coordinator
         self.log_dir = Path(log_dir)
-        self.port = port or free_port()
         self.overrides = {"coordinator.session.timeout.ms": "2000", **(overrides or {})}
         self.proc: Proc | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     def argv(self) -> list[str]:
         settings = {"broker.id": str(self.broker_id),
@@ -193,11 +350,15 @@ class BrokerProc:
             args += ["--override", f"{k}={v}"]
         return args
 
+    def _spawn(self) -> Proc:
+        return self.procs.python(f"broker{self.broker_id}", "zbroker.broker.server",
+                                 *self.argv())
+
     def start(self, wait: bool = True, timeout_s: float = 20.0) -> "BrokerProc":
         """Start; with ``wait``, return once the broker answers Metadata listing itself and a
-        controller."""
-        self.proc = self.procs.python(f"broker{self.broker_id}", "zbroker.broker.server",
-                                      *self.argv())
+        controller. (Without, ``wait_ready`` does that later, starting it again if its port
+        was taken.)"""
+        self.proc = self._spawn()
         if wait:
             try:
                 self.wait_ready(timeout_s)
@@ -207,11 +368,14 @@ class BrokerProc:
         return self
 
     def wait_ready(self, timeout_s: float = 20.0) -> None:
+        self._until_serving(timeout_s)
+
+    def _wait_serving(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         wait_for_port(self.port, timeout_s=timeout_s, proc=self.proc.popen)
         while True:
             if self.proc.popen.poll() is not None:
-                raise RuntimeError(f"exited with {self.proc.popen.returncode}")
+                raise ProcessExited(f"exited with {self.proc.popen.returncode}")
             try:
                 header, _ = broker_request(self.port, "Metadata", timeout_s=1.0, topics=[])
                 if any(b[0] == self.broker_id for b in header.get("brokers", ())) and \

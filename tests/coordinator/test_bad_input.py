@@ -180,43 +180,59 @@ def run_start(*args, timeout=20):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def own(tmp_path, name: str) -> list[str]:
+    """Overrides giving a refused start a port and a data directory of its own, so that it
+    falls back on neither default (2181, /tmp/zb-coordinator: a local cluster's) should the
+    refusal ever come later than the check it is about."""
+    return ["--override", f"listeners=tcp://127.0.0.1:{free_port()}",
+            "--override", f"data.dir={tmp_path / name}"]
+
+
 def test_startup_errors_are_one_sentence(coordinator, tmp_path):
     taken = run_start("--override", f"listeners=tcp://127.0.0.1:{coordinator.port}",
                       "--override", f"data.dir={tmp_path / 'other'}")
     assert taken.returncode != 0 and "already in use" in taken.stderr
     assert "Traceback" not in taken.stderr
-    bad = run_start("--override", "tick.ms=fast", "--override", f"data.dir={tmp_path / 'x'}")
+    bad = run_start("--override", "tick.ms=fast", *own(tmp_path, "x"))
     assert bad.returncode != 0 and "tick.ms must be a whole number" in bad.stderr
     (tmp_path / "afile").write_text("")
     unusable = run_start("--override", f"data.dir={tmp_path / 'afile' / 'sub'}",
                          "--override", f"listeners=tcp://127.0.0.1:{free_port()}")
     assert unusable.returncode != 0 and "not usable" in unusable.stderr
     assert "Traceback" not in unusable.stderr
-    unknown = run_start("--override", "no.such.key=1")
+    unknown = run_start("--override", "no.such.key=1", *own(tmp_path, "y"))
     assert unknown.returncode != 0 and "Unknown setting 'no.such.key'" in unknown.stderr
-    missing = run_start(str(tmp_path / "nope.properties"))
+    missing = run_start(str(tmp_path / "nope.properties"), *own(tmp_path, "z"))
     assert missing.returncode != 0 and "Cannot read the config file" in missing.stderr
     same_dir = run_start("--override", f"data.dir={coordinator.data_dir}",
                          "--override", f"listeners=tcp://127.0.0.1:{free_port()}")
     assert same_dir.returncode != 0 and "Another coordinator" in same_dir.stderr
+    # a bad setting is refused before the data directory is touched
+    assert not any((tmp_path / name).exists() for name in ("x", "y", "z"))
 
 
 def test_sigterm_is_a_clean_shutdown_and_config_file_works(procs, tmp_path):
-    port = free_port()
+    from tests.procs import PORT_ATTEMPTS, wait_for_port
     conf = tmp_path / "c.properties"
-    conf.write_text(f"# test\nlisteners=tcp://127.0.0.1:{port}\ndata.dir={tmp_path / 'd'}\n"
-                    f"tick.ms=50\nmin.session.timeout.ms=100\n")
-    p = procs.python("coordinator", "coordinator.server", str(conf))
-    from tests.procs import wait_for_port
-    wait_for_port(port, proc=p.popen)
+    for _ in range(PORT_ATTEMPTS):      # a fresh port while another process took ours first
+        port = free_port()
+        conf.write_text(f"# test\nlisteners=tcp://127.0.0.1:{port}\ndata.dir={tmp_path / 'd'}\n"
+                        f"tick.ms=50\nmin.session.timeout.ms=100\n")
+        p = procs.python("coordinator", "coordinator.server", str(conf))
+        try:
+            wait_for_port(port, proc=p.popen)
+            break
+        except RuntimeError:
+            if not p.exited_address_in_use:
+                raise
+    else:
+        pytest.fail(f"no free port in {PORT_ATTEMPTS} tries:\n{p.log_tail()}")
     c = CoordinatorClient(f"127.0.0.1:{port}")
     c.create("/persist", b"1")
     c.close()
     assert p.terminate() == 0
     assert "stopped" in p.log_tail()
-    coord = CoordinatorProc(procs, tmp_path / "d")
-    coord.port = port
-    coord.start()
+    coord = CoordinatorProc(procs, tmp_path / "d", port=port).start()      # the same address
     c = CoordinatorClient(coord.address)
     assert c.get("/persist") == (b"1", 0)
     c.close()

@@ -1,6 +1,5 @@
 """Kill -9 the coordinator or an election winner; nothing acknowledged is lost."""
 
-import json
 import re
 import signal
 import threading
@@ -10,42 +9,10 @@ import pytest
 
 from coordinator.client import ConnectionLoss, CoordinatorClient, FencedEpoch, Op
 from coordinator.election import Election
+from tests.coordinator.helpers import files_by_zxid, recovered_line, wait_until
 from tests.procs import CoordinatorProc
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def wait_until(predicate, timeout_s, what):
-    """Poll ``predicate()`` until it returns something truthy, and return that; fail after
-    ``timeout_s`` seconds, naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = predicate()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def recovered_line(coord):
-    """The fields of the 'recovered' line the coordinator logs at start-up (JSON lines), once it
-    is there (it listens before it recovers)."""
-    def find():
-        for line in coord.proc.log_path.read_text(errors="replace").splitlines():
-            try:
-                fields = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(fields, dict) and fields.get("event") == "recovered":
-                return fields
-        assert coord.proc.popen.poll() is None, coord.proc.log_tail()
-        return None
-    return wait_until(find, 30, "the coordinator's 'recovered' log line")
-
-
-def files_by_zxid(data_dir, prefix):
-    return sorted(int(p.name[len(prefix):]) for p in data_dir.iterdir()
-                  if p.name.startswith(prefix) and p.name[len(prefix):].isdigit())
 
 
 @pytest.mark.timeout(150)
