@@ -248,6 +248,10 @@ class FetcherManager:
                 continue
             try:
                 effects = core.on_fetch_data(hw, log_start, blob, diverging.get(key))
+            except (errors.KafkaStorageError, OSError) as e:
+                self.server.storage_failed(part, e)
+                failed = True
+                continue
             except errors.ZbError as e:
                 log.warning("could not append what the leader sent; checking epochs again",
                             topic=topic, partition=p, error=str(e))

@@ -425,7 +425,7 @@ class BrokerServer:
         self._periodic(0.05, self.peers.check_timeouts)
         self._periodic(self.cfg["log.retention.check.interval.ms"] / 1000,
                        self.replicas.run_retention)
-        self._periodic(PERIODIC_FLUSH_MS / 1000, self.replicas.maybe_flush)
+        self._periodic(PERIODIC_FLUSH_MS / 1000, self._flush_logs)
         self._periodic(self.cfg["replica.high.watermark.checkpoint.interval.ms"] / 1000,
                        self.replicas.checkpoint_high_watermarks)
         per_poll = self.cfg["requests.per.poll.max"]
@@ -455,6 +455,12 @@ class BrokerServer:
                 self._run_timers()
         self._shutdown()
         return self.exit_code
+
+    def _flush_logs(self) -> None:
+        try:
+            self.replicas.maybe_flush()
+        except (OSError, errors.KafkaStorageError) as e:
+            self.storage_failed(None, e)
 
     def _drain_requests(self, limit: int) -> None:
         recv = self.router.recv_multipart
@@ -599,7 +605,11 @@ class BrokerServer:
     def append_internal(self, part, blob: bytes) -> None:
         """Append a batch this broker wrote itself (the group coordinator's records) to a
         partition it leads, and wake what waits on it, as a produce does."""
-        part.log.append(blob, part.leader_epoch)
+        try:
+            part.log.append(blob, part.leader_epoch)
+        except (OSError, errors.KafkaStorageError) as e:
+            self.storage_failed(part, e)
+            raise
         if part.waiters:
             self._on_append(part, len(blob))
         self.carry_out(part, part.core.on_leader_append(), len(blob))
@@ -644,6 +654,16 @@ class BrokerServer:
                     part = self._partition(topic, p, epoch)
                 part.core.check_produce(acks)
                 result = part.log.append(blob.buffer, part.leader_epoch)
+            except errors.KafkaStorageError as e:
+                out.append([topic, p, e.code, -1, -1, -1, str(e)])
+                self.storage_failed(part, e)
+                continue
+            except OSError as e:        # creating a segment or an index, say
+                err = errors.KafkaStorageError(f"Broker {self.broker_id} cannot write the log of "
+                                               f"{topic}-{p}: {e.strerror}.")
+                out.append([topic, p, err.code, -1, -1, -1, str(err)])
+                self.storage_failed(part, err)
+                continue
             except errors.ZbError as e:
                 out.append([topic, p, e.code, -1, -1, -1, str(e)])
                 continue
@@ -668,6 +688,24 @@ class BrokerServer:
                 self._add_timer(timeout_ms / 1000, self._expire_produce, dp)
             return None
         return protocol.encode_response(header["id"], parts=out)
+
+    # --- a failed log directory -------------------------------------------------------------------
+    def storage_failed(self, part, err: Exception) -> None:
+        """A write to a partition's log failed (disk full, I/O error). The broker cannot be
+        trusted to lead or to follow: it hands its leaderships to other in-sync replicas
+        (a controlled shutdown) and exits with code 4, saying why, instead of going on
+        answering KAFKA_STORAGE_ERROR for partitions another replica could lead. (Kafka takes
+        only the failed directory offline when a broker has several; here the broker goes.)"""
+        if self.exit_code == 4:
+            return
+        where = part.log.dir if part is not None else "a log directory"
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        log.error("a log directory failed; handing leaderships over and stopping", dir=where,
+                  error=reason)
+        print(f"Broker {self.broker_id} cannot write its log at {where} ({reason.rstrip('.')}); "
+              f"it hands its leaderships over and stops.", file=sys.stderr, flush=True)
+        self.exit_code = 4
+        self._on_stop()
 
     # --- effects of the replication state machine ------------------------------------------------
     def carry_out(self, part, effects: list, nbytes: int | None = None) -> None:
