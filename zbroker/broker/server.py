@@ -59,6 +59,7 @@ import itertools
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
 
@@ -162,6 +163,7 @@ class BrokerServer:
         # After a session expiry: the watcher of the session we left. Leadership stays paused
         # until an image of the new session is applied (never resume from stale metadata).
         self._stale_image_watcher = None
+        self._renewing = False          # a new session is being opened on a thread
         self.broker_epoch = -1          # the creation zxid of our registration
         self._handlers = {
             "ApiVersions": self._api_versions, "Metadata": self._metadata,
@@ -196,10 +198,17 @@ class BrokerServer:
                  advertised=f"{self.host}:{self.port}", log_dirs=self.replicas.log_dirs)
 
     def _open_session(self) -> None:
-        """A coordinator session, our registration in it, and the threads that use it."""
+        """At start-up: a coordinator session, our registration in it, and the threads that
+        use it."""
+        self._install_session(*self._new_session())
+
+    def _new_session(self) -> tuple[CoordinatorClient, int]:
+        """A new session with our registration in it: (client, broker epoch). Blocks (it may
+        wait for an earlier life's registration to expire) and touches no loop state, so a
+        renewal runs it on a thread of its own."""
         connect = self.cfg["coordinator.connect"]
         try:
-            self.client = CoordinatorClient(
+            client = CoordinatorClient(
                 connect, session_timeout_ms=self.cfg["coordinator.session.timeout.ms"],
                 connect_timeout_ms=self.cfg["coordinator.connection.timeout.ms"])
         except errors.ZbError as e:
@@ -210,56 +219,90 @@ class BrokerServer:
         try:
             for path in (md.BROKER_IDS, md.TOPICS, md.CREATE_TOPIC_REQUESTS, md.SHUTDOWN,
                          "/cluster"):
-                self.client.ensure_path(path)
+                client.ensure_path(path)
             try:
-                self.client.create(md.CLUSTER_ID_PATH, uuid.uuid4().hex[:22].encode())
+                client.create(md.CLUSTER_ID_PATH, uuid.uuid4().hex[:22].encode())
             except NodeExists:
                 pass
-            self._register()
-        except errors.ZbError as e:
+            return client, self._register(client)
+        except (errors.ZbError, StartupError) as e:
+            client.close()
+            if isinstance(e, StartupError):
+                raise
             raise StartupError(f"The coordinator refused the registration: "
                                f"{str(e).rstrip('.')}.")
-        client = self.client
+
+    def _install_session(self, client: CoordinatorClient, broker_epoch: int) -> None:
+        self.client = client
+        self.broker_epoch = broker_epoch
         client.add_listener(lambda state: self._post(("session", state, client)))
-        watcher = md.MetadataWatcher(self.client,
-                                     lambda image: self._post(("image", image, watcher)))
+        watcher = md.MetadataWatcher(client, lambda image: self._post(("image", image, watcher)))
         self.watcher = watcher
-        self.watcher.start()
-        self.controller = Controller(self.client, self.broker_id, self.cfg,
+        watcher.start()
+        self.controller = Controller(client, self.broker_id, self.cfg,
                                      lambda ident, frames, wait:
                                      self._post(("admin_reply", ident, frames, wait)))
         self.controller.start()
 
-    def _close_session(self) -> None:
-        for closer in (self.controller, self.watcher):
+    @staticmethod
+    def _close_session_parts(controller, watcher, client) -> None:
+        for closer in (controller, watcher):
             if closer is not None:
                 try:
                     closer.stop()
                 except Exception:
                     log.exception("stopping a coordinator thread failed")
-        self.controller = self.watcher = None
-        if self.client is not None:
+        if client is not None:
             try:
-                self.client.close()
+                client.close()
             except Exception:
                 pass
-            self.client = None
+
+    def _close_session(self) -> None:
+        parts = (self.controller, self.watcher, self.client)
+        self.controller = self.watcher = self.client = None
+        self._close_session_parts(*parts)
 
     def _renew_session(self) -> None:
         """Our session expired (our registration, and /controller if we held it, are gone):
-        stop leading, open a new session and register again. The controller then sees a broker
-        with a new broker epoch and makes it leader again with a bumped leader epoch."""
+        stop leading, and open a new session and register again on a thread (it may take a
+        session timeout), so the loop goes on serving. The controller then sees a broker with a
+        new broker epoch and makes it leader again with a bumped leader epoch."""
+        if self._renewing:
+            return
         log.warning("the coordinator session expired; registering again")
         self.leadership_paused = True
         self._stale_image_watcher = self.watcher
-        self._close_session()
+        self._renewing = True
+        old = (self.controller, self.watcher, self.client)
+        self.controller = self.watcher = self.client = None
+        threading.Thread(target=self._renew_in_background, args=(old,), name="session-renewal",
+                         daemon=True).start()
+
+    def _renew_in_background(self, old) -> None:       # on the renewal thread
+        self._close_session_parts(*old)
         try:
-            self._open_session()
+            got = self._new_session()
         except StartupError as e:
-            log.error("could not register again; stopping", error=str(e))
+            self._post(("session_renewed", None, e))
+        except Exception as e:          # our bug: still a reason to stop, with a sentence
+            log.exception("registering again failed")
+            self._post(("session_renewed", None, StartupError(
+                f"Registering again failed: {type(e).__name__}.")))
+        else:
+            self._post(("session_renewed", got, None))
+
+    def _on_session_renewed(self, got, err) -> None:
+        self._renewing = False
+        if err is not None:
+            log.error("could not register again; stopping", error=str(err))
             self.exit_code = 3
             self.stopping = True
             return
+        if self.stopping:
+            self._close_session_parts(None, None, got[0])
+            return
+        self._install_session(*got)
         # Still paused: our metadata is from before the expiry (the controller has moved our
         # leaderships meanwhile). The new session's watcher lifts the pause with its first image.
         self._suspended_at = None
@@ -274,7 +317,7 @@ class BrokerServer:
                 # client noticed the silence (which is itself up to 2/3 of the timeout later):
                 # the session may expire a session timeout after that contact.
                 self._suspended_at = time.monotonic()
-                limit_at = client.last_contact_s + self.client.session_timeout_ms * 2 / 3000
+                limit_at = client.last_contact_s + client.session_timeout_ms * 2 / 3000
                 self._add_timer(max(0.0, limit_at - time.monotonic()), self._check_suspended,
                                 self._suspended_at)
         elif state == CONNECTED:
@@ -291,22 +334,22 @@ class BrokerServer:
                         "leader until it is back")
             self.leadership_paused = True
 
-    def _register(self) -> None:
+    def _register(self, client: CoordinatorClient) -> int:
+        """Register /brokers/ids/<id> in ``client``'s session; returns the broker epoch."""
         path = md.broker_path(self.broker_id)
         value = md.encode_registration(self.host, self.port, self.cfg["broker.rack"])
         deadline = None
         while True:
             try:
-                self.client.create(path, value, ephemeral=True)
+                client.create(path, value, ephemeral=True)
             except NodeExists:
                 pass
             try:
-                raw, stat = self.client.get_with_stat(path)
+                raw, stat = client.get_with_stat(path)
             except NoNode:
                 continue
-            if stat.ephemeral_owner == self.client.session_id:
-                self.broker_epoch = stat.czxid
-                return
+            if stat.ephemeral_owner == client.session_id:
+                return stat.czxid
             try:
                 holder = md.decode_registration(self.broker_id, raw)
             except Exception:
@@ -316,7 +359,7 @@ class BrokerServer:
                 raise StartupError(f"The broker id {self.broker_id} is already registered by a "
                                    f"live broker{where}.")
             if deadline is None:
-                deadline = time.monotonic() + self.client.session_timeout_ms / 1000 + \
+                deadline = time.monotonic() + client.session_timeout_ms / 1000 + \
                     REGISTRATION_GRACE_S
                 log.info("waiting for the registration of this broker's earlier life to expire",
                          broker_id=self.broker_id)
@@ -353,6 +396,8 @@ class BrokerServer:
                     self._on_session_event(item[1], item[2])
                 elif kind == "isr_done":
                     self._on_isr_done(*item[1:])
+                elif kind == "session_renewed":
+                    self._on_session_renewed(*item[1:])
                 elif kind == "stop":
                     self._on_stop()
                 elif kind == "stop_now":
@@ -1116,7 +1161,8 @@ class BrokerServer:
                 closer.stop()
         self.groups.close()
         for part in list(self.replicas.partitions.values()):
-            self._lost_leadership(part)             # answer long polls and acks=all waits
+            self.carry_out(part, part.core.stop())  # answer acks=all waits
+            self._lost_leadership(part)             # and long polls
         self.fetchers.close_all()
         self.peers.close_all()
         self.replicas.checkpoint_high_watermarks()
