@@ -23,6 +23,8 @@ from zbroker.broker.config import topic_log_config, topic_min_insync_replicas
 from zbroker.logs import get_logger
 from zbroker.replication import ReplicaCore, Role
 from zbroker.storage import PartitionLog
+from zbroker.storage.checkpoints import (REPLICATION_OFFSET_CHECKPOINT, CheckpointWriter,
+                                         encode_partition_offsets, read_partition_offsets)
 
 log = get_logger("zbroker.broker.replicas")
 
@@ -68,6 +70,9 @@ class ReplicaManager:
         self.log_defaults = log_defaults
         self.partitions: dict[tuple[str, int], Partition] = {}
         self._lock_fds: list[int] = []
+        self._writer = CheckpointWriter()
+        self._checkpointed: dict[str, bytes] = {}       # log dir -> the content last handed over
+        self._hw_at_start: dict[tuple[str, int], int] = {}
 
     # --- start-up -------------------------------------------------------------------------------
     def lock_dirs(self) -> None:
@@ -93,6 +98,8 @@ class ReplicaManager:
             for name in os.listdir(d):        # deletions a crash interrupted
                 if name.endswith(DELETE_SUFFIX):
                     shutil.rmtree(os.path.join(d, name), ignore_errors=True)
+            self._hw_at_start.update(
+                read_partition_offsets(os.path.join(d, REPLICATION_OFFSET_CHECKPOINT)))
 
     # --- following the metadata -------------------------------------------------------------------
     def apply_image(self, image: md.ClusterImage, now_s: float):
@@ -178,7 +185,11 @@ class ReplicaManager:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, meta)
-        return Partition(t.name, st.partition, t.topic_id, plog, self.broker_id)
+        part = Partition(t.name, st.partition, t.topic_id, plog, self.broker_id)
+        hw = self._hw_at_start.pop((t.name, st.partition), None)
+        if hw is not None and found is not None:        # (the partition's own file otherwise)
+            part.core.high_watermark = max(plog.log_start_offset, min(hw, plog.log_end_offset))
+        return part
 
     def _close(self, key) -> None:
         part = self.partitions.pop(key)
@@ -212,14 +223,20 @@ class ReplicaManager:
         for part in self.partitions.values():
             part.log.maybe_flush()
 
-    def checkpoint_high_watermarks(self) -> None:
-        for part in self.partitions.values():
-            try:
-                hw = min(part.high_watermark, part.log.log_end_offset)
-                if part.log.high_watermark_checkpoint != hw and hw >= part.log.log_start_offset:
-                    part.log.write_high_watermark(hw)
-            except (OSError, ValueError, errors.ZbError) as e:
-                log.error("high watermark checkpoint failed", dir=part.log.dir, error=str(e))
+    def checkpoint_high_watermarks(self, wait: bool = False) -> None:
+        """Every partition's high watermark, one file per log directory, written by the
+        checkpoint thread (the loop only builds the text). ``wait``: until it is on disk."""
+        by_dir: dict[str, dict] = {d: {} for d in self.log_dirs}
+        for (topic, p), part in self.partitions.items():
+            hw = max(part.log.log_start_offset, min(part.high_watermark, part.log.log_end_offset))
+            by_dir.setdefault(os.path.dirname(part.log.dir), {})[(topic, p)] = hw
+        for d, offsets in by_dir.items():
+            data = encode_partition_offsets(offsets)
+            if self._checkpointed.get(d) != data:
+                self._checkpointed[d] = data
+                self._writer.write(os.path.join(d, REPLICATION_OFFSET_CHECKPOINT), data)
+        if wait and not self._writer.flush():
+            log.error("high watermark checkpoints not written within 10 s")
 
     def close_all(self) -> None:
         for key in list(self.partitions):

@@ -1165,7 +1165,7 @@ class BrokerServer:
             self._lost_leadership(part)             # and long polls
         self.fetchers.close_all()
         self.peers.close_all()
-        self.replicas.checkpoint_high_watermarks()
+        self.replicas.checkpoint_high_watermarks(wait=True)
         self.replicas.close_all()
         if self.client is not None:
             self.client.close()          # the registration goes at once

@@ -7,11 +7,14 @@ Formats are Kafka's plain-text ones: a version line, a count line, then one entr
         0\\n1\\n<offset>\\n
     leader-epoch-checkpoint:
         0\\n<n>\\n<epoch> <start_offset>\\n ... (ascending)
+    replication-offset-checkpoint (one per log directory, every partition's high watermark):
+        0\\n<n>\\n<topic> <partition> <offset>\\n ...
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from bisect import bisect_right
 
 from zbroker.logs import get_logger
@@ -174,3 +177,80 @@ class LeaderEpochCache:
 
 def _ascending(xs: list[int]) -> bool:
     return all(a < b for a, b in zip(xs, xs[1:]))
+
+
+# --- one file per log directory: every partition's high watermark (Kafka's
+# replication-offset-checkpoint): 0\n<n>\n<topic> <partition> <offset>\n ...
+
+REPLICATION_OFFSET_CHECKPOINT = "replication-offset-checkpoint"
+
+
+def encode_partition_offsets(offsets: dict[tuple[str, int], int]) -> bytes:
+    lines = [str(VERSION), str(len(offsets))]
+    lines += [f"{t} {p} {o}" for (t, p), o in sorted(offsets.items())]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def read_partition_offsets(path: str) -> dict[tuple[str, int], int]:
+    """{(topic, partition): offset} of a per-directory checkpoint; {} when missing or
+    malformed (logged: the partitions' own files are the fallback)."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("ascii")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as e:
+        log.warning("checkpoint_unreadable", path=path, error=str(e))
+        return {}
+    try:
+        lines = text.split("\n")
+        if int(lines[0]) != VERSION:
+            raise ValueError(f"version {lines[0]}")
+        n = int(lines[1])
+        out = {}
+        for line in lines[2:2 + n]:
+            topic, p, offset = line.split(" ")
+            out[(topic, int(p))] = int(offset)
+        if len(out) != n:
+            raise ValueError("wrong entry count")
+        return out
+    except (ValueError, IndexError) as e:
+        log.warning("checkpoint_malformed", path=path, error=str(e))
+        return {}
+
+
+class CheckpointWriter:
+    """Writes checkpoint files on a thread of its own, so an event loop never waits for their
+    fsyncs: ``write(path, data)`` hands over the newest content of a file (a newer one replaces
+    content not yet written); ``flush()`` waits until everything handed over is on disk."""
+
+    def __init__(self, name: str = "zb-checkpoints"):
+        self._pending: dict[str, bytes] = {}
+        self._busy = False
+        self._cv = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def write(self, path: str, data: bytes) -> None:
+        with self._cv:
+            self._pending[path] = data
+            self._cv.notify_all()
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._pending and not self._busy, timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._pending)
+                path, data = self._pending.popitem()
+                self._busy = True
+            try:
+                write_atomically(path, data)
+            except OSError as e:
+                log.error("checkpoint_write_failed", path=path, error=e.strerror)
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
