@@ -77,23 +77,26 @@ class Cluster:
         """A new snapshot: brokers and controller from ``header``; topics replaced wholesale when
         all were asked for, else only those the response names."""
         brokers = {}
-        for b in header.get("brokers") or ():
-            node_id, host, port, rack = b[0], b[1], b[2], (b[3] if len(b) > 3 else None)
-            brokers[node_id] = BrokerMetadata(node_id, host, port, rack)
+        for b in protocol.decode_entries(protocol.BrokerEntry, header.get("brokers") or [],
+                                         "Metadata broker"):
+            brokers[b.node_id] = BrokerMetadata(b.node_id, b.host, b.port, b.rack)
         if requested is None:
             topics, topic_errors = {}, {}
         else:
             topics, topic_errors = dict(self.topics), dict(self.topic_errors)
-        for t in header.get("topics") or ():
-            name, err, parts = t[0], t[1], t[3]
-            if err:
-                topics.pop(name, None)
-                topic_errors[name] = err
+        for t in protocol.decode_entries(protocol.TopicMetadataEntry, header.get("topics") or [],
+                                         "Metadata topic"):
+            if t.err:
+                topics.pop(t.name, None)
+                topic_errors[t.name] = t.err
                 continue
-            topic_errors.pop(name, None)
-            topics[name] = {p[0]: PartitionMetadata(name, p[0], p[2], p[3], list(p[4]),
-                                                    list(p[5]), list(p[6] or ()), p[1])
-                            for p in parts}
+            topic_errors.pop(t.name, None)
+            topics[t.name] = {
+                p.partition: PartitionMetadata(t.name, p.partition, p.leader, p.leader_epoch,
+                                               list(p.replicas), list(p.isr),
+                                               list(p.offline_replicas or ()), p.err)
+                for p in protocol.decode_entries(protocol.PartitionMetadataEntry, t.partitions,
+                                                 "Metadata partition")}
         return Cluster(brokers, header.get("controller_id", -1), header.get("cluster_id"),
                        topics, topic_errors)
 
@@ -369,9 +372,16 @@ class NetworkClient:
             if state["done"]:
                 return
             if error is None:
-                state["done"] = True
-                self.cluster = self.cluster.merged(header, req_topics)
-                self.sync_nodes()
+                try:
+                    cluster = self.cluster.merged(header, req_topics)
+                except ZbError as e:        # a response that does not fit the protocol
+                    error = e
+                else:
+                    state["done"] = True
+                    self.cluster = cluster
+                    self.sync_nodes()
+            if error is None:
+                pass
             elif state["open"] > 0:
                 return                      # another node may still answer
             else:

@@ -582,24 +582,26 @@ def _chunks(by_node: dict, timestamps: dict):
     step = protocol.PARTS_PER_REQUEST_MAX
     for node, tps in sorted(by_node.items()):
         for i in range(0, len(tps), step):
-            yield node, [[tp.topic, tp.partition, timestamps[tp], -1] for tp in tps[i:i + step]]
+            yield node, [protocol.ListOffsetsPart(tp.topic, tp.partition, timestamps[tp], -1)
+                     for tp in tps[i:i + step]]
 
 
 def _take_offsets(header: dict, waiting: dict, found: dict) -> ZbError | None:
     """Move the partitions a ListOffsets response answered from ``waiting`` to ``found``;
     returns the last retriable error it names, raises any other."""
     last = None
-    for r in header.get("parts") or ():
-        tp = TopicPartition(r[0], r[1])
+    for r in protocol.decode_entries(protocol.ListOffsetsResult, header.get("parts") or [],
+                                     "ListOffsets"):
+        tp = TopicPartition(r.topic, r.partition)
         if tp not in waiting:
             continue
-        if r[2]:
-            err = _partition_error(r[2], None, tp)
+        if r.err:
+            err = _partition_error(r.err, None, tp)
             if not (err.retriable or err.invalid_metadata):
                 raise err
             last = err
             continue
-        found[tp] = OffsetAndTimestamp(r[3], r[4])
+        found[tp] = OffsetAndTimestamp(r.offset, r.timestamp)
         del waiting[tp]
     return last
 

@@ -1264,7 +1264,8 @@ class Consumer:
                 st.reset_sent = True
                 by_node.setdefault(leader, []).append((st.tp, st.reset, st.generation))
         for node, items in by_node.items():
-            parts = [[tp.topic, tp.partition, where, cluster.leader_epoch(*tp)]
+            parts = [protocol.ListOffsetsPart(tp.topic, tp.partition, where,
+                                              cluster.leader_epoch(*tp))
                      for tp, where, _ in items]
 
             def handler(header, blobs, error, items=items):
@@ -1277,8 +1278,12 @@ class Consumer:
     def _on_list_offsets(self, items, header, error) -> None:
         results = {}
         if header is not None:
-            for r in header.get("parts") or ():
-                results[TopicPartition(r[0], r[1])] = r
+            try:
+                results = {TopicPartition(r.topic, r.partition): r for r in
+                           protocol.decode_entries(protocol.ListOffsetsResult,
+                                                   header.get("parts") or [], "ListOffsets")}
+            except ZbError as e:
+                error = e
         with self._lock:
             for tp, where, gen in items:
                 st = self._states.get(tp)
@@ -1289,8 +1294,8 @@ class Consumer:
                 err = error
                 if err is None and r is None:
                     err = errors.UnknownServerError(f"ListOffsets did not answer for {tp}.")
-                if err is None and r[2]:
-                    err = errors.make_error(r[2], None)
+                if err is None and r.err:
+                    err = errors.make_error(r.err, None)
                 if err is not None:
                     if err.invalid_metadata or err.retriable:
                         self._need_metadata = True
@@ -1298,7 +1303,7 @@ class Consumer:
                         st.error = err
                     continue
                 st.generation = next(_generations)
-                st.position = st.fetch_offset = r[3]
+                st.position = st.fetch_offset = r.offset
                 st.reset = None
             self._cond.notify_all()
 
@@ -1330,7 +1335,8 @@ class Consumer:
                     (st.tp, st.generation, st.fetch_offset, st.fetch_bytes))
                 st.in_flight = True
         for node, items in by_node.items():
-            parts = [[tp.topic, tp.partition, offset, cluster.leader_epoch(*tp), nbytes]
+            parts = [protocol.FetchPart(tp.topic, tp.partition, offset,
+                                        cluster.leader_epoch(*tp), nbytes)
                      for tp, _, offset, nbytes in items]
             fields = {"replica_id": protocol.CONSUMER_REPLICA_ID,
                       "max_wait_ms": self.fetch_max_wait_ms, "min_bytes": self.fetch_min_bytes,
@@ -1350,8 +1356,14 @@ class Consumer:
         self._fetching_nodes.discard(node)
         results = {}
         if header is not None:
-            for i, r in enumerate(header.get("parts") or ()):
-                results[TopicPartition(r[0], r[1])] = (r, blobs[i] if i < len(blobs) else b"")
+            try:
+                entries = protocol.decode_entries(protocol.FetchResult, header.get("parts") or [],
+                                                  "Fetch")
+            except ZbError as e:
+                error, entries = e, []
+            for i, r in enumerate(entries):
+                results[TopicPartition(r.topic, r.partition)] = \
+                    (r, blobs[i] if i < len(blobs) else b"")
         notify = False
         with self._lock:
             for tp, gen, offset, _nbytes in items:
@@ -1365,14 +1377,14 @@ class Consumer:
                 res = results.get(tp)
                 if err is None and res is None:
                     err = errors.UnknownServerError(f"The Fetch response did not mention {tp}.")
-                if err is None and res[0][2]:
-                    err = errors.make_error(res[0][2], None)
+                if err is None and res[0].err:
+                    err = errors.make_error(res[0].err, None)
                 if err is not None:
                     self._on_fetch_error(st, err)
                     notify = True
                     continue
                 r, blob = res
-                st.high_watermark = r[3]
+                st.high_watermark = r.high_watermark
                 next_offset, malformed = None, False
                 try:
                     for h, _ in records.iter_batches(blob):
@@ -1463,7 +1475,8 @@ class _OffsetsLookup:
             by_node.setdefault(leader, []).append((tp, ts))
         for node, items in by_node.items():
             self.in_flight += 1
-            parts = [[tp.topic, tp.partition, ts, cluster.leader_epoch(*tp)] for tp, ts in items]
+            parts = [protocol.ListOffsetsPart(tp.topic, tp.partition, ts, cluster.leader_epoch(*tp))
+                     for tp, ts in items]
 
             def handler(header, blobs, error, items=items):
                 self._on_answer(items, header, error)
@@ -1490,19 +1503,25 @@ class _OffsetsLookup:
             if not error.retriable:
                 self.fail(error)
             return
-        for r in header.get("parts") or ():
-            tp = TopicPartition(r[0], r[1])
+        try:
+            entries = protocol.decode_entries(protocol.ListOffsetsResult,
+                                              header.get("parts") or [], "ListOffsets")
+        except ZbError as e:
+            self.last_error = e
+            return
+        for r in entries:
+            tp = TopicPartition(r.topic, r.partition)
             if tp not in self.waiting:
                 continue
-            if r[2]:
-                err = errors.make_error(r[2], None)
+            if r.err:
+                err = errors.make_error(r.err, None)
                 self.last_error = err
                 if not (err.retriable or err.invalid_metadata):
                     self.fail(err)
                     return
                 self._asked_for_metadata()
                 continue
-            self.found[tp] = (r[3], r[4])
+            self.found[tp] = (r.offset, r.timestamp)
             del self.waiting[tp]
 
 

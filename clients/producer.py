@@ -700,7 +700,8 @@ class Producer:
                 datas.append(b.data)
                 room -= len(b.data)
             if taken:
-                parts.append([tp[0], tp[1], cluster.leader_epoch(tp[0], tp[1])])
+                parts.append(protocol.ProducePart(tp[0], tp[1],
+                                                  cluster.leader_epoch(tp[0], tp[1])))
                 blobs.append(datas[0] if len(datas) == 1 else b"".join(datas))
                 context.append((tp, taken))
                 if mute:
@@ -748,23 +749,27 @@ class Producer:
             for tp, taken in context:
                 self._retry_or_fail(tp, taken, error, now)
             return
-        results = {}
-        for part in header.get("parts") or ():
-            results[(part[0], part[1])] = part
+        try:
+            results = {(r.topic, r.partition): r for r in protocol.decode_entries(
+                protocol.ProduceResult, header.get("parts") or [], "Produce")}
+        except ZbError as e:
+            for tp, taken in context:
+                self._retry_or_fail(tp, taken, e, now)
+            return
         for tp, taken in context:
             r = results.get(tp)
             if r is None:
                 self._retry_or_fail(tp, taken, UnknownServerError(
                     f"The broker's Produce response did not mention {tp[0]}-{tp[1]}."), now)
                 continue
-            code = r[2]
-            if code:
-                err = errors.make_error(code, r[6] if len(r) > 6 else None)
+            if r.err:
+                err = errors.make_error(r.err, r.msg)
                 if err.invalid_metadata:
                     self._need_metadata = True
                 self._retry_or_fail(tp, taken, err, now)
                 continue
-            self._complete(taken, None, r[3], r[4] if len(r) > 4 and r[4] is not None else -1)
+            self._complete(taken, None, r.base_offset,
+                           r.log_append_time_ms if r.log_append_time_ms is not None else -1)
 
     def _retry_or_fail(self, tp, taken: list[_Batch], error: ZbError, now: float) -> None:
         taken = [b for b in taken if not b.done]

@@ -16,7 +16,11 @@ connection; responses may come back in any order: match them by ``id``. A reques
 cannot be read gets a response with ``"id": None``. ``err`` in the header is a request-level
 error (malformed request, unknown api); per-partition errors are inside the fields.
 
-APIs (fields beyond api/v/id; "p" lists are positional for compactness on hot paths):
+APIs (fields beyond api/v/id). Every entry of a "parts" / "topics" / "brokers" list is one of
+the named tuples below (ProducePart, ProduceResult, FetchPart, ReplicaFetchPart, FetchResult,
+DivergingEpoch, EpochQueryPart, EpochEndResult, ListOffsetsPart, ListOffsetsResult,
+BrokerEntry, TopicMetadataEntry, PartitionMetadataEntry), sent as a msgpack array in its field
+order (compact on hot paths) and read back with ``decode_entries``:
 
   ApiVersions   -                        -> apis: {name: [min_v, max_v]}
   Metadata      topics: [name] | None    -> brokers: [[id, host, port, rack]], controller_id,
@@ -205,12 +209,125 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[str, ...], bool]]] = {
     "CreatePartitions": {"topics": ((_L,), True), "timeout_ms": ((_I,), False)},
 }
 
-# positional layouts of the "parts" / "topics" entries, checked by check_entries()
-PRODUCE_PART = (_S, _I, _I)                      # topic, partition, leader_epoch
-FETCH_PART = (_S, _I, _I, _I, _I)                # topic, partition, offset, epoch, max_bytes
-REPLICA_FETCH_PART = (*FETCH_PART, _I)           # ... and the last fetched epoch
-OFFSET_FOR_EPOCH_PART = (_S, _I, _I, _I)        # topic, partition, current epoch, epoch
-LIST_OFFSETS_PART = (_S, _I, _I, _I)             # topic, partition, timestamp, epoch
+# --- named entries: every request and response entry of the data APIs has one type here,
+# sent as a msgpack array in its field order, used by the broker, the clients, the replica
+# fetcher and the test fakes alike (golden bytes in tests/test_wire_golden.py)
+
+class ProducePart(NamedTuple):
+    topic: str
+    partition: int
+    leader_epoch: int
+
+
+class ProduceResult(NamedTuple):
+    topic: str
+    partition: int
+    err: int
+    base_offset: int
+    log_append_time_ms: int
+    log_start_offset: int
+    msg: str | None
+
+
+class FetchPart(NamedTuple):
+    topic: str
+    partition: int
+    fetch_offset: int
+    leader_epoch: int
+    partition_max_bytes: int
+
+
+class ReplicaFetchPart(NamedTuple):
+    topic: str
+    partition: int
+    fetch_offset: int
+    leader_epoch: int
+    partition_max_bytes: int
+    last_fetched_epoch: int
+
+
+class FetchResult(NamedTuple):
+    topic: str
+    partition: int
+    err: int
+    high_watermark: int
+    log_start_offset: int
+    log_end_offset: int
+
+
+class DivergingEpoch(NamedTuple):
+    topic: str
+    partition: int
+    epoch: int
+    end_offset: int
+
+
+class EpochQueryPart(NamedTuple):
+    topic: str
+    partition: int
+    current_leader_epoch: int
+    epoch: int
+
+
+class EpochEndResult(NamedTuple):
+    topic: str
+    partition: int
+    err: int
+    leader_epoch: int
+    end_offset: int
+
+
+class ListOffsetsPart(NamedTuple):
+    topic: str
+    partition: int
+    timestamp: int
+    leader_epoch: int
+
+
+class ListOffsetsResult(NamedTuple):
+    topic: str
+    partition: int
+    err: int
+    offset: int
+    timestamp: int
+    leader_epoch: int
+
+
+class BrokerEntry(NamedTuple):
+    node_id: int
+    host: str
+    port: int
+    rack: str | None
+
+
+class PartitionMetadataEntry(NamedTuple):
+    partition: int
+    err: int
+    leader: int
+    leader_epoch: int
+    replicas: list
+    isr: list
+    offline_replicas: list
+
+
+class TopicMetadataEntry(NamedTuple):
+    name: str
+    err: int
+    internal: bool
+    partitions: list            # [PartitionMetadataEntry]
+
+
+# the field kinds of request entries, checked by check_entries() before they are named
+PRODUCE_PART = (_S, _I, _I)
+FETCH_PART = (_S, _I, _I, _I, _I)
+REPLICA_FETCH_PART = (*FETCH_PART, _I)
+OFFSET_FOR_EPOCH_PART = (_S, _I, _I, _I)
+LIST_OFFSETS_PART = (_S, _I, _I, _I)
+for _entry, _layout in ((ProducePart, PRODUCE_PART), (FetchPart, FETCH_PART),
+                        (ReplicaFetchPart, REPLICA_FETCH_PART),
+                        (EpochQueryPart, OFFSET_FOR_EPOCH_PART),
+                        (ListOffsetsPart, LIST_OFFSETS_PART)):
+    assert len(_entry._fields) == len(_layout), _entry
 CREATE_TOPIC = (_S, _I, _I, (_M, _N), (_M, _N))  # name, partitions, rf, config, assignment
 CREATE_PARTITIONS = (_S, _I)                     # name, total
 

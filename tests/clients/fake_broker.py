@@ -108,29 +108,32 @@ class FakeBroker:
         out = []
         for name in (names if names is not None else sorted(self.topics)):
             if name not in self.topics:
-                out.append([name, errors.UnknownTopicOrPartition.code, False, []])
+                out.append(protocol.TopicMetadataEntry(name, errors.UnknownTopicOrPartition.code,
+                                                       False, []))
                 continue
-            out.append([name, 0, False, [[p, 0, self.node_id, 0, [self.node_id],
-                                          [self.node_id], []]
-                                         for p in range(self.topics[name])]])
+            out.append(protocol.TopicMetadataEntry(name, 0, False, [
+                protocol.PartitionMetadataEntry(p, 0, self.node_id, 0, [self.node_id],
+                                                [self.node_id], [])
+                for p in range(self.topics[name])]))
         return out
 
     def _Metadata(self, h, blobs):
         return protocol.encode_response(
-            h["id"], brokers=[[self.node_id, "127.0.0.1", self.port, None]],
+            h["id"], brokers=[protocol.BrokerEntry(self.node_id, "127.0.0.1", self.port, None)],
             controller_id=self.node_id, cluster_id="fake",
             topics=self._metadata_topics(h.get("topics")))
 
     def _Produce(self, h, blobs):
         parts = []
-        for (topic, p, _epoch), blob in zip(h["parts"], blobs):
+        for (topic, p, _epoch), blob in zip(map(protocol.ProducePart._make, h["parts"]), blobs):
             tp = (topic, p)
             if self.produce_errors:
                 code = self.produce_errors.pop(0)
-                parts.append([topic, p, code, -1, -1, -1, "injected"])
+                parts.append(protocol.ProduceResult(topic, p, code, -1, -1, -1, "injected"))
                 continue
             if tp not in self.logs:
-                parts.append([topic, p, errors.UnknownTopicOrPartition.code, -1, -1, -1, None])
+                parts.append(protocol.ProduceResult(topic, p, errors.UnknownTopicOrPartition.code,
+                                                    -1, -1, -1, None))
                 continue
             base = self.next_offset[tp]
             buf = bytearray(blob)
@@ -140,7 +143,7 @@ class FakeBroker:
                 self.logs[tp].append(bytearray(buf[pos:pos + bh.size]))
                 off += bh.last_offset_delta + 1
             self.next_offset[tp] = off
-            parts.append([topic, p, 0, base, -1, 0, None])
+            parts.append(protocol.ProduceResult(topic, p, 0, base, -1, 0, None))
         if h["acks"] == 0:
             return None
         return protocol.encode_response(h["id"], parts=parts)
@@ -149,16 +152,18 @@ class FakeBroker:
         parts, out = [], []
         has_data = False
         budget = h.get("max_bytes", 1 << 20)
-        for topic, p, offset, _epoch, pmax in h["parts"]:
+        for topic, p, offset, _epoch, pmax in map(protocol.FetchPart._make, h["parts"]):
             tp = (topic, p)
             if tp not in self.logs:
-                parts.append([topic, p, errors.UnknownTopicOrPartition.code, -1, -1, -1])
+                parts.append(protocol.FetchResult(topic, p, errors.UnknownTopicOrPartition.code,
+                                                  -1, -1, -1))
                 out.append(b"")
                 has_data = True
                 continue
             end = self.next_offset[tp]
             if offset > end or offset < 0:
-                parts.append([topic, p, errors.OffsetOutOfRange.code, end, 0, end])
+                parts.append(protocol.FetchResult(topic, p, errors.OffsetOutOfRange.code, end, 0,
+                                                  end))
                 out.append(b"")
                 has_data = True
                 continue
@@ -172,7 +177,7 @@ class FakeBroker:
                 chunk += b
             budget -= len(chunk)
             has_data = has_data or bool(chunk)
-            parts.append([topic, p, 0, end, 0, end])
+            parts.append(protocol.FetchResult(topic, p, 0, end, 0, end))
             data = bytes(chunk)
             if self.fetch_hook is not None and data:
                 data = self.fetch_hook(topic, p, offset, data)
@@ -181,13 +186,14 @@ class FakeBroker:
 
     def _ListOffsets(self, h, blobs):
         parts = []
-        for topic, p, ts, _epoch in h["parts"]:
+        for topic, p, ts, _epoch in map(protocol.ListOffsetsPart._make, h["parts"]):
             tp = (topic, p)
             if tp not in self.logs:
-                parts.append([topic, p, errors.UnknownTopicOrPartition.code, -1, -1, -1])
+                parts.append(protocol.ListOffsetsResult(
+                    topic, p, errors.UnknownTopicOrPartition.code, -1, -1, -1))
                 continue
             off = 0 if ts == protocol.EARLIEST_TIMESTAMP else self.next_offset[tp]
-            parts.append([topic, p, 0, off, -1, 0])
+            parts.append(protocol.ListOffsetsResult(topic, p, 0, off, -1, 0))
         return protocol.encode_response(h["id"], parts=parts)
 
     def _CreateTopics(self, h, blobs):

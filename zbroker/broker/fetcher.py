@@ -146,8 +146,8 @@ class FetcherManager:
         req_id = next(self._ids)    # increasing over this process: a leader drops older
         epoch = self.server.broker_epoch
         if truncating:
-            parts = [[k[0], k[1], asks[k].current_leader_epoch, asks[k].epoch]
-                     for k in truncating]
+            parts = [protocol.EpochQueryPart(k[0], k[1], asks[k].current_leader_epoch,
+                                             asks[k].epoch) for k in truncating]
             frames = protocol.encode_request("OffsetForLeaderEpoch", req_id,
                                              replica_id=self.broker_id, replica_epoch=epoch,
                                              parts=parts)
@@ -157,8 +157,9 @@ class FetcherManager:
             if not keys:
                 return
             part_max = self.cfg["replica.fetch.max.bytes"]
-            parts = [[k[0], k[1], asks[k].fetch_offset, asks[k].current_leader_epoch, part_max,
-                      asks[k].last_fetched_epoch] for k in keys]
+            parts = [protocol.ReplicaFetchPart(k[0], k[1], asks[k].fetch_offset,
+                                               asks[k].current_leader_epoch, part_max,
+                                               asks[k].last_fetched_epoch) for k in keys]
             frames = protocol.encode_request(
                 "Fetch", req_id, replica_id=self.broker_id, replica_epoch=epoch,
                 max_wait_ms=self.cfg["replica.fetch.wait.max.ms"], min_bytes=1,
@@ -209,6 +210,9 @@ class FetcherManager:
                     self._on_offset_for_epoch(f, header)
             except ReplicationBug:
                 raise
+            except errors.CorruptMessage as e:      # a reply that does not fit the protocol
+                log.warning("malformed reply from a leader", leader=f.leader_id, error=str(e))
+                f.backoff_until = time.monotonic() + max(self.backoff_s, 1.0)
             except Exception:       # our bug or a disk error: keep the loop, retry later
                 log.exception("handling a leader's reply failed", leader=f.leader_id, api=api)
                 f.backoff_until = time.monotonic() + max(self.backoff_s, 1.0)
@@ -218,36 +222,41 @@ class FetcherManager:
 
     def _on_offset_for_epoch(self, f: ReplicaFetcher, header: dict) -> None:
         failed = False
-        for topic, p, err, epoch, end_offset in header.get("parts", ()):
-            part = f.parts.get((topic, p))
+        for r in protocol.decode_entries(protocol.EpochEndResult, header.get("parts", ()),
+                                         "OffsetForLeaderEpoch"):
+            part = f.parts.get((r.topic, r.partition))
             if part is None:
                 continue
-            if err:
+            if r.err:
                 failed = True
                 continue
-            self.server.carry_out(part, part.core.on_epoch_end(epoch, end_offset))
+            self.server.carry_out(part, part.core.on_epoch_end(r.leader_epoch, r.end_offset))
         if failed:
             f.backoff_until = time.monotonic() + self.backoff_s
 
     def _on_fetch(self, f: ReplicaFetcher, header: dict, blobs: list) -> None:
         failed = False
-        diverging = {(d[0], d[1]): Diverging(d[2], d[3]) for d in header.get("diverging", ())}
-        for (topic, p, err, hw, log_start, leader_leo), blob in zip(header.get("parts", ()),
-                                                                    blobs):
-            key = (topic, p)
+        diverging = {(d.topic, d.partition): Diverging(d.epoch, d.end_offset)
+                     for d in protocol.decode_entries(protocol.DivergingEpoch,
+                                                      header.get("diverging", ()), "diverging")}
+        results = protocol.decode_entries(protocol.FetchResult, header.get("parts", ()), "Fetch")
+        for r, blob in zip(results, blobs):
+            key = topic, p = r.topic, r.partition
             part = f.parts.get(key)
             if part is None:
                 continue
             core = part.core
-            if err == errors.OffsetOutOfRange.code:
-                self.server.carry_out(part, core.on_out_of_range(log_start, leader_leo))
+            if r.err == errors.OffsetOutOfRange.code:
+                self.server.carry_out(part, core.on_out_of_range(r.log_start_offset,
+                                                                 r.log_end_offset))
                 failed = True
                 continue
-            if err:
+            if r.err:
                 failed = True
                 continue
             try:
-                effects = core.on_fetch_data(hw, log_start, blob, diverging.get(key))
+                effects = core.on_fetch_data(r.high_watermark, r.log_start_offset, blob,
+                                             diverging.get(key))
             except (errors.KafkaStorageError, OSError) as e:
                 self.server.storage_failed(part, e)
                 failed = True

@@ -34,6 +34,7 @@ import msgpack
 
 from coordinator.client import CoordinatorClient, NoNode, ZbError
 from zbroker.logs import get_logger
+from zbroker.protocol import BrokerEntry, PartitionMetadataEntry, TopicMetadataEntry
 
 log = get_logger("zbroker.broker.metadata")
 
@@ -152,7 +153,7 @@ class ClusterImage:
         return t.partitions[partition]
 
     def broker_list(self) -> list:
-        return [[b.id, b.host, b.port, b.rack] for b in sorted(self.brokers.values())]
+        return [BrokerEntry(b.id, b.host, b.port, b.rack) for b in sorted(self.brokers.values())]
 
     def topic_metadata(self, name: str) -> list:
         """The Metadata response entry of a known topic (cached: the image never changes)."""
@@ -164,14 +165,15 @@ class ClusterImage:
             for p, replicas in enumerate(t.replicas):
                 st = t.partitions[p] if p < len(t.partitions) else None
                 if st is None:
-                    parts.append([p, errors.LeaderNotAvailable.code, NO_LEADER, -1,
-                                  list(replicas), [], list(replicas)])
+                    parts.append(PartitionMetadataEntry(p, errors.LeaderNotAvailable.code,
+                                                        NO_LEADER, -1, list(replicas), [],
+                                                        list(replicas)))
                     continue
                 offline = [r for r in replicas if r not in self.brokers]
                 err = 0 if st.leader != NO_LEADER else errors.LeaderNotAvailable.code
-                parts.append([p, err, st.leader, st.leader_epoch, list(replicas), list(st.isr),
-                              offline])
-            entry = [name, 0, name.startswith("__"), parts]
+                parts.append(PartitionMetadataEntry(p, err, st.leader, st.leader_epoch,
+                                                    list(replicas), list(st.isr), offline))
+            entry = TopicMetadataEntry(name, 0, name.startswith("__"), parts)
             self._metadata_entries[name] = entry
         return entry
 

@@ -74,6 +74,7 @@ from zbroker.broker.fetcher import FetcherManager
 from zbroker.broker.groups import GroupCoordinator
 from zbroker.broker.peers import PeerClient
 from zbroker.broker.replicas import ReplicaManager, StartupError
+from zbroker.protocol import FetchResult, ProduceResult
 from zbroker.replication import (HighWatermarkMoved, ProduceDone, ReplicationBug, Truncated,
                                  WriteIsr)
 from zbroker.config import ConfigError, server_arg_parser
@@ -613,13 +614,15 @@ class BrokerServer:
                 try:
                     protocol.check_topic_name(name)
                 except errors.InvalidTopic as e:
-                    entries.append([name, e.code, False, []])
+                    entries.append(protocol.TopicMetadataEntry(name, e.code, False, []))
                     continue
                 if allow:
                     self._request_auto_create(name)
-                    entries.append([name, errors.LeaderNotAvailable.code, False, []])
+                    entries.append(protocol.TopicMetadataEntry(name, errors.LeaderNotAvailable.code, False,
+                                                                    []))
                 else:
-                    entries.append([name, errors.UnknownTopicOrPartition.code, False, []])
+                    entries.append(protocol.TopicMetadataEntry(
+                        name, errors.UnknownTopicOrPartition.code, False, []))
         return protocol.encode_response(header["id"], brokers=image.broker_list(),
                                         controller_id=image.controller_id,
                                         cluster_id=image.cluster_id, topics=entries)
@@ -700,22 +703,24 @@ class BrokerServer:
                 part.core.check_produce(acks)
                 result = part.log.append(blob.buffer, part.leader_epoch)
             except errors.KafkaStorageError as e:
-                out.append([topic, p, e.code, -1, -1, -1, str(e)])
+                out.append(ProduceResult(topic, p, e.code, -1, -1, -1, str(e)))
                 self.storage_failed(part, e)
                 continue
             except OSError as e:        # creating a segment or an index, say
                 err = errors.KafkaStorageError(f"Broker {self.broker_id} cannot write the log of "
                                                f"{topic}-{p}: {e.strerror}.")
-                out.append([topic, p, err.code, -1, -1, -1, str(err)])
+                out.append(ProduceResult(topic, p, err.code, -1, -1, -1, str(err)))
                 self.storage_failed(part, err)
                 continue
             except errors.ZbError as e:
-                out.append([topic, p, e.code, -1, -1, -1, str(e)])
+                out.append(ProduceResult(topic, p, e.code, -1, -1, -1, str(e)))
                 continue
             except ValueError as e:     # the log holds a newer epoch than the metadata's
-                out.append([topic, p, errors.KafkaStorageError.code, -1, -1, -1, str(e)])
+                out.append(ProduceResult(topic, p, errors.KafkaStorageError.code, -1, -1, -1,
+                                         str(e)))
                 continue
-            out.append([topic, p, 0, result.base_offset, -1, part.log.log_start_offset, None])
+            out.append(ProduceResult(topic, p, 0, result.base_offset, -1, part.log.log_start_offset,
+                                     None))
             if acks == -1:
                 waiting[len(out) - 1] = (part, part.log.log_end_offset)
             if part.waiters:
@@ -779,7 +784,7 @@ class BrokerServer:
         if part is None or dp.done:
             return
         if err is not None:
-            dp.out[i] = [part.topic, part.partition, err.code, -1, -1, -1, str(err)]
+            dp.out[i] = ProduceResult(part.topic, part.partition, err.code, -1, -1, -1, str(err))
         if not dp.waiting:
             dp.done = True
             self._send(dp.ident, protocol.encode_response(dp.req_id, parts=dp.out))
@@ -969,9 +974,11 @@ class BrokerServer:
                         self.image.shutting_down, fetch.req_id)
                     self.carry_out(part, effects)
                     if diverging is not None:
-                        fetch.diverging.append([topic, p, diverging.epoch, diverging.end_offset])
-                        meta.append([topic, p, 0, part.high_watermark,
-                                     part.log.log_start_offset, part.log.log_end_offset])
+                        fetch.diverging.append(protocol.DivergingEpoch(topic, p, diverging.epoch,
+                                                                       diverging.end_offset))
+                        meta.append(FetchResult(topic, p, 0, part.high_watermark,
+                                                part.log.log_start_offset,
+                                                part.log.log_end_offset))
                         data.append(b"")
                         failed = True       # answer at once: the follower must truncate
                         continue
@@ -988,14 +995,15 @@ class BrokerServer:
                     chunk = b""
             except errors.ZbError as e:
                 if isinstance(e, errors.OffsetOutOfRange) and part is not None:
-                    meta.append([topic, p, e.code, part.high_watermark,
-                                 part.log.log_start_offset, part.log.log_end_offset])
+                    meta.append(FetchResult(topic, p, e.code, part.high_watermark,
+                                            part.log.log_start_offset, part.log.log_end_offset))
                 else:
-                    meta.append([topic, p, e.code, -1, -1, -1])
+                    meta.append(FetchResult(topic, p, e.code, -1, -1, -1))
                 data.append(b"")
                 failed = True
                 continue
-            meta.append([topic, p, 0, hw, part.log.log_start_offset, part.log.log_end_offset])
+            meta.append(FetchResult(topic, p, 0, hw, part.log.log_start_offset,
+                                    part.log.log_end_offset))
             data.append(chunk)
             total += len(chunk)
             remaining -= len(chunk)
@@ -1052,9 +1060,9 @@ class BrokerServer:
                 found_epoch, end_offset = part.log.leader_epoch_cache.end_offset_for_epoch(
                     epoch, part.log.log_end_offset)
             except errors.ZbError as e:
-                out.append([topic, p, e.code, -1, -1])
+                out.append(protocol.EpochEndResult(topic, p, e.code, -1, -1))
                 continue
-            out.append([topic, p, 0, found_epoch, end_offset])
+            out.append(protocol.EpochEndResult(topic, p, 0, found_epoch, end_offset))
         return protocol.encode_response(header["id"], parts=out)
 
     def _list_offsets(self, ident, header, blobs):
@@ -1079,9 +1087,10 @@ class BrokerServer:
                     if offset >= 0:
                         found_ts = self._timestamp_at(plog, offset)
             except errors.ZbError as e:
-                out.append([topic, p, e.code, -1, -1, -1])
+                out.append(protocol.ListOffsetsResult(topic, p, e.code, -1, -1, -1))
                 continue
-            out.append([topic, p, 0, offset, found_ts, part.leader_epoch])
+            out.append(protocol.ListOffsetsResult(topic, p, 0, offset, found_ts,
+                                                  part.leader_epoch))
         return protocol.encode_response(header["id"], parts=out)
 
     @staticmethod
