@@ -77,3 +77,31 @@ def test_a_broker_restarts_with_the_high_watermarks_it_checkpointed(tmp_path):
     second.apply_image(image(2, 2), 1.0)          # a follower now: its HW is what it kept
     assert second.partitions[("t", 0)].high_watermark == 3
     second.close_all()
+
+
+def test_retention_of_one_partition_failing_does_not_stop_the_others(tmp_path, monkeypatch):
+    from zbroker.broker import config as broker_config
+    from zbroker.broker import metadata as md
+    from zbroker.broker.replicas import ReplicaManager
+
+    cfg = broker_config.load(None, ["broker.id=1", f"log.dirs={tmp_path / 'logs'}"])
+    states = tuple(md.PartitionState("t", p, (1,), 1, 1, (1,), 1, 1) for p in range(3))
+    image = md.ClusterImage({1: md.BrokerInfo(1, "127.0.0.1", 1, None, 7)},
+                            {"t": md.TopicImage("t", "id-1", states, ((1,),) * 3, {}, 0)},
+                            1, 1, None)
+    manager = ReplicaManager(1, cfg["log.dirs"], broker_config.default_log_props(cfg), cfg)
+    manager.lock_dirs()
+    manager.apply_image(image, 0.0)
+    ran = []
+    for p, part in sorted(manager.partitions.items()):
+        def apply(p=p, **_kw):
+            ran.append(p)
+            if p == ("t", 0):
+                raise OSError(5, "Input/output error")
+            if p == ("t", 1):
+                raise KeyError("a bug")
+            return 0
+        monkeypatch.setattr(part.log, "apply_retention", apply)
+    manager.run_retention()
+    assert sorted(ran) == [("t", 0), ("t", 1), ("t", 2)]
+    manager.close_all()

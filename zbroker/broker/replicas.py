@@ -213,11 +213,15 @@ class ReplicaManager:
 
     # --- periodic -------------------------------------------------------------------------------
     def run_retention(self) -> None:
-        for part in self.partitions.values():
+        """Each partition's retention on its own: one that fails (a file it cannot delete, a bug)
+        is logged and the others still run; the next round tries it again."""
+        for part in list(self.partitions.values()):
             try:
                 part.log.apply_retention(high_watermark=part.high_watermark)
-            except errors.ZbError as e:
+            except (OSError, errors.ZbError) as e:
                 log.error("retention failed", dir=part.log.dir, error=str(e))
+            except Exception:
+                log.exception("retention failed", dir=part.log.dir)
 
     def maybe_flush(self) -> None:
         for part in self.partitions.values():
