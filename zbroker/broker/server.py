@@ -106,7 +106,7 @@ class DelayedFetch:
         self.diverging: list = []       # [[topic, partition, epoch, end_offset]]
         self.bytes_ready = 0
         self.done = False
-        self.partitions: list = []      # Partition objects whose waiters list holds this
+        self.partitions: set = set()    # Partition objects whose waiters list holds this
 
 
 class DelayedProduce:
@@ -1014,9 +1014,9 @@ class BrokerServer:
         get = self.replicas.partitions.get
         for topic, p, *_ in fetch.parts:
             part = get((topic, p))
-            if part is not None and part not in fetch.partitions:
+            if part is not None and part not in fetch.partitions:     # (a set: a replica's
                 (part.waiters if fetch.replica_id >= 0 else part.hw_waiters).append(fetch)
-                fetch.partitions.append(part)
+                fetch.partitions.add(part)                          # fetch names thousands)
         self._delayed_fetches += 1
         self._add_timer(max_wait_ms / 1000, self._complete_fetch, fetch)
 
@@ -1036,7 +1036,7 @@ class BrokerServer:
                 (part.waiters if fetch.replica_id >= 0 else part.hw_waiters).remove(fetch)
             except ValueError:
                 pass
-        fetch.partitions = []
+        fetch.partitions = set()
         meta, data, _, _ = self._read_fetch(fetch)
         self._send(fetch.ident, self._fetch_response(fetch, meta, data))
 
