@@ -164,6 +164,7 @@ class ReplicaCore:
         self.replicas: tuple = ()
         self.isr: tuple = ()
         self.state_version = -1
+        self.state_zxid = -1                    # when the state was written (-1: not known)
         self.controller_epoch = 0
         self.high_watermark = max(log.log_start_offset,
                                   min(log.high_watermark_checkpoint, log.log_end_offset))
@@ -185,6 +186,15 @@ class ReplicaCore:
             raise ReplicationBug(f"{self.name}: no transition from {self.role.value}/"
                                  f"{self.phase} to {role.value}/{phase}")
         self.role, self.phase = role, phase
+
+    def leads_in_this_life(self, broker_epoch: int) -> bool:
+        """Leader, by a partition state written after this broker's registration (zxid
+        ``broker_epoch``). A state written before it made an earlier life (or session) of this
+        broker leader, which a power loss may have left with fewer records than its followers:
+        the controller replaces it with a new leader epoch once it sees the new registration,
+        and until then serving it would let followers truncate acknowledged records to our
+        shorter log. (A state whose zxid is not known counts as this life's.)"""
+        return self.role is Role.LEADER and not 0 <= self.state_zxid < broker_epoch
 
     def set_broker_epochs(self, epochs: dict[int, int]) -> None:
         """The registered brokers and their epochs (from the metadata image)."""
@@ -243,6 +253,7 @@ class ReplicaCore:
         self.replicas = tuple(st.replicas)
         self.isr = tuple(st.isr)
         self.state_version = st.version
+        self.state_zxid = getattr(st, "zxid", -1)
         self.controller_epoch = st.controller_epoch
 
     def _adopt(self, st) -> list:
@@ -251,6 +262,7 @@ class ReplicaCore:
         if st.version <= self.state_version:
             return []
         self.state_version = st.version
+        self.state_zxid = getattr(st, "zxid", -1)
         self.controller_epoch = st.controller_epoch
         self.replicas = tuple(st.replicas)
         changed = tuple(st.isr) != self.isr

@@ -194,3 +194,23 @@ def test_a_follower_behind_the_leaders_log_start_starts_over_there():
                                               HighWatermarkMoved(3)]
     serve(leader, follower)
     assert follower_log.log_start_offset == 3 and follower_log.records() == leader_log.records()
+
+
+def test_a_leadership_written_before_this_life_registered_is_not_this_lifes():
+    # The broker registered at zxid 500 (its broker epoch). The image still shows it leader by
+    # a state written at zxid 400, in its earlier life: it must not serve that leadership (a
+    # power loss may have shortened its log), until the controller's new state comes.
+    core = ReplicaCore(1, log_of((0, "ab")), "t-0")
+    core.on_partition_state(state(1, 3)._replace(zxid=400), now_s=0.0)
+    assert core.role is Role.LEADER and not core.leads_in_this_life(500)
+    core.on_partition_state(state(2, 4, version=1)._replace(zxid=510), now_s=1.0)
+    assert core.role is Role.FOLLOWER and not core.leads_in_this_life(500)
+    core.on_partition_state(state(1, 5, version=2)._replace(zxid=520), now_s=2.0)
+    assert core.leads_in_this_life(500)
+    # an ISR change in the same epoch keeps it this life's
+    core.on_partition_state(state(1, 5, isr=(1, 2), version=3)._replace(zxid=530), now_s=3.0)
+    assert core.leads_in_this_life(500) and core.state_zxid == 530
+    # the simulator's states carry no zxid: they count as this life's
+    other = ReplicaCore(1, log_of((0, "a")), "t-0")
+    other.on_partition_state(state(1, 1), now_s=0.0)
+    assert other.leads_in_this_life(10 ** 9)

@@ -93,3 +93,17 @@ def test_follower_role_and_high_watermark_never_above_the_log(tmp_path):
     assert core.on_fetch_data(high_watermark=5, leader_log_start=0, blob=b"") == []
     assert core.high_watermark == 0
     plog.close()
+
+
+def test_a_broker_registered_after_the_state_was_written_counts_as_a_new_life():
+    from zbroker.broker.controller import registered_after
+    st = md.PartitionState("t", 0, (1, 2, 3), 1, 4, (1, 2, 3), 1, 9, zxid=1000)
+    live = {1: (None, 1200), 2: (None, 900), 3: (None, 1001)}
+    # the leader and a follower came back after the state was written; 2 is the same life
+    assert registered_after(st, live) == {1, 3}
+    # a leaderless partition: the last in-sync replica to return may lead again
+    assert registered_after(st._replace(leader=md.NO_LEADER), live) == set()
+    # a state whose write zxid is not known says nothing
+    assert registered_after(st._replace(zxid=-1), live) == set()
+    # with 1 and 3 counted gone, 2 leads in a new epoch and the ISR keeps only it
+    assert decide_partition(st.replicas, st.leader, st.isr, {2}) == (2, [2], True)

@@ -149,6 +149,16 @@ def decide_partition(replicas, leader: int, isr, live, shutting_down=frozenset()
     return md.NO_LEADER, isr, True
 
 
+def registered_after(st: md.PartitionState, live: dict) -> set:
+    """The leader and ISR members of ``st`` whose registration (``live``: id -> (rack, broker
+    epoch = creation zxid)) is newer than the state's last write. None for a partition without
+    a leader: there the first in-sync replica to come back leads again (decide_partition), as
+    it always could."""
+    if st.zxid < 0 or st.leader == md.NO_LEADER:
+        return set()
+    return {b for b in (st.leader, *st.isr) if b in live and live[b][1] > st.zxid}
+
+
 # --- the controller thread --------------------------------------------------------------------
 
 class Controller:
@@ -335,12 +345,19 @@ class Controller:
             restarted = {b for b, (_, ep) in live.items()
                          if b in self._broker_epochs and self._broker_epochs[b] != ep}
             ops = []
+            newer = False
             for t in image.topics.values():
                 unclean = topic_unclean_election(self.cfg, t.config)
                 for st in t.partitions:
                     if st is None:
                         continue
-                    op = self._leader_change(st, live, restarted, image.shutting_down, unclean,
+                    # A leader or ISR member registered after this state was written is a new
+                    # life of that broker (which a power loss may have left with fewer
+                    # records), whether or not this controller saw its earlier epoch: it leaves
+                    # the ISR, and a leader is elected anew with a new leader epoch.
+                    mine = restarted | registered_after(st, live)
+                    newer = newer or mine != restarted
+                    op = self._leader_change(st, live, mine, image.shutting_down, unclean,
                                              preferred)
                     if op is not None:
                         ops.append(op)
@@ -364,7 +381,7 @@ class Controller:
                     continue
             # A restarted broker was taken out of the ISRs above; from now on it counts as live.
             self._broker_epochs = {b: ep for b, (_, ep) in live.items()}
-            if restarted and ops:
+            if (restarted or newer) and ops:
                 continue        # a second pass may elect it where nobody else is in sync
             return True
         log.warning("could not settle partition states after 10 attempts; will retry")

@@ -90,6 +90,7 @@ class PartitionState(NamedTuple):
     isr: tuple[int, ...]
     controller_epoch: int
     version: int            # of the coordinator key, for the controller's compare-and-set
+    zxid: int = -1          # of the key's last write (-1: not known)
 
 
 class TopicImage(NamedTuple):
@@ -119,10 +120,11 @@ def encode_state(leader: int, leader_epoch: int, isr: list[int], controller_epoc
                  "controller_epoch": controller_epoch})
 
 
-def decode_state(topic: str, partition: int, replicas, raw: bytes, version: int) -> PartitionState:
+def decode_state(topic: str, partition: int, replicas, raw: bytes, version: int,
+                 zxid: int = -1) -> PartitionState:
     d = unpack(raw)
     return PartitionState(topic, partition, tuple(replicas), d["leader"], d["leader_epoch"],
-                          tuple(d["isr"]), d["controller_epoch"], version)
+                          tuple(d["isr"]), d["controller_epoch"], version, zxid)
 
 
 class ClusterImage:
@@ -222,7 +224,7 @@ def read_image(client: CoordinatorClient, timeout_s: float = 10.0) -> ClusterIma
             continue
         topic_records[t] = (rec, replicas, got[1])
         for p in range(len(replicas)):
-            f_states[(t, p)] = client.get_async(partition_path(t, p))
+            f_states[(t, p)] = client.get_with_stat_async(partition_path(t, p))
     states = {}
     for key, fut in f_states.items():
         got = result(fut)
@@ -233,7 +235,8 @@ def read_image(client: CoordinatorClient, timeout_s: float = 10.0) -> ClusterIma
         parts = []
         for p, reps in enumerate(replicas):
             got = states.get((t, p))
-            parts.append(decode_state(t, p, reps, got[0], got[1]) if got else None)
+            parts.append(decode_state(t, p, reps, got[0], got[1].version, got[1].mzxid)
+                         if got else None)
         topics[t] = TopicImage(t, rec.get("id", ""), tuple(parts), tuple(replicas),
                                rec.get("config") or {}, version)
     controller_id = -1

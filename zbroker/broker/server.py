@@ -568,6 +568,10 @@ class BrokerServer:
             raise errors.NotLeaderOrFollower(
                 f"Broker {self.broker_id} has lost contact with the coordinator and does not "
                 f"act as leader until it is back.")
+        if part is not None and part.is_leader and self._earlier_life(part):
+            raise errors.NotLeaderOrFollower(
+                f"Broker {self.broker_id} was made leader of {topic}-{partition} before it last "
+                f"registered; it waits for the controller to elect a leader anew.")
         if part is None or not part.is_leader:
             st = self.image.partition(topic, partition)
             if st is None:
@@ -588,6 +592,10 @@ class BrokerServer:
                 f"The leader epoch {leader_epoch} of {topic}-{partition} is newer than the "
                 f"leader's {part.leader_epoch}.")
         return part
+
+    def _earlier_life(self, part) -> bool:
+        """Leader by a state from before our registration (ReplicaCore.leads_in_this_life)."""
+        return not part.core.leads_in_this_life(self.broker_epoch)
 
     # --- APIs -----------------------------------------------------------------------------------
     def _api_versions(self, ident, header, blobs):
@@ -698,7 +706,8 @@ class BrokerServer:
                     raise errors.InvalidTopic(f"The topic {topic} is internal; only its "
                                               f"coordinator writes to it.")
                 if part is None or not part.is_leader or \
-                        (epoch != -1 and epoch != part.leader_epoch) or self.leadership_paused:
+                        (epoch != -1 and epoch != part.leader_epoch) or self.leadership_paused \
+                        or part.core.state_zxid < self.broker_epoch:
                     part = self._partition(topic, p, epoch)
                 part.core.check_produce(acks)
                 result = part.log.append(blob.buffer, part.leader_epoch)
@@ -824,12 +833,12 @@ class BrokerServer:
         now = time.monotonic()
         lag_s = self.cfg["replica.lag.time.max.ms"] / 1000
         for part in self.replicas.partitions.values():
-            if part.is_leader:
+            if part.is_leader and not self._earlier_life(part):
                 self.carry_out(part, part.core.tick(now, lag_s))
 
     def _write_isr(self, part, w: WriteIsr) -> None:
         client = self.client
-        if client is None or self.leadership_paused:
+        if client is None or self.leadership_paused or self._earlier_life(part):
             part.core.on_isr_write_failed(w.isr, w.leader_epoch)
             return
         value = md.encode_state(self.broker_id, w.leader_epoch, list(w.isr), w.controller_epoch)
@@ -961,7 +970,8 @@ class BrokerServer:
             part = get((topic, p))
             try:
                 if part is None or not part.is_leader or \
-                        (epoch != -1 and epoch != part.leader_epoch) or self.leadership_paused:
+                        (epoch != -1 and epoch != part.leader_epoch) or self.leadership_paused \
+                        or part.core.state_zxid < self.broker_epoch:
                     part = self._partition(topic, p, epoch)
                 bound = part.high_watermark
                 if replica_id >= 0:
