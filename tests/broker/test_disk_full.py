@@ -30,7 +30,9 @@ def small_disk(tmp_path):
 
 @pytest.mark.parametrize("small_is", ["leader", "follower"])
 def test_a_broker_whose_disk_fills_hands_over_and_stops(small_disk, cluster, small_is):
-    c = cluster(2, overrides={**FAST, "log.index.size.max.bytes": "65536"})
+    # (no preferred leader election: it would move the leadership this test places)
+    c = cluster(2, overrides={**FAST, "log.index.size.max.bytes": "65536",
+                              "auto.leader.rebalance.enable": "false"})
     c.create_topic("full", 1, 2, {"min.insync.replicas": "1"})
     wait_isr(c, "full", 0, {1, 2})
     small, big = c.broker(1), c.broker(2)

@@ -90,6 +90,10 @@ def test_data_survives_clean_and_unclean_restarts(cluster):
     b.start()
     c.wait_topic("durable", 2)
     conn = Conn(b.port)
+    # (its metadata may show it leader by the state of its earlier life a moment before the
+    # controller elects it anew: until then it refuses, with NOT_LEADER_OR_FOLLOWER)
+    c.wait_for(lambda: all(conn.fetch("durable", p, 0)[0][2] == 0 for p in (0, 1)), 15,
+               "leading again")
     for p in (0, 1):
         meta, blob = conn.fetch("durable", p, 0)
         assert meta[2] == 0 and meta[3] == 30, meta
@@ -100,6 +104,8 @@ def test_data_survives_clean_and_unclean_restarts(cluster):
     b.start()
     c.wait_topic("durable", 2)
     conn = Conn(b.port)
+    c.wait_for(lambda: all(conn.fetch("durable", p, 0)[0][2] == 0 for p in (0, 1)), 15,
+               "leading again")
     for p in (0, 1):
         meta, blob = conn.fetch("durable", p, 0)
         assert meta[3] == 31 and values_of(blob)[-1] == (30, b"more")
