@@ -140,17 +140,23 @@ def committed_offsets(cluster, group: str, topic: str, partitions: int) -> dict[
     return {e[1]: e[2] for e in header["parts"]}
 
 
-def log_end_offsets(cluster, topic: str, partitions: int) -> dict[int, int]:
-    """{partition: high watermark} from each partition's leader."""
+def log_end_offsets(cluster, topic: str, partitions: int) -> dict[int, int] | None:
+    """{partition: high watermark} from each partition's leader; None while a leader is moving
+    (no leader yet, or a restarted broker not yet elected anew refuses: for ``wait_for``). Any
+    other error fails the test."""
     md = cluster.metadata([topic], allow_auto_create=False)["topics"][0][3]
     ports = {b.broker_id: b.port for b in cluster.live_brokers()}
     out = {}
     for p in md:
+        if p[2] not in ports:
+            return None
         conn = Conn(ports[p[2]])
         try:
             r = conn.list_offset(topic, p[0], protocol.LATEST_TIMESTAMP)
         finally:
             conn.close()
+        if r[2] in (errors.NotLeaderOrFollower.code, errors.LeaderNotAvailable.code):
+            return None
         assert r[2] == 0, r
         out[p[0]] = r[3]
     assert len(out) == partitions

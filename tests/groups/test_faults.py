@@ -171,7 +171,7 @@ def test_members_and_coordinator_killed_while_consuming(cluster, procs, tmp_path
         ends = c.wait_for(lambda: log_end_offsets(c, TOPIC, PARTITIONS), 20, "log ends")
         c.wait_for(lambda: committed_offsets(c, GROUP, TOPIC, PARTITIONS) ==
                    log_end_offsets(c, TOPIC, PARTITIONS), 90, "lag 0")
-        ends = log_end_offsets(c, TOPIC, PARTITIONS)
+        ends = c.wait_for(lambda: log_end_offsets(c, TOPIC, PARTITIONS), 20, "log ends")
         for m in members:
             m.terminate()
     finally:
