@@ -105,6 +105,18 @@ class ProcessExited(RuntimeError):
     """A process being waited for exited first."""
 
 
+def wait_until(predicate, timeout_s: float, what: str):
+    """Poll ``predicate()`` until it returns something truthy, and return that; fail after
+    ``timeout_s`` seconds, naming ``what``. (One helper for every test's bounded wait.)"""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = predicate()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out waiting for {what} ({timeout_s} s)"
+        time.sleep(0.05)
+
+
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout_s: float = 15.0,
                   proc: subprocess.Popen | None = None) -> None:
     """Until something listens on ``host:port``; with ``proc``, until that process itself does

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.procs import BrokerProc, free_port
+from tests.procs import BrokerProc, free_port, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -117,10 +117,3 @@ def test_a_restarted_broker_waits_for_its_earlier_registration_to_expire(procs, 
     assert second.ephemeral_owner != first.ephemeral_owner
     assert [b[0] for b in b1.metadata([])["brokers"]] == [1]
     assert b1.alive and "Traceback" not in b1.proc.log_path.read_text()
-
-
-def wait_until(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
-        time.sleep(0.05)

@@ -4,19 +4,8 @@ start-up log line, its data files by transaction id."""
 from __future__ import annotations
 
 import json
-import time
 
-
-def wait_until(predicate, timeout_s, what):
-    """Poll ``predicate()`` until it returns something truthy, and return that; fail after
-    ``timeout_s`` seconds, naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = predicate()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+from tests.procs import wait_until  # noqa: F401 (for the tests that import it from here)
 
 
 def recovered_line(coord):

@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from tests.procs import wait_until
+
 pytestmark = pytest.mark.timeout(90)
 
 
@@ -28,13 +30,6 @@ def probe(hosts, path, until_ms=0):
                                     str(until_ms)), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
-
-
-def wait_until(predicate, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_partitioned_client_loses_its_session_and_a_short_blip_does_not(netns_hosts, procs,

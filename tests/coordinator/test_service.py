@@ -7,6 +7,7 @@ import pytest
 
 from coordinator.client import (BadVersion, ConnectionLoss, CoordinatorClient, NodeExists, NoNode,
                                 NotEmpty, Op)
+from tests.procs import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,18 +78,6 @@ def test_multi_is_all_or_nothing(coordinator_client):
                        Op.delete("/m/a")])
     assert results[0] == "/m/a" and results[1][0] == 1 and results[2:] == [None, None]
     assert c.children("/m") == [] and c.get("/m") == (b"x", 1)
-
-
-def wait_until(predicate, timeout_s, what):
-    """Poll ``predicate()`` until it returns something truthy, and return that; fail after
-    ``timeout_s`` seconds, naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = predicate()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def test_session_expiry_removes_ephemerals_and_tells_watchers(coordinator, procs):

@@ -5,12 +5,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.deploy.helpers import kill_and_wait
+from tests.procs import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -88,10 +88,3 @@ def test_cluster_over_three_hosts(netns_hosts, tmp_path):
         assert run("status").stdout.count("not running") == 3
     finally:
         kill_and_wait(tmp_path / "data" / "run")       # only our own processes, until gone
-
-
-def wait_until(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
-        time.sleep(0.1)
