@@ -105,3 +105,45 @@ def test_retention_of_one_partition_failing_does_not_stop_the_others(tmp_path, m
     manager.run_retention()
     assert sorted(ran) == [("t", 0), ("t", 1), ("t", 2)]
     manager.close_all()
+
+
+def test_leader_epoch_truncations_go_to_the_writer_and_never_land_after_a_newer_epoch(
+        tmp_path, monkeypatch):
+    """A follower-to-be's epoch truncation is written by the writer thread; a new epoch written
+    right after it waits for that write and is the file's final content; a log appends only
+    once what the writer held is on disk; and a truncation lost in a crash is redone on open."""
+    from tests.broker.helpers import batch
+    from zbroker.storage import PartitionLog
+    gate = threading.Event()
+    real = cp.write_atomically
+    order = []
+
+    def slow_write(path, data):
+        if threading.current_thread().name == "zb-checkpoints":
+            gate.wait(5)
+        real(path, data)
+        order.append(data)
+    monkeypatch.setattr(cp, "write_atomically", slow_write)
+    writer = cp.CheckpointWriter()
+    log = PartitionLog(str(tmp_path / "t-0"), checkpoint_writer=writer)
+    path = log.leader_epoch_cache.path
+    log.append(batch([b"a", b"b"]), 1)
+    log.leader_epoch_cache.assign(3, 2, durable=False)     # an election: no records yet
+    assert cp.read_entries(path, 2) == [(1, 0)], "written before the writer got to it"
+    log.leader_epoch_cache.truncate_from_end(2)              # ... and following again
+    done = threading.Thread(target=log.append, args=(batch([b"c"]), 4))
+    done.start()                    # must wait for the writer (held at the gate) to settle
+    done.join(0.3)
+    assert done.is_alive(), "appended before the pending epoch write was settled"
+    gate.set()
+    done.join(5)
+    assert cp.read_entries(path, 2) == [(1, 0), (4, 2)]
+    assert writer.flush(5) and cp.read_entries(path, 2) == [(1, 0), (4, 2)]
+    assert order[-1] == cp.encode_entries([(1, 0), (4, 2)])
+    # an epoch left on disk past the log end (its truncation never written) goes on open
+    log.close()
+    cp.write_entries(path, [(1, 0), (4, 2), (6, 3)])
+    again = PartitionLog(str(tmp_path / "t-0"), checkpoint_writer=writer)
+    assert again.leader_epoch_cache.entries() == [(1, 0), (4, 2)]
+    again.close()
+    assert writer.flush(5) and cp.read_entries(path, 2) == [(1, 0), (4, 2)]

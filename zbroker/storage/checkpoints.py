@@ -48,9 +48,13 @@ def write_atomically(path: str, data: bytes) -> None:
     fsync_dir(os.path.dirname(path) or ".")
 
 
-def write_entries(path: str, entries: list[tuple[int, ...]]) -> None:
+def encode_entries(entries: list[tuple[int, ...]]) -> bytes:
     lines = [str(VERSION), str(len(entries))] + [" ".join(map(str, e)) for e in entries]
-    write_atomically(path, ("\n".join(lines) + "\n").encode())
+    return ("\n".join(lines) + "\n").encode()
+
+
+def write_entries(path: str, entries: list[tuple[int, ...]]) -> None:
+    write_atomically(path, encode_entries(entries))
 
 
 def read_entries(path: str, width: int) -> list[tuple[int, ...]] | None:
@@ -95,12 +99,20 @@ class LeaderEpochCache:
     """Which leader epoch started at which offset, for replication: a follower that starts
     following a new leader asks where its last epoch ends there and truncates to that.
 
-    Entries are (epoch, start_offset), both strictly increasing. Every change is checkpointed
-    before the call returns (changes are rare: once per leader election). ``path=None`` keeps
-    it in memory only (the replication simulator's logs)."""
+    Entries are (epoch, start_offset), both strictly increasing. The epoch of appended records
+    and ``clear`` are checkpointed before the call returns, and whatever is pending before the
+    log appends (``flush``): recovery relies on knowing the epoch of every batch on disk. An
+    election's new epoch (starting at the log end, so no records yet) and truncations are handed to ``writer`` (a CheckpointWriter)
+    when there is one, so a loop making thousands of partitions followers does not wait for
+    thousands of fsyncs: a truncation lost in a crash is done again when the log is opened
+    (``PartitionLog`` truncates the cache to the log it finds). A synchronous write first settles
+    what the writer holds for the file, so older content never lands after newer.
+    ``path=None`` keeps it in memory only (the replication simulator's logs)."""
 
-    def __init__(self, path: str | None):
+    def __init__(self, path: str | None, writer: "CheckpointWriter | None" = None):
         self.path = path
+        self.writer = writer
+        self._unsaved = False           # a truncation handed to the writer since the last write
         entries = (read_entries(path, 2) if path is not None else None) or []
         self._epochs = [e for e, _ in entries]
         self._starts = [o for _, o in entries]
@@ -115,9 +127,11 @@ class LeaderEpochCache:
     def latest_epoch(self) -> int:
         return self._epochs[-1] if self._epochs else UNDEFINED_EPOCH
 
-    def assign(self, epoch: int, start_offset: int) -> bool:
+    def assign(self, epoch: int, start_offset: int, durable: bool = True) -> bool:
         """Record that ``epoch`` starts at ``start_offset``. Entries that contradict it (an equal
-        or later epoch, or a start at or after it) are dropped. True when the cache changed."""
+        or later epoch, or a start at or after it) are dropped. True when the cache changed.
+        ``durable=False`` (an epoch that starts at the log end, at an election) hands the write
+        to the writer: the log calls ``flush`` before it appends anything."""
         if epoch < 0 or start_offset < 0:
             raise ValueError(f"leader epoch {epoch} and start offset {start_offset} must be >= 0")
         if self._epochs and self._epochs[-1] == epoch and self._starts[-1] <= start_offset:
@@ -128,7 +142,7 @@ class LeaderEpochCache:
         del self._epochs[keep:], self._starts[keep:]
         self._epochs.append(epoch)
         self._starts.append(start_offset)
-        self._save()
+        self._save(durable)
         return True
 
     def end_offset_for_epoch(self, epoch: int, log_end_offset: int) -> tuple[int, int]:
@@ -153,7 +167,7 @@ class LeaderEpochCache:
             keep -= 1
         if keep != len(self._starts):
             del self._epochs[keep:], self._starts[keep:]
-            self._save()
+            self._save(durable=False)
 
     def truncate_from_start(self, start_offset: int) -> None:
         """The log now starts at ``start_offset``: drop epochs that ended before it and move the
@@ -163,16 +177,29 @@ class LeaderEpochCache:
             return
         del self._epochs[:i], self._starts[:i]
         self._starts[0] = start_offset
-        self._save()
+        self._save(durable=False)
 
     def clear(self) -> None:
         if self._epochs:
             self._epochs, self._starts = [], []
             self._save()
 
-    def _save(self) -> None:
-        if self.path is not None:
-            write_entries(self.path, self.entries())
+    def flush(self) -> None:
+        """Write what the writer may still hold, now (a log being closed)."""
+        if self._unsaved:
+            self._save()
+
+    def _save(self, durable: bool = True) -> None:
+        if self.path is None:
+            return
+        if self.writer is not None:
+            if not durable:
+                self.writer.write(self.path, encode_entries(self.entries()))
+                self._unsaved = True
+                return
+            self.writer.settle(self.path)
+        write_entries(self.path, self.entries())
+        self._unsaved = False
 
 
 def _ascending(xs: list[int]) -> bool:
@@ -227,6 +254,7 @@ class CheckpointWriter:
     def __init__(self, name: str = "zb-checkpoints"):
         self._pending: dict[str, bytes] = {}
         self._busy = False
+        self._writing: str | None = None            # the path being written now
         self._cv = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -235,6 +263,13 @@ class CheckpointWriter:
         with self._cv:
             self._pending[path] = data
             self._cv.notify_all()
+
+    def settle(self, path: str, timeout_s: float = 60.0) -> None:
+        """Drop content of ``path`` not yet written and wait for a write of it in progress: the
+        caller writes the file itself next."""
+        with self._cv:
+            self._pending.pop(path, None)
+            self._cv.wait_for(lambda: self._writing != path, timeout_s)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         with self._cv:
@@ -246,6 +281,7 @@ class CheckpointWriter:
                 self._cv.wait_for(lambda: self._pending)
                 path, data = self._pending.popitem()
                 self._busy = True
+                self._writing = path
             try:
                 write_atomically(path, data)
             except OSError as e:
@@ -253,4 +289,5 @@ class CheckpointWriter:
             finally:
                 with self._cv:
                     self._busy = False
+                    self._writing = None
                     self._cv.notify_all()

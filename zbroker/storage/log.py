@@ -114,7 +114,7 @@ class AppendResult(NamedTuple):
 
 class PartitionLog:
     def __init__(self, directory: str, config: Config | dict | None = None, *,
-                 clock_ms: Callable[[], int] = _wall_clock_ms):
+                 clock_ms: Callable[[], int] = _wall_clock_ms, checkpoint_writer=None):
         self.dir = os.path.abspath(directory)
         if not isinstance(config, Config):
             config = log_config(config)
@@ -133,7 +133,8 @@ class PartitionLog:
         self._recovery_point_file = OffsetCheckpoint(os.path.join(self.dir, RECOVERY_POINT_CHECKPOINT))
         self._log_start_file = OffsetCheckpoint(os.path.join(self.dir, LOG_START_OFFSET_CHECKPOINT))
         self._hw_file = OffsetCheckpoint(os.path.join(self.dir, HIGH_WATERMARK_CHECKPOINT))
-        self.leader_epoch_cache = LeaderEpochCache(os.path.join(self.dir, LEADER_EPOCH_CHECKPOINT))
+        self.leader_epoch_cache = LeaderEpochCache(os.path.join(self.dir, LEADER_EPOCH_CHECKPOINT),
+                                                   checkpoint_writer)
         self._segments: list[LogSegment] = []
         self._bases: list[int] = []          # base offsets of _segments, for bisect
         self._pending_jobs: list[background.Job] = []
@@ -289,6 +290,7 @@ class PartitionLog:
         self._check_open()
         view = _byte_view(batches)
         headers = records.validate_batches(view, self._message_max_bytes)
+        self.leader_epoch_cache.flush()     # (an election's epoch, a truncation: on disk first)
         latest = self.leader_epoch_cache.latest_epoch
         if leader_epoch != latest:
             # Epochs never go back in a log (recovery relies on it): a leader appending with an
@@ -318,6 +320,7 @@ class PartitionLog:
         expected = self._next_offset
         info: list[tuple[int, int, int]] = []
         cache = self.leader_epoch_cache
+        cache.flush()
         epochs: list[tuple[int, int]] = []
         latest = cache.latest_epoch
         for _, h in headers:
@@ -570,6 +573,11 @@ class PartitionLog:
         self._unflushed_messages = 0
         self._last_flush_ms = self._clock_ms()
 
+    @property
+    def timed_flush(self) -> bool:
+        """``flush.ms`` is set (``maybe_flush`` has work to do now and then)."""
+        return self._flush_ms >= 0
+
     def maybe_flush(self, now_ms: int | None = None) -> bool:
         """Run ``flush.ms`` from a timer: flush if there are unflushed records that old."""
         now = self._clock_ms() if now_ms is None else now_ms
@@ -615,6 +623,7 @@ class PartitionLog:
         for job in self._pending_jobs:
             job.done.wait(60)
         self._pending_jobs = []
+        self.leader_epoch_cache.flush()     # (its truncations may still be with the writer)
         self.active.write_indexes(fsync=True)
         for seg in self._segments[max(0, bisect.bisect_right(self._bases, self._recovery_point) - 1):]:
             seg.fsync()
