@@ -290,6 +290,18 @@ class InvalidRequest(ZbError):
 
 
 @_register
+class FetchSessionIdNotFound(ZbError):
+    code, name, retriable = 70, "FETCH_SESSION_ID_NOT_FOUND", True
+    message = "The fetch session is not known to the broker."
+
+
+@_register
+class InvalidFetchSessionEpoch(ZbError):
+    code, name, retriable = 71, "INVALID_FETCH_SESSION_EPOCH", True
+    message = "The fetch session epoch is not the one the broker expects."
+
+
+@_register
 class FencedLeaderEpoch(ZbError):
     code, name, retriable, invalid_metadata = 74, "FENCED_LEADER_EPOCH", True, True
     message = "The leader epoch in the request is older than the broker's."

@@ -50,6 +50,14 @@ order (compact on hot paths) and read back with ``decode_entries``:
                 log_start_offset and log_end_offset, so the follower can tell which end it fell
                 off. A replica request whose broker epoch is not the registered one is refused
                 (STALE_BROKER_EPOCH).
+                Fetch sessions (KIP-227, replicas; zbroker/broker/fetch_sessions.py):
+                session_id, session_epoch (-1: none, the default; 0: open one with this full
+                request; n > 0: the n-th incremental request, naming only partitions whose
+                request changed), forgotten: [[topic, partition]] that left the session ->
+                session_id (of the session opened or used); an incremental answer holds only
+                the partitions named or with news (records, a high watermark or log start
+                that moved, an error). FETCH_SESSION_ID_NOT_FOUND / INVALID_FETCH_SESSION_EPOCH
+                at the request level: open a new session.
   OffsetForLeaderEpoch  replica_id,      -> parts: [[topic, partition, err, leader_epoch,
                 replica_epoch,                           end_offset]]
                 parts: [[topic, partition,
@@ -199,7 +207,8 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[str, ...], bool]]] = {
     "Fetch": {"replica_id": ((_I,), False), "replica_epoch": ((_I,), False),
               "max_wait_ms": ((_I,), False),
               "min_bytes": ((_I,), False), "max_bytes": ((_I,), False),
-              "parts": ((_L,), True)},
+              "session_id": ((_I,), False), "session_epoch": ((_I,), False),
+              "forgotten": ((_L,), False), "parts": ((_L,), True)},
     "OffsetForLeaderEpoch": {"replica_id": ((_I,), True), "replica_epoch": ((_I,), False),
                              "parts": ((_L,), True)},
     "ListOffsets": {"parts": ((_L,), True)},
@@ -321,6 +330,7 @@ class TopicMetadataEntry(NamedTuple):
 PRODUCE_PART = (_S, _I, _I)
 FETCH_PART = (_S, _I, _I, _I, _I)
 REPLICA_FETCH_PART = (*FETCH_PART, _I)
+FORGOTTEN_PART = (_S, _I)
 OFFSET_FOR_EPOCH_PART = (_S, _I, _I, _I)
 LIST_OFFSETS_PART = (_S, _I, _I, _I)
 for _entry, _layout in ((ProducePart, PRODUCE_PART), (FetchPart, FETCH_PART),

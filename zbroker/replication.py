@@ -8,16 +8,19 @@ drives the same class with in-memory logs, a moved clock and a lossy network.
 Events (``now_s`` is always given by the caller):
 
     on_partition_state(st, now_s)            the partition state in a new metadata image
-    set_broker_epochs(epochs)                 registered brokers' epochs (for fencing replicas)
+    set_broker_epochs(epochs, shutting_down)  registered brokers' epochs (for fencing replicas)
+                                              and those shutting down (not taken into the ISR)
     -- as leader --
     check_produce(acks)                       before an append: refuse acks=all below min ISR
     on_leader_append(now_s)                   the leader appended (the HW may move: ISR of one)
     wait_for_high_watermark(token, offset)    an acks=all produce waits for the HW to pass offset
     cancel_wait(token)                        the transport gave up on it (request timeout)
     on_follower_fetch(replica_id, replica_epoch, fetch_offset, last_fetched_epoch, now_s,
-                      shutting_down)          a follower's Fetch entry; returns a Diverging
+                      shutting_down, fetch_id, session)
+                                              a follower's Fetch entry; returns a Diverging
                                               answer, or None to serve records from fetch_offset
-    on_isr_written(isr, version, epoch) / on_isr_write_failed(isr, epoch)
+    follower_left_session(replica_id)         the follower's fetch session no longer holds us
+    on_isr_written(isr, version, epoch, now_s) / on_isr_write_failed(isr, epoch)
     tick(now_s, lag_max_s)                    shrink the ISR of followers that fell behind
     -- as follower --
     next_request()                            what to ask the leader next: EpochQuery | FetchQuery
@@ -40,6 +43,14 @@ the largest epoch the leader has that is <= E, and where it ends. When the follo
 truncates to min(end, where E' ends in its own log) and is done. When it does not, the two logs
 share nothing after the follower's last epoch below E': it truncates to where that epoch ends in
 its own log and asks again with it. Each round drops at least one epoch, so it ends.
+
+Fetch sessions (KIP-227, zbroker/broker/fetch_sessions.py): a follower in a session names a
+partition only when its request changed, so an idle, caught-up follower's fetches do not reach
+its partitions at all. The session stands in for them: a follower whose last fetch offset is the
+leader's log end offset was caught up at the session's last fetch (the log end only grows while
+leading, so it was no further then), which is what ``tick`` needs; and a follower that caught up
+while another ISR change was pending is taken in once that change is done, instead of at its
+next fetch of the partition, which may never come.
 
 Fencing replicas: the leader serves a follower's fetch only from a replica of the partition
 whose broker epoch (the creation zxid of its registration) is the registered one, so a restarted
@@ -139,7 +150,7 @@ class FollowerState:
     offset; -1 until it fetches in this leadership) and when it was last caught up."""
 
     __slots__ = ("log_end_offset", "last_caught_up_s", "last_fetch_s", "last_fetch_leader_leo",
-                 "broker_epoch", "last_fetch_id")
+                 "broker_epoch", "last_fetch_id", "session")
 
     def __init__(self, caught_up_s: float):
         self.log_end_offset = -1
@@ -148,6 +159,13 @@ class FollowerState:
         self.last_fetch_leader_leo = -1
         self.broker_epoch = -1          # of the follower's life these fetches came from
         self.last_fetch_id = -1
+        self.session = None             # its fetch session holding this partition (or None)
+
+    def caught_up_s(self, leader_log_end: int) -> float:
+        s = self.session
+        if s is not None and not s.closed and self.log_end_offset >= leader_log_end:
+            return max(self.last_caught_up_s, s.last_fetch_s)
+        return self.last_caught_up_s
 
 
 class ReplicaCore:
@@ -169,12 +187,14 @@ class ReplicaCore:
         self.high_watermark = max(log.log_start_offset,
                                   min(log.high_watermark_checkpoint, log.log_end_offset))
         self.min_insync_replicas = 1
+        self.lag_max_s = 30.0                   # replica.lag.time.max.ms (tick() sets it too)
         # leader only
         self.followers: dict[int, FollowerState] = {}
         self.pending_isr: tuple | None = None
         self.epoch_start_offset = 0
         self._waits: dict[Any, int] = {}         # token -> offset the HW must reach
         self._broker_epochs: dict[int, int] = {}
+        self._shutting_down: frozenset = frozenset()
 
     # --- state ----------------------------------------------------------------------------------
     @property
@@ -196,9 +216,12 @@ class ReplicaCore:
         shorter log. (A state whose zxid is not known counts as this life's.)"""
         return self.role is Role.LEADER and not 0 <= self.state_zxid < broker_epoch
 
-    def set_broker_epochs(self, epochs: dict[int, int]) -> None:
-        """The registered brokers and their epochs (from the metadata image)."""
+    def set_broker_epochs(self, epochs: dict[int, int],
+                          shutting_down: frozenset = frozenset()) -> None:
+        """The registered brokers and their epochs, and those shutting down (from the metadata
+        image)."""
         self._broker_epochs = epochs
+        self._shutting_down = shutting_down
 
     def on_partition_state(self, st, now_s: float) -> list:
         """Apply the partition state ``st`` (metadata.PartitionState) of a new image. Returns
@@ -210,7 +233,7 @@ class ReplicaCore:
             if (st.leader == me) != self.is_leader or st.leader != self.leader_id:
                 raise ReplicationBug(f"{self.name}: two leaders in leader epoch "
                                      f"{st.leader_epoch} ({self.leader_id} and {st.leader})")
-            return self._adopt(st)
+            return self._adopt(st, now_s)
         if st.leader == me:
             return self._become_leader(st, now_s)
         return self._become_follower(st)
@@ -226,7 +249,7 @@ class ReplicaCore:
         if st.leader_epoch > cache.latest_epoch:
             # The epoch starts at our log end offset (Kafka assigns it at election), so a
             # follower asking where its older epoch ends gets our log end offset.
-            cache.assign(st.leader_epoch, self.log.log_end_offset)
+            cache.assign(st.leader_epoch, self.log.log_end_offset, durable=False)
         self.epoch_start_offset = self.log.log_end_offset
         self.high_watermark = min(self.high_watermark, self.log.log_end_offset)
         effects += self._advance_high_watermark()
@@ -256,7 +279,7 @@ class ReplicaCore:
         self.state_zxid = getattr(st, "zxid", -1)
         self.controller_epoch = st.controller_epoch
 
-    def _adopt(self, st) -> list:
+    def _adopt(self, st, now_s: float) -> list:
         """A newer version of the state in the same epoch (the controller took a dead or departing
         broker out of the ISR, or our own ISR write came back)."""
         if st.version <= self.state_version:
@@ -270,7 +293,7 @@ class ReplicaCore:
         if self.pending_isr is not None and self.pending_isr == self.isr:
             self.pending_isr = None
         if changed and self.is_leader:
-            return self._advance_high_watermark(force=True)
+            return self._advance_high_watermark(force=True) + self._take_in_caught_up(now_s)
         return []
 
     def stop(self) -> list:
@@ -322,11 +345,13 @@ class ReplicaCore:
     def on_follower_fetch(self, replica_id: int, replica_epoch: int, fetch_offset: int,
                           last_fetched_epoch: int, now_s: float,
                           shutting_down: Iterable[int] = (),
-                          fetch_id: int = -1) -> tuple[Diverging | None, list]:
+                          fetch_id: int = -1, session=None) -> tuple[Diverging | None, list]:
         """A Fetch entry from follower ``replica_id``. Raises the error to answer with; returns
         (Diverging or None, effects). ``fetch_id`` increases with every fetch a follower's life
         sends: an older one that arrives late (queued on a connection the follower gave up on)
-        must not count, since the follower may have truncated since."""
+        must not count, since the follower may have truncated since. ``session``: the fetch
+        session (``.last_fetch_s``, ``.closed``) the entry came in, which keeps the follower
+        caught up while it does not name the partition again."""
         if not self.is_leader:
             raise errors.NotLeaderOrFollower(f"Broker {self.broker_id} does not lead {self.name}.")
         f = self.followers.get(replica_id)
@@ -360,6 +385,7 @@ class ReplicaCore:
         f.log_end_offset = fetch_offset
         f.last_fetch_s = now_s
         f.last_fetch_leader_leo = leo
+        f.session = session
         effects = self._advance_high_watermark()
         if self.pending_isr is None and replica_id not in self.isr and \
                 replica_id not in shutting_down and fetch_offset >= self.high_watermark and \
@@ -368,35 +394,68 @@ class ReplicaCore:
                                            (replica_id,)))
         return None, effects
 
+    def follower_left_session(self, replica_id: int) -> None:
+        f = self.followers.get(replica_id)
+        if f is not None:
+            f.session = None
+
     def tick(self, now_s: float, lag_max_s: float) -> list:
         """As leader: take followers out of the ISR that have not caught up for ``lag_max_s``."""
+        self.lag_max_s = lag_max_s
         if not self.is_leader or self.pending_isr is not None or len(self.isr) <= 1:
             return []
+        leo = self.log.log_end_offset
+        followers = self.followers
         keep = tuple(r for r in self.isr if r == self.broker_id or
-                     (r in self.followers and
-                      now_s - self.followers[r].last_caught_up_s <= lag_max_s))
+                     (r in followers and (now_s - followers[r].caught_up_s(leo) <= lag_max_s or
+                                          self._left_its_life(r))))
         if len(keep) == len(self.isr):
             return []
         return [self._write_isr(keep, "lagging", tuple(sorted(set(self.isr) - set(keep))))]
+
+    def _left_its_life(self, replica_id: int) -> bool:
+        """The follower's registration is gone or new since it last fetched: the controller
+        takes it out of the ISR (at once, not after the lag time), and a write of ours would
+        only race with it."""
+        f = self.followers[replica_id]
+        return f.broker_epoch >= 0 and self._broker_epochs.get(replica_id) != f.broker_epoch
 
     def _write_isr(self, isr: tuple, reason: str, who: tuple) -> WriteIsr:
         self.pending_isr = isr
         return WriteIsr(isr, self.state_version, self.leader_epoch, self.controller_epoch,
                         reason, who)
 
-    def on_isr_written(self, isr: tuple, version: int, leader_epoch: int) -> list:
+    def on_isr_written(self, isr: tuple, version: int, leader_epoch: int,
+                       now_s: float) -> list:
         if not self.is_leader or leader_epoch != self.leader_epoch or self.pending_isr != isr:
             return []
         self.isr = isr
         self.state_version = version
         self.pending_isr = None
-        return self._advance_high_watermark(force=True)
+        return self._advance_high_watermark(force=True) + self._take_in_caught_up(now_s)
 
     def on_isr_write_failed(self, isr: tuple, leader_epoch: int) -> None:
         """The compare-and-set failed (the controller wrote first, or a newer epoch exists): the
         next metadata image brings the state to follow."""
         if self.is_leader and leader_epoch == self.leader_epoch and self.pending_isr == isr:
             self.pending_isr = None
+
+    def _take_in_caught_up(self, now_s: float) -> list:
+        """No ISR change is pending (any more): a follower that caught up meanwhile, and whose
+        fetch session still fetches, joins now (its fetches may not name this partition
+        again). One that stopped fetching (caught up at its last fetch, but that was more than
+        the lag time ago) does not."""
+        if not self.is_leader or self.pending_isr is not None:
+            return []
+        leo = self.log.log_end_offset
+        for r, f in self.followers.items():
+            if r not in self.isr and r not in self._shutting_down and f.session is not None \
+                    and not f.session.closed and f.log_end_offset >= self.high_watermark and \
+                    now_s - f.caught_up_s(leo) <= self.lag_max_s and \
+                    f.log_end_offset >= self.epoch_start_offset and \
+                    f.broker_epoch == self._broker_epochs.get(r):       # (this life's fetches)
+                return [self._write_isr(tuple(sorted((*self.isr, r))), "caught up", (r,))]
+        return []
 
     def maximal_isr(self) -> tuple:
         if self.pending_isr is None:

@@ -214,3 +214,75 @@ def test_a_leadership_written_before_this_life_registered_is_not_this_lifes():
     other = ReplicaCore(1, log_of((0, "a")), "t-0")
     other.on_partition_state(state(1, 1), now_s=0.0)
     assert other.leads_in_this_life(10 ** 9)
+
+
+class Session:
+    """What the core reads of a fetch session (zbroker/broker/fetch_sessions.LeaderSession)."""
+
+    def __init__(self, last_fetch_s):
+        self.last_fetch_s, self.closed = last_fetch_s, False
+
+
+def test_a_caught_up_follower_in_a_live_session_stays_in_sync_without_naming_the_partition():
+    leader = leader_core(log_of((1, "abc")), 1)
+    sessions = {r: Session(1.0) for r in (2, 3)}
+    for r in (2, 3):
+        leader.on_follower_fetch(r, EPOCHS[r], 3, 1, now_s=1.0, session=sessions[r])
+    assert leader.high_watermark == 3
+    # an idle minute: the sessions keep fetching (without naming the partition), follower 3
+    # left its session for this partition (truncating, or moved)
+    sessions[2].last_fetch_s = sessions[3].last_fetch_s = 60.0
+    leader.follower_left_session(3)
+    [w] = leader.tick(now_s=61.0, lag_max_s=30.0)
+    assert w.isr == (1, 2) and w.replicas == (3,)
+    leader.on_isr_write_failed(w.isr, w.leader_epoch)
+    # follower 2's session closed (its broker registered again): no longer caught up either
+    sessions[2].closed = True
+    [w] = leader.tick(now_s=61.0, lag_max_s=30.0)
+    assert w.isr == (1,)
+    # a follower behind the log end is not kept by its session's fetches
+    leader = leader_core(log_of((1, "abc")), 1, isr=(1, 2))
+    s = Session(1.0)
+    leader.on_follower_fetch(2, EPOCHS[2], 2, 1, now_s=1.0, session=s)
+    s.last_fetch_s = 60.0
+    assert leader.tick(now_s=61.0, lag_max_s=30.0)[0].isr == (1,)
+
+
+def test_a_follower_that_caught_up_during_another_isr_change_joins_when_it_is_done():
+    leader = leader_core(log_of((1, "abc")), 1, isr=(1,))
+    s2, s3 = Session(1.0), Session(1.0)
+    _, [w2] = leader.on_follower_fetch(2, EPOCHS[2], 3, 1, now_s=1.0, session=s2)
+    assert w2.isr == (1, 2)
+    _, effects = leader.on_follower_fetch(3, EPOCHS[3], 3, 1, now_s=1.0, session=s3)
+    assert effects == [], "a second ISR change while one is pending"
+    # follower 3 does not name the partition again (nothing changes for it); once follower 2's
+    # change is written, 3 is taken in all the same
+    effects = leader.on_isr_written(w2.isr, 1, w2.leader_epoch, 1.0)
+    [w3] = [e for e in effects if hasattr(e, "isr")]
+    assert w3.isr == (1, 2, 3) and w3.replicas == (3,)
+    # but not a follower from an earlier life of its broker, nor one shutting down
+    leader = leader_core(log_of((1, "abc")), 1, isr=(1,))
+    _, [w2] = leader.on_follower_fetch(2, EPOCHS[2], 3, 1, now_s=1.0, session=Session(1.0))
+    leader.on_follower_fetch(3, EPOCHS[3], 3, 1, now_s=1.0, session=Session(1.0))
+    leader.set_broker_epochs({**EPOCHS, 3: 34})
+    assert [e for e in leader.on_isr_written(w2.isr, 1, w2.leader_epoch, 1.0)
+            if hasattr(e, "isr")] == []
+    leader = leader_core(log_of((1, "abc")), 1, isr=(1,))
+    _, [w2] = leader.on_follower_fetch(2, EPOCHS[2], 3, 1, now_s=1.0, session=Session(1.0))
+    leader.on_follower_fetch(3, EPOCHS[3], 3, 1, now_s=1.0, session=Session(1.0))
+    leader.set_broker_epochs(EPOCHS, frozenset({3}))
+    assert [e for e in leader.on_isr_written(w2.isr, 1, w2.leader_epoch, 1.0)
+            if hasattr(e, "isr")] == []
+
+
+def test_a_follower_that_stopped_fetching_is_not_taken_back_in_after_leaving():
+    # (the broker loop once took a SIGSTOPped follower out and straight back in, over and over)
+    leader = leader_core(log_of((1, "abc")), 1, isr=(1, 2))
+    s = Session(1.0)
+    leader.on_follower_fetch(2, EPOCHS[2], 3, 1, now_s=1.0, session=s)
+    [w] = leader.tick(now_s=40.0, lag_max_s=30.0)      # its session stopped fetching at 1.0
+    assert w.isr == (1,)
+    effects = leader.on_isr_written(w.isr, 1, w.leader_epoch, 40.0)
+    assert [e for e in effects if hasattr(e, "isr")] == []
+    _, [back] = leader.on_follower_fetch(2, EPOCHS[2], 3, 1, now_s=41.0, session=s)
+    assert back.isr == (1, 2)                           # it fetches again: it is caught up

@@ -70,7 +70,7 @@ def test_leader_high_watermark_and_isr(tmp_path):
         ((1, 2), 7, 3, "lagging", (3,))
     assert core.maximal_isr() == (1, 2, 3)       # the HW still counts 3 until written
     assert core.tick(now_s=101.0, lag_max_s=0.5) == []       # one ISR change at a time
-    assert core.on_isr_written((1, 2), 8, 3) == [HighWatermarkMoved(2)]
+    assert core.on_isr_written((1, 2), 8, 3, 101.0) == [HighWatermarkMoved(2)]
     # 3 catches up: back in, but not while it shuts down
     assert core.on_follower_fetch(3, 30, 2, 3, now_s=102.0, shutting_down={3}) == (None, [])
     _, [w] = core.on_follower_fetch(3, 30, 2, 3, now_s=102.0)

@@ -382,7 +382,8 @@ class Broker:
         if version is None:
             self.core.on_isr_write_failed(w.isr, w.leader_epoch)
         else:
-            self._carry_out(self.core.on_isr_written(w.isr, version, w.leader_epoch))
+            self._carry_out(self.core.on_isr_written(w.isr, version, w.leader_epoch,
+                                                     self.sim.now))
 
     # --- as leader ---------------------------------------------------------------------------
     def on_produce(self, src, req, values, epoch) -> None:

@@ -80,6 +80,12 @@ BROKER_CONFIG = ConfigDef([
     Setting("replica.fetch.backoff.ms", int, 200,
             "Pause after a follower's fetch failed (Kafka: 1000; shorter here so a "
             "partition is replicated again soon after a leader change).", min=0),
+    Setting("max.incremental.fetch.session.cache.slots", int, 1000,
+            "Fetch sessions a leader keeps (one per follower broker; KIP-227); beyond this the "
+            "least recently used one is dropped and its follower opens a new one.", min=1),
+    Setting("replica.fetch.sessions.enable", bool, True,
+            "Followers fetch in incremental fetch sessions, naming only partitions whose "
+            "request changed (false: every fetch names every partition)."),
     Setting("replica.socket.timeout.ms", int, 5000,
             "A follower's request unanswered for this long beyond its wait is sent again on a "
             "new connection (a request lost with a connection is only noticed this way).",

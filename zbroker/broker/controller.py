@@ -176,6 +176,7 @@ class Controller:
         self._events: queue.Queue = queue.Queue(maxsize=10000)
         self._stopping = False
         self._broker_epochs: dict[int, int] = {}    # id -> czxid of its registration
+        self._settled = None        # the brokers (and those shutting down) last reconciled for
         self._thread = threading.Thread(target=self._main, name="controller", daemon=True)
 
     def start(self) -> None:
@@ -271,10 +272,10 @@ class Controller:
             try:
                 item = self._events.get(timeout=wait)
             except queue.Empty:
-                if time.monotonic() < next_rebalance:
-                    item = ("brokers",)     # a safety net: the watches should have told us
-                else:
+                if time.monotonic() >= next_rebalance or \
+                        (not retry_reconcile and self._unchanged_since_settled()):
                     continue
+                item = ("brokers",)     # a safety net: the watches should have told us
             kind = item[0]
             if kind == "stop":
                 return
@@ -338,9 +339,25 @@ class Controller:
             live[int(c)] = (info.rack, stat.czxid)
         return live
 
+    def _unchanged_since_settled(self) -> bool:
+        try:
+            return self._settled is not None and self._brokers_seen() == self._settled
+        except ZbError:
+            return False
+
+    def _brokers_seen(self) -> tuple:
+        """The registered brokers with their epochs and those shutting down: what partition
+        states are decided by, read cheaply (a few keys, not every partition's state)."""
+        try:
+            down = frozenset(self.client.children(md.SHUTDOWN))
+        except NoNode:
+            down = frozenset()
+        return self._live_brokers(), down
+
     def _reconcile(self, preferred: bool = False) -> bool:
         for _attempt in range(10):
-            live = self._live_brokers()
+            seen = self._brokers_seen()
+            live = seen[0]
             image = md.read_image(self.client)
             restarted = {b for b, (_, ep) in live.items()
                          if b in self._broker_epochs and self._broker_epochs[b] != ep}
@@ -383,6 +400,7 @@ class Controller:
             self._broker_epochs = {b: ep for b, (_, ep) in live.items()}
             if (restarted or newer) and ops:
                 continue        # a second pass may elect it where nobody else is in sync
+            self._settled = seen if not ops else None
             return True
         log.warning("could not settle partition states after 10 attempts; will retry")
         return False

@@ -7,6 +7,13 @@ to the log the leader shares, then fetch, KIP-279/320); this module only gathers
 questions into one request per leader, sends it and hands each answer back. Every replica request
 carries this broker's id and broker epoch, which the leader checks against the registration.
 
+Fetches go in an incremental fetch session with the leader (KIP-227, fetch_sessions.py): the
+first names every partition, later ones only those whose request changed since (``dirty``: the
+partitions this fetcher touched since its last request, the only ones whose request can have
+changed), so an idle follower's fetch is a few bytes whatever the number of partitions. Any
+request-level error or a lost reply opens a new session with a full request; a partition whose
+answer could not be used is named again in the next request so the leader sends it again.
+
 One request per fetcher is in flight at a time (a long poll of ``replica.fetch.wait.max.ms`` at
 the leader); a request unanswered for ``replica.socket.timeout.ms`` beyond that is sent again on a
 new socket (ZeroMQ reconnects by itself but a request lost with a connection is never answered).
@@ -22,6 +29,7 @@ import time
 import zmq
 
 from zbroker import errors, protocol
+from zbroker.broker.fetch_sessions import FollowerSession
 from zbroker.logs import get_logger
 from zbroker.replication import Diverging, EpochQuery, FetchQuery, ReplicationBug
 
@@ -36,6 +44,8 @@ class ReplicaFetcher:
         self.sock: zmq.Socket | None = None
         self.in_flight: tuple | None = None                 # (req_id, api, sent_at, keys)
         self.backoff_until = 0.0
+        self.session = FollowerSession()
+        self.dirty: set[tuple[str, int]] = set()            # keys whose request may have changed
         self._open()
 
     def _open(self) -> None:
@@ -55,7 +65,14 @@ class ReplicaFetcher:
     def reset(self) -> None:
         self.close()
         self.in_flight = None
+        self.session.reset()
         self._open()
+
+    def again(self, key) -> None:
+        """Name ``key`` in the next request even if its request did not change (its answer was
+        not used, so the leader must send it again)."""
+        self.dirty.add(key)
+        self.session.sent.pop(key, None)
 
 
 class FetcherManager:
@@ -69,14 +86,18 @@ class FetcherManager:
         self.by_socket: dict[zmq.Socket, ReplicaFetcher] = {}
         self.where: dict[tuple[str, int], int] = {}        # partition -> leader id it fetches from
         self.waiting: dict[tuple[str, int], object] = {}   # followers whose leader is unknown
+        self._touched: set = set()      # fetchers given partitions since the last on_image
         self.wait_s = self.cfg["replica.fetch.wait.max.ms"] / 1000
         self.timeout_s = self.wait_s + self.cfg["replica.socket.timeout.ms"] / 1000
         self.backoff_s = self.cfg["replica.fetch.backoff.ms"] / 1000
+        self.use_sessions = self.cfg["replica.fetch.sessions.enable"]
         self._ids = itertools.count(1)
 
     # --- membership -------------------------------------------------------------------------------
     def follow(self, part) -> None:
-        """``part`` follows ``part.leader_id`` in ``part.leader_epoch`` (a new epoch)."""
+        """``part`` follows ``part.leader_id`` in ``part.leader_epoch`` (a new epoch). Its
+        fetcher asks once the whole image is applied (``on_image``): a request per partition
+        of an image that moves thousands would be thousands of requests."""
         key = (part.topic, part.partition)
         self.remove(key)
         info = self.server.image.brokers.get(part.leader_id)
@@ -92,12 +113,10 @@ class FetcherManager:
             f = ReplicaFetcher(self, part.leader_id, endpoint)
             self.fetchers[part.leader_id] = f
             self.by_socket[f.sock] = f
-        elif f.in_flight is not None and \
-                time.monotonic() - f.in_flight[2] > self.wait_s + 1.0:
-            self._reset(f)      # a leader that came back: the old request may be lost
         f.parts[key] = part
+        f.dirty.add(key)
         self.where[key] = part.leader_id
-        self.kick(f)
+        self._touched.add(f)
 
     def remove(self, key) -> None:
         self.waiting.pop(key, None)
@@ -108,14 +127,24 @@ class FetcherManager:
         if f is None:
             return
         f.parts.pop(key, None)
+        f.dirty.add(key)            # (forgotten by the session)
         if not f.parts:
             self._drop_fetcher(f)
 
     def on_image(self) -> None:
-        """Brokers may have (re)appeared: place followers that were waiting for their leader."""
+        """After an image is applied: place followers that were waiting for their leader
+        (brokers may have appeared), and send what the partitions that moved ask."""
         for key, part in list(self.waiting.items()):
             if part.leader_id in self.server.image.brokers:
                 self.follow(part)
+        now = time.monotonic()
+        touched, self._touched = self._touched, set()
+        for f in touched:
+            if self.fetchers.get(f.leader_id) is not f:
+                continue            # dropped meanwhile
+            if f.in_flight is not None and now - f.in_flight[2] > self.wait_s + 1.0:
+                self._reset(f)      # a leader that came back: the old request may be lost
+            self.kick(f)
 
     def _drop_fetcher(self, f: ReplicaFetcher) -> None:
         self.by_socket.pop(f.sock, None)
@@ -141,7 +170,12 @@ class FetcherManager:
         now = time.monotonic()
         if now < f.backoff_until:
             return
-        asks = {key: part.core.next_request() for key, part in f.parts.items()}
+        sessions = self.use_sessions
+        full = not sessions or f.session.needs_full
+        asks = {}
+        for key in (f.parts if full else f.dirty):
+            part = f.parts.get(key)
+            asks[key] = part.core.next_request() if part is not None else None
         truncating = [k for k, q in asks.items() if isinstance(q, EpochQuery)]
         req_id = next(self._ids)    # increasing over this process: a leader drops older
         epoch = self.server.broker_epoch
@@ -153,23 +187,34 @@ class FetcherManager:
                                              parts=parts)
             f.in_flight = (req_id, "OffsetForLeaderEpoch", now, truncating)
         else:
-            keys = [k for k, q in asks.items() if isinstance(q, FetchQuery)]
-            if not keys:
-                return
             part_max = self.cfg["replica.fetch.max.bytes"]
-            parts = [protocol.ReplicaFetchPart(k[0], k[1], asks[k].fetch_offset,
-                                               asks[k].current_leader_epoch, part_max,
-                                               asks[k].last_fetched_epoch) for k in keys]
+            wanted = {k: protocol.ReplicaFetchPart(k[0], k[1], q.fetch_offset,
+                                                   q.current_leader_epoch, part_max,
+                                                   q.last_fetched_epoch)
+                      if isinstance(q, FetchQuery) else None for k, q in asks.items()}
+            f.dirty.clear()
+            fields = {}
+            if sessions:
+                session_id, session_epoch, parts, forgotten = f.session.build(wanted)
+                fields = {"session_id": session_id, "session_epoch": session_epoch}
+                if forgotten:
+                    fields["forgotten"] = forgotten
+            else:
+                parts = [p for p in wanted.values() if p is not None]
+            if full and not parts:
+                f.session.reset()
+                return
             frames = protocol.encode_request(
                 "Fetch", req_id, replica_id=self.broker_id, replica_epoch=epoch,
                 max_wait_ms=self.cfg["replica.fetch.wait.max.ms"], min_bytes=1,
-                max_bytes=self.cfg["replica.fetch.response.max.bytes"], parts=parts)
-            f.in_flight = (req_id, "Fetch", now, keys)
+                max_bytes=self.cfg["replica.fetch.response.max.bytes"], parts=parts, **fields)
+            f.in_flight = (req_id, "Fetch", now, [(p.topic, p.partition) for p in parts])
         try:
             f.sock.send_multipart(frames, zmq.NOBLOCK)
         except zmq.ZMQError as e:
             log.warning("replica fetch not sent", leader=f.leader_id, error=str(e))
             f.in_flight = None
+            f.session.reset()
             f.backoff_until = now + self.backoff_s
 
     def check_timeouts(self) -> None:
@@ -202,19 +247,31 @@ class FetcherManager:
             err = protocol.response_error(header)
             try:
                 if err is not None:
-                    log.warning("replica request refused", leader=f.leader_id, error=str(err))
+                    if isinstance(err, (errors.FetchSessionIdNotFound,
+                                        errors.InvalidFetchSessionEpoch)):
+                        log.info("opening a new fetch session", leader=f.leader_id,
+                                 reason=str(err))
+                    else:
+                        log.warning("replica request refused", leader=f.leader_id,
+                                    error=str(err))
+                    f.session.reset()
+                    f.dirty.update(keys)
                     f.backoff_until = time.monotonic() + self.backoff_s
                 elif api == "Fetch":
+                    f.session.on_response(header.get("session_id"))
                     self._on_fetch(f, header, blobs)
                 else:
+                    f.dirty.update(keys)
                     self._on_offset_for_epoch(f, header)
             except ReplicationBug:
                 raise
             except errors.CorruptMessage as e:      # a reply that does not fit the protocol
                 log.warning("malformed reply from a leader", leader=f.leader_id, error=str(e))
+                f.session.reset()
                 f.backoff_until = time.monotonic() + max(self.backoff_s, 1.0)
             except Exception:       # our bug or a disk error: keep the loop, retry later
                 log.exception("handling a leader's reply failed", leader=f.leader_id, api=api)
+                f.session.reset()
                 f.backoff_until = time.monotonic() + max(self.backoff_s, 1.0)
             if f.sock is None:
                 return      # dropped while handling (no partitions left)
@@ -245,13 +302,16 @@ class FetcherManager:
             part = f.parts.get(key)
             if part is None:
                 continue
+            f.dirty.add(key)
             core = part.core
             if r.err == errors.OffsetOutOfRange.code:
                 self.server.carry_out(part, core.on_out_of_range(r.log_start_offset,
                                                                  r.log_end_offset))
+                f.again(key)
                 failed = True
                 continue
             if r.err:
+                f.again(key)
                 failed = True
                 continue
             try:
@@ -259,11 +319,13 @@ class FetcherManager:
                                              diverging.get(key))
             except (errors.KafkaStorageError, OSError) as e:
                 self.server.storage_failed(part, e)
+                f.again(key)
                 failed = True
                 continue
             except errors.ZbError as e:
                 log.warning("could not append what the leader sent; checking epochs again",
                             topic=topic, partition=p, error=str(e))
+                f.again(key)
                 failed = True
                 continue
             self.server.carry_out(part, effects)

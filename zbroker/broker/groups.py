@@ -533,6 +533,7 @@ class GroupCoordinator:
         host.trim = None
         try:
             host.part.log.delete_records_before(start)
+            self.server.log_start_moved(host.part)
         except errors.ZbError as e:
             log.warning("could not move the log start of __consumer_offsets", error=str(e),
                         partition=host.shard.partition)

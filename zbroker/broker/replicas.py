@@ -66,12 +66,15 @@ class ReplicaManager:
     def __init__(self, broker_id: int, log_dirs: list[str], log_defaults: dict, cfg=None):
         self.broker_id = broker_id
         self.cfg = cfg
+        self.lag_max_s = (cfg["replica.lag.time.max.ms"] / 1000) if cfg is not None else 30.0
         self.log_dirs = [os.path.abspath(d) for d in log_dirs]
         self.log_defaults = log_defaults
         self.partitions: dict[tuple[str, int], Partition] = {}
         self._lock_fds: list[int] = []
         self._writer = CheckpointWriter()
         self._checkpointed: dict[str, bytes] = {}       # log dir -> the content last handed over
+        self.hw_changed = True          # since the last checkpoint (set by the transport too)
+        self._timed_flush: list | None = None       # partitions with flush.ms set (None: redo)
         self._hw_at_start: dict[tuple[str, int], int] = {}
 
     # --- start-up -------------------------------------------------------------------------------
@@ -109,6 +112,8 @@ class ReplicaManager:
         closed, [(partition, effect)] for the transport to carry out)."""
         leaders, followers, closed, effects = [], [], [], []
         me = self.broker_id
+        self.hw_changed = True
+        self._timed_flush = None
         epochs = {b: info.epoch for b, info in image.brokers.items()}
         for key, part in list(self.partitions.items()):
             t = image.topics.get(part.topic)
@@ -135,7 +140,8 @@ class ReplicaManager:
                     self.partitions[key] = part
                 core = part.core
                 core.min_insync_replicas = topic_min_insync_replicas(self.cfg, t.config)
-                core.set_broker_epochs(epochs)
+                core.lag_max_s = self.lag_max_s
+                core.set_broker_epochs(epochs, image.shutting_down)
                 before = (core.role, core.leader_epoch)
                 effects.extend((part, e) for e in core.on_partition_state(st, now_s))
                 if (core.role, core.leader_epoch) == before:
@@ -177,7 +183,8 @@ class ReplicaManager:
             log.info("wiping the log of an earlier topic of the same name", dir=path)
             self._delete_dir(path)
             found = None
-        plog = PartitionLog(path, topic_log_config(self.log_defaults, t.config))
+        plog = PartitionLog(path, topic_log_config(self.log_defaults, t.config),
+                            checkpoint_writer=self._writer)
         if found is None:
             tmp = meta + ".tmp"
             with open(tmp, "w", encoding="utf-8") as f:
@@ -212,24 +219,39 @@ class ReplicaManager:
                          daemon=True).start()
 
     # --- periodic -------------------------------------------------------------------------------
-    def run_retention(self) -> None:
+    def run_retention(self) -> list:
         """Each partition's retention on its own: one that fails (a file it cannot delete, a bug)
-        is logged and the others still run; the next round tries it again."""
+        is logged and the others still run; the next round tries it again. Returns the
+        partitions whose log start moved."""
+        moved = []
         for part in list(self.partitions.values()):
             try:
+                start = part.log.log_start_offset
                 part.log.apply_retention(high_watermark=part.high_watermark)
+                if part.log.log_start_offset != start:
+                    moved.append(part)
             except (OSError, errors.ZbError) as e:
                 log.error("retention failed", dir=part.log.dir, error=str(e))
             except Exception:
                 log.exception("retention failed", dir=part.log.dir)
+        if moved:
+            self.hw_changed = True
+        return moved
 
     def maybe_flush(self) -> None:
-        for part in self.partitions.values():
+        """``flush.ms``: only partitions that have it set are looked at."""
+        if self._timed_flush is None:
+            self._timed_flush = [p for p in self.partitions.values() if p.log.timed_flush]
+        for part in self._timed_flush:
             part.log.maybe_flush()
 
     def checkpoint_high_watermarks(self, wait: bool = False) -> None:
         """Every partition's high watermark, one file per log directory, written by the
-        checkpoint thread (the loop only builds the text). ``wait``: until it is on disk."""
+        checkpoint thread (the loop only builds the text, and only when a high watermark, a log
+        end or start or the partitions may have changed). ``wait``: until it is on disk."""
+        if not self.hw_changed and not wait:
+            return
+        self.hw_changed = False
         by_dir: dict[str, dict] = {d: {} for d in self.log_dirs}
         for (topic, p), part in self.partitions.items():
             hw = max(part.log.log_start_offset, min(part.high_watermark, part.log.log_end_offset))

@@ -70,6 +70,7 @@ from zbroker import errors, protocol, records
 from zbroker.broker import config as broker_config
 from zbroker.broker import metadata as md
 from zbroker.broker.controller import Controller
+from zbroker.broker.fetch_sessions import FINAL_EPOCH, LeaderSessions
 from zbroker.broker.fetcher import FetcherManager
 from zbroker.broker.groups import GroupCoordinator
 from zbroker.broker.peers import PeerClient
@@ -94,11 +95,14 @@ ADMIN_APIS = ("CreateTopics", "DeleteTopics", "CreatePartitions")
 
 
 class DelayedFetch:
+    """A Fetch being answered, or parked until data comes or its wait ends. A follower's fetch in
+    a session (zbroker/broker/fetch_sessions.py) parks on the session, not on partitions, and
+    ``parts`` grows by the session's partitions with news until it is answered."""
     __slots__ = ("ident", "req_id", "parts", "min_bytes", "max_bytes", "bytes_ready", "done",
-                 "partitions", "replica_id", "replica_epoch", "diverging")
+                 "partitions", "replica_id", "replica_epoch", "diverging", "session")
 
     def __init__(self, ident, req_id, parts, min_bytes, max_bytes, replica_id=-1,
-                 replica_epoch=-1):
+                 replica_epoch=-1, session=None):
         self.ident, self.req_id, self.parts = ident, req_id, parts
         self.min_bytes, self.max_bytes = min_bytes, max_bytes
         self.replica_id = replica_id
@@ -107,6 +111,7 @@ class DelayedFetch:
         self.bytes_ready = 0
         self.done = False
         self.partitions: set = set()    # Partition objects whose waiters list holds this
+        self.session = session          # LeaderSession, for a follower's fetch in one
 
 
 class DelayedProduce:
@@ -153,6 +158,7 @@ class BrokerServer:
         self._timers: list = []
         self._timer_seq = itertools.count()
         self._delayed_fetches = 0
+        self.sessions = LeaderSessions(cfg["max.incremental.fetch.session.cache.slots"])
         self._pending_admin: list[PendingAdminReply] = []
         self._auto_create_asked: dict[str, float] = {}
         self.stopping = False
@@ -420,6 +426,8 @@ class BrokerServer:
             self._stale_image_watcher = None
             self.leadership_paused = False
             log.info("fresh metadata after registering again; leading again")
+        for s in self.sessions.retain({b: info.epoch for b, info in image.brokers.items()}):
+            self._session_closed(s)     # (first: a follower's earlier life is not caught up)
         leaders, followers, closed, effects = self.replicas.apply_image(image, time.monotonic())
         for part in closed:
             self.fetchers.remove((part.topic, part.partition))
@@ -465,12 +473,11 @@ class BrokerServer:
         poller.register(self.router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         lag_s = self.cfg["replica.lag.time.max.ms"] / 1000
-        self._periodic(min(max(lag_s / 4, 0.02), 1.0), self._shrink_isrs)
+        self._periodic(max(lag_s / 4, 0.02), self._shrink_isrs)    # (Kafka: lag / 2)
         self._periodic(0.05, self.fetchers.check_timeouts)
         self._periodic(0.05, self.groups.tick)
         self._periodic(0.05, self.peers.check_timeouts)
-        self._periodic(self.cfg["log.retention.check.interval.ms"] / 1000,
-                       self.replicas.run_retention)
+        self._periodic(self.cfg["log.retention.check.interval.ms"] / 1000, self._retention)
         self._periodic(PERIODIC_FLUSH_MS / 1000, self._flush_logs)
         self._periodic(self.cfg["replica.high.watermark.checkpoint.interval.ms"] / 1000,
                        self.replicas.checkpoint_high_watermarks)
@@ -501,6 +508,14 @@ class BrokerServer:
                 self._run_timers()
         self._shutdown()
         return self.exit_code
+
+    def _retention(self) -> None:
+        for part in self.replicas.run_retention():
+            self.log_start_moved(part)
+
+    def log_start_moved(self, part) -> None:
+        """Followers fetching ``part`` in a session learn its new log start offset next."""
+        self.sessions.mark((part.topic, part.partition))
 
     def _flush_logs(self) -> None:
         try:
@@ -666,8 +681,7 @@ class BrokerServer:
         except (OSError, errors.KafkaStorageError) as e:
             self.storage_failed(part, e)
             raise
-        if part.waiters:
-            self._on_append(part, len(blob))
+        self._on_append(part, len(blob))
         self.carry_out(part, part.core.on_leader_append(), len(blob))
 
     # --- consumer groups ------------------------------------------------------------------------
@@ -732,8 +746,7 @@ class BrokerServer:
                                      None))
             if acks == -1:
                 waiting[len(out) - 1] = (part, part.log.log_end_offset)
-            if part.waiters:
-                self._on_append(part, len(blob))
+            self._on_append(part, len(blob))
             self.carry_out(part, part.core.on_leader_append(), len(blob))   # alone in the ISR
         if acks == 0:
             return None
@@ -781,6 +794,7 @@ class BrokerServer:
         elif isinstance(effect, WriteIsr):
             self._write_isr(part, effect)
         elif isinstance(effect, Truncated):
+            self.replicas.hw_changed = True
             log.info("truncated the log", topic=part.topic, partition=part.partition,
                      leader=part.leader_id, why=effect.why, from_offset=effect.from_offset,
                      to_offset=effect.to_offset)
@@ -812,6 +826,8 @@ class BrokerServer:
         """The high watermark of a partition may have moved: wake what waits on it."""
         if part.topic == protocol.OFFSETS_TOPIC and part.is_leader:
             self.groups.on_high_watermark(part)
+        self.sessions.mark((part.topic, part.partition))        # followers learn it next
+        self.replicas.hw_changed = True
         for fetch in list(part.hw_waiters):
             if nbytes is None:
                 self._complete_fetch(fetch)
@@ -823,6 +839,9 @@ class BrokerServer:
     def _lost_leadership(self, part) -> None:
         """``part`` is no longer led here (or gone): answer the fetches parked on it (its state
         machine already failed the produces waiting on it)."""
+        for s in self.sessions.mark((part.topic, part.partition)):
+            if s.parked is not None:
+                self._complete_fetch(s.parked)
         for f in list(part.waiters) + list(part.hw_waiters):
             self._complete_fetch(f)
 
@@ -866,7 +885,8 @@ class BrokerServer:
             if self.watcher is not None:
                 self.watcher.poke()
             return
-        self.carry_out(part, part.core.on_isr_written(w.isr, fut.result(), w.leader_epoch))
+        self.carry_out(part, part.core.on_isr_written(w.isr, fut.result(), w.leader_epoch,
+                                                         time.monotonic()))
 
     # --- controlled shutdown ----------------------------------------------------------------------
     def _on_stop(self) -> None:
@@ -938,8 +958,12 @@ class BrokerServer:
         min_bytes = max(header.get("min_bytes", 1), 0)
         max_bytes = min(max(header.get("max_bytes", FETCH_MAX_BYTES_DEFAULT), 0),
                         FETCH_RESPONSE_BYTES_MAX)
+        session = None
+        session_epoch = header.get("session_epoch", FINAL_EPOCH)
+        if session_epoch != FINAL_EPOCH:
+            session, parts = self._fetch_session(header, parts, session_epoch)
         fetch = DelayedFetch(ident, header["id"], parts, min_bytes, max_bytes, replica_id,
-                             header.get("replica_epoch", -1))
+                             header.get("replica_epoch", -1), session)
         if max_wait_ms > 0 and min_bytes > 0 and \
                 self._delayed_fetches < self.cfg["delayed.fetches.max"]:
             meta, data, nbytes, failed = self._read_fetch(fetch)
@@ -950,12 +974,47 @@ class BrokerServer:
             meta, data, _, _ = self._read_fetch(fetch)
         return self._fetch_response(fetch, meta, data)
 
-    @staticmethod
-    def _fetch_response(fetch, meta: list, data: list) -> list:
+    def _fetch_session(self, header: dict, parts: list, session_epoch: int):
+        """Check a replica's Fetch against its session (opened by it when ``session_epoch`` is
+        0). Returns (session, the partitions to read: those named and those with news)."""
+        replica_id = header.get("replica_id", protocol.CONSUMER_REPLICA_ID)
+        if replica_id < 0:
+            raise errors.InvalidRequest("Only replicas fetch in fetch sessions here.")
+        if session_epoch < 0:
+            raise errors.InvalidFetchSessionEpoch(
+                f"A fetch session epoch is -1 (none), 0 (open one) or positive, not "
+                f"{session_epoch}.")
+        forgotten = header.get("forgotten", ())
+        protocol.check_entries("Fetch", "forgotten", forgotten, protocol.FORGOTTEN_PART)
+        info = self.image.brokers.get(replica_id)
+        if info is None or info.epoch != header["replica_epoch"]:
+            raise errors.StaleBrokerEpoch(
+                f"Broker {replica_id} with broker epoch {header['replica_epoch']} is not "
+                f"registered; its fetch session is refused.")
+        named = [protocol.ReplicaFetchPart._make(p) for p in parts]
+        session, closed = self.sessions.fetch(
+            replica_id, header["replica_epoch"], header.get("session_id", 0), session_epoch,
+            named, forgotten, time.monotonic())
+        for s in closed:
+            self._session_closed(s)
+        get = self.replicas.partitions.get
+        for topic, p in forgotten:
+            part = get((topic, p))
+            if part is not None:
+                part.core.follower_left_session(replica_id)
+        return session, named + self.sessions.take(session, named)
+
+    def _session_closed(self, s) -> None:
+        if s.parked is not None:
+            self._complete_fetch(s.parked)
+
+    def _fetch_response(self, fetch, meta: list, data: list) -> list:
+        extra = {}
         if fetch.diverging:
-            return protocol.encode_response(fetch.req_id, data, parts=meta,
-                                            diverging=fetch.diverging)
-        return protocol.encode_response(fetch.req_id, data, parts=meta)
+            extra["diverging"] = fetch.diverging
+        if fetch.session is not None:
+            extra["session_id"] = fetch.session.id
+        return protocol.encode_response(fetch.req_id, data, parts=meta, **extra)
 
     def _read_fetch(self, fetch: DelayedFetch):
         meta, data = [], []
@@ -964,6 +1023,7 @@ class BrokerServer:
         failed = False
         get = self.replicas.partitions.get
         replica_id = fetch.replica_id
+        session = fetch.session
         fetch.diverging = []
         now = time.monotonic()
         for topic, p, offset, epoch, part_max, *rest in fetch.parts:
@@ -981,7 +1041,7 @@ class BrokerServer:
                             f"{part.leader_epoch} it follows in, not {epoch}.")
                     diverging, effects = part.core.on_follower_fetch(
                         replica_id, fetch.replica_epoch, offset, rest[0], now,
-                        self.image.shutting_down, fetch.req_id)
+                        self.image.shutting_down, fetch.req_id, session)
                     self.carry_out(part, effects)
                     if diverging is not None:
                         fetch.diverging.append(protocol.DivergingEpoch(topic, p, diverging.epoch,
@@ -1003,6 +1063,8 @@ class BrokerServer:
                             f"The offset {offset} is outside [{part.log.log_start_offset}, "
                             f"{part.log.log_end_offset}].")
                     chunk = b""
+                    if session is not None and offset < part.log.log_end_offset:
+                        session.dirty.add((topic, p))       # no room left: the next answer
             except errors.ZbError as e:
                 if isinstance(e, errors.OffsetOutOfRange) and part is not None:
                     meta.append(FetchResult(topic, p, e.code, part.high_watermark,
@@ -1021,6 +1083,11 @@ class BrokerServer:
 
     def _park(self, fetch: DelayedFetch, nbytes: int, max_wait_ms: int) -> None:
         fetch.bytes_ready = nbytes
+        if fetch.session is not None:
+            fetch.session.parked = fetch
+            self._delayed_fetches += 1
+            self._add_timer(max_wait_ms / 1000, self._complete_fetch, fetch)
+            return
         get = self.replicas.partitions.get
         for topic, p, *_ in fetch.parts:
             part = get((topic, p))
@@ -1031,6 +1098,13 @@ class BrokerServer:
         self._add_timer(max_wait_ms / 1000, self._complete_fetch, fetch)
 
     def _on_append(self, part, nbytes: int) -> None:
+        """Records were appended to ``part``, which we lead: wake the followers' fetches."""
+        for s in self.sessions.mark((part.topic, part.partition)):
+            fetch = s.parked
+            if fetch is not None:
+                fetch.bytes_ready += nbytes
+                if fetch.bytes_ready >= fetch.min_bytes:
+                    self._complete_fetch(fetch)
         for fetch in list(part.waiters):
             fetch.bytes_ready += nbytes
             if fetch.bytes_ready >= fetch.min_bytes:
@@ -1041,6 +1115,12 @@ class BrokerServer:
             return
         fetch.done = True
         self._delayed_fetches -= 1
+        s = fetch.session
+        if s is not None:
+            if s.parked is fetch:
+                s.parked = None
+            if not s.closed:
+                fetch.parts = fetch.parts + self.sessions.take(s, fetch.parts)
         for part in fetch.partitions:
             try:
                 (part.waiters if fetch.replica_id >= 0 else part.hw_waiters).remove(fetch)
@@ -1182,6 +1262,8 @@ class BrokerServer:
         for part in list(self.replicas.partitions.values()):
             self.carry_out(part, part.core.stop())  # answer acks=all waits
             self._lost_leadership(part)             # and long polls
+        for s in self.sessions.close_all():
+            self._session_closed(s)
         self.fetchers.close_all()
         self.peers.close_all()
         self.replicas.checkpoint_high_watermarks(wait=True)
