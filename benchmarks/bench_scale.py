@@ -86,6 +86,9 @@ def parse_args() -> argparse.Namespace:
                    help="between two Metadata polls while waiting for the ISR")
     p.add_argument("--profile-s", type=float, default=0.0,
                    help="after the idle window, sample one idle broker with py-spy this long")
+    p.add_argument("--profile-restart-s", type=float, default=0.0,
+                   help="sample the restarted broker and a leader with py-spy this long from "
+                        "the restart on")
     p.add_argument("--no-restart", action="store_true", help="skip the restart")
     a = p.parse_args()
     if a.partitions < 1 or a.partitions_per_topic < 1:
@@ -214,12 +217,15 @@ def idle_cpu(pids: dict[str, int], window_s: float) -> dict[str, float]:
 def profile(pid: int, seconds: float, tmp: Path, top: int = 15) -> None:
     """Sample ``pid`` with py-spy (threads it sees as idle left out) and print the functions
     holding the most of those busy samples: on top of the stack, and anywhere on it."""
+    for line in profile_lines(pid, seconds, tmp / "profile.txt", top):
+        print(line, flush=True)
+
+
+def profile_lines(pid: int, seconds: float, out: Path, top: int = 15) -> list[str]:
     exe = Path(sys.executable).parent / "py-spy"
     exe = str(exe) if exe.exists() else shutil.which("py-spy")
     if not exe:
-        print("  py-spy is not installed; no profile", flush=True)
-        return
-    out = tmp / "profile.txt"
+        return ["  py-spy is not installed; no profile"]
     cpu0, t0 = cpu_s(pid), time.monotonic()
     r = subprocess.run([exe, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
                         "--rate", str(PROFILE_RATE), "--nonblocking", "--format", "raw",
@@ -227,8 +233,7 @@ def profile(pid: int, seconds: float, tmp: Path, top: int = 15) -> None:
                        timeout=seconds + 60)
     cpu_pct = (cpu_s(pid) - cpu0) / (time.monotonic() - t0) * 100
     if r.returncode != 0 or not out.exists():
-        print(f"  py-spy failed: {r.stderr.strip()[-500:]}", flush=True)
-        return
+        return [f"  py-spy failed: {r.stderr.strip()[-500:]}"]
     own: collections.Counter = collections.Counter()
     inclusive: collections.Counter = collections.Counter()
     total = 0
@@ -245,15 +250,14 @@ def profile(pid: int, seconds: float, tmp: Path, top: int = 15) -> None:
         for f in set(frames):
             inclusive[f] += n
     if not total:
-        print("  no busy samples", flush=True)
-        return
-    print(f"  {total} busy samples; the broker used {cpu_pct:.1f}% of one core meanwhile "
-          f"(py-spy's own reading of it: {total / (PROFILE_RATE * seconds) * 100:.0f}%)",
-          flush=True)
+        return ["  no busy samples"]
+    lines = [f"  {total} busy samples; the broker used {cpu_pct:.1f}% of one core meanwhile "
+             f"(py-spy's own reading of it: {total / (PROFILE_RATE * seconds) * 100:.0f}%)"]
     for title, counter in (("own (top of the stack)", own), ("inclusive", inclusive)):
-        print(f"  share of busy samples, {title}:", flush=True)
+        lines.append(f"  share of busy samples, {title}:")
         for f, n in counter.most_common(top):
-            print(f"    {n / total * 100:5.1f}%  {f}", flush=True)
+            lines.append(f"    {n / total * 100:5.1f}%  {f}")
+    return lines
 
 
 def _frame_name(frame: str) -> str:
@@ -335,7 +339,8 @@ def readded_quartiles(changes: list, victim: int, held: set, since: float) -> li
             else float("nan") for q in (0.25, 0.5, 0.75)]
 
 
-def restart(cluster: Cluster, watch: ClusterWatch, timeout_s: float, interval_s: float) -> dict:
+def restart(cluster: Cluster, watch: ClusterWatch, timeout_s: float, interval_s: float,
+            profile_s: float = 0.0, tmp: Path | None = None) -> dict:
     controller = cluster.controller_id()
     victim = next(b for b in cluster.brokers if b.broker_id != controller)
     via = next(b for b in cluster.brokers if b.broker_id not in (controller, victim.broker_id))
@@ -349,6 +354,15 @@ def restart(cluster: Cluster, watch: ClusterWatch, timeout_s: float, interval_s:
         killed, killed_wall = time.monotonic(), time.time()
         victim.kill9()
         victim.start(wait=False)
+        profilers = []
+        if profile_s > 0:
+            for who, b in (("restarted", victim), ("leader", via)):
+                out: list = []
+                t = threading.Thread(target=lambda b=b, out=out, who=who: out.extend(
+                    profile_lines(b.proc.pid, profile_s, tmp / f"restart-{who}.txt")),
+                    daemon=True)
+                t.start()
+                profilers.append((who, b, t, out))
         victim.wait_ready(timeout_s)
         deadline = killed + timeout_s
         while True:
@@ -369,6 +383,12 @@ def restart(cluster: Cluster, watch: ClusterWatch, timeout_s: float, interval_s:
     finally:
         poller.stop.set()
         poller.join(METADATA_TIMEOUT_S + 5)
+    for who, b, t, out in profilers:
+        t.join(profile_s + 90)
+        print(f"profile: py-spy on the {who} broker {b.broker_id} for {profile_s:g} s from the "
+              f"restart on ...", flush=True)
+        for line in out:
+            print(line, flush=True)
     expired = watch.registration(vid, "deleted", killed)
     changes = watch.state_changes(killed)
     out_of_all, _ = isr_timeline(changes, vid, held, created)
@@ -479,7 +499,8 @@ def main() -> None:
             if not args.no_restart:
                 print(f"restart: kill -9 of a broker (not the controller), started again at once "
                       f"(session timeout {args.session_ms} ms) ...", flush=True)
-                rs = restart(cluster, watch, args.restart_timeout_s, args.poll_interval_s)
+                rs = restart(cluster, watch, args.restart_timeout_s, args.poll_interval_s,
+                             args.profile_restart_s, Path(tmp))
                 print(f"  broker {rs['victim']} ({rs['held']:,} replicas, led "
                       f"{rs['led_before']:,}), seconds after the kill: registration expired "
                       f"{rs['expired_s']:.2f}, out of every ISR {rs['out_of_isr_s']:.2f}, "
