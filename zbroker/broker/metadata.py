@@ -131,7 +131,7 @@ class ClusterImage:
     """One immutable view of the cluster's metadata. Never mutated after construction."""
 
     __slots__ = ("brokers", "topics", "controller_id", "controller_epoch", "cluster_id",
-                 "shutting_down", "_metadata_entries")
+                 "shutting_down", "_metadata_entries", "changed")
 
     def __init__(self, brokers: dict[int, BrokerInfo], topics: dict[str, TopicImage],
                  controller_id: int, controller_epoch: int, cluster_id: str | None,
@@ -143,6 +143,29 @@ class ClusterImage:
         self.controller_epoch = controller_epoch
         self.cluster_id = cluster_id
         self._metadata_entries: dict[str, list] = {}
+        # the partitions whose state differs from the image this one was derived from, when
+        # only partition states changed; None: anything may have changed (a full read)
+        self.changed: frozenset | None = None
+
+    def with_states(self, states: list[PartitionState]) -> "ClusterImage":
+        """This image with the partition states ``states`` in place of the ones it has (each
+        of a partition it knows); ``changed`` names them."""
+        by_topic: dict[str, dict[int, PartitionState]] = {}
+        for st in states:
+            by_topic.setdefault(st.topic, {})[st.partition] = st
+        topics = dict(self.topics)
+        for name, new in by_topic.items():
+            t = topics[name]
+            parts = list(t.partitions)
+            for p, st in new.items():
+                parts[p] = st
+            topics[name] = t._replace(partitions=tuple(parts))
+        image = ClusterImage(self.brokers, topics, self.controller_id, self.controller_epoch,
+                             self.cluster_id, self.shutting_down)
+        image._metadata_entries = {n: e for n, e in self._metadata_entries.items()
+                                   if n not in by_topic}
+        image.changed = frozenset((st.topic, st.partition) for st in states)
+        return image
 
     @classmethod
     def empty(cls) -> "ClusterImage":
@@ -256,12 +279,22 @@ def read_image(client: CoordinatorClient, timeout_s: float = 10.0) -> ClusterIma
 
 class MetadataWatcher:
     """Watches the coordinator and publishes a fresh ClusterImage through ``publish`` (called on
-    this class's thread) whenever anything under /brokers or /controller changes."""
+    this class's thread) whenever anything under /brokers or /controller changes.
+
+    When every change since the last image is a partition state written (the common case: ISR
+    changes, elections), the new image is the last one with those states taken from the watch
+    events themselves, which carry the value and version, and ``image.changed`` names them; any
+    other change (brokers, topics, the controller, a resync) reads everything again. A state
+    older than the one held (a full read already saw a later write) is ignored."""
 
     def __init__(self, client: CoordinatorClient, publish: Callable[[ClusterImage], None]):
         self.client = client
         self.publish = publish
         self._dirty = threading.Event()
+        self._events: list = []
+        self._events_lock = threading.Lock()
+        self._full = True               # the next image must be read in full
+        self._image: ClusterImage | None = None
         self._stopping = False
         self._thread = threading.Thread(target=self._main, name="metadata", daemon=True)
 
@@ -272,6 +305,7 @@ class MetadataWatcher:
         self._thread.start()
 
     def poke(self) -> None:
+        self._full = True
         self._dirty.set()
 
     def stop(self) -> None:
@@ -280,24 +314,62 @@ class MetadataWatcher:
         self._thread.join(5)
 
     def _on_event(self, event) -> None:
+        with self._events_lock:
+            self._events.append(event)
         self._dirty.set()
+
+    def _states_from(self, events: list) -> list[PartitionState] | None:
+        """The partition states the events wrote, or None when one is anything else."""
+        image = self._image
+        out: dict[tuple[str, int], PartitionState] = {}
+        for e in events:
+            if e.type not in ("created", "changed") or e.value is None or \
+                    not e.path.startswith(TOPICS + "/"):
+                return None
+            name, sep, p = e.path[len(TOPICS) + 1:].partition("/")
+            t = image.topics.get(name)
+            if not sep or not p.isdigit() or t is None or int(p) >= len(t.replicas):
+                return None
+            p = int(p)
+            try:
+                st = decode_state(name, p, t.replicas[p], e.value, e.version, e.zxid)
+            except Exception:
+                return None
+            held = out.get((name, p)) or t.partitions[p]
+            if held is None or st.version > held.version:
+                out[(name, p)] = st
+        return list(out.values())
 
     def _main(self) -> None:
         while not self._stopping:
-            self._dirty.wait(30)        # a periodic re-read as a safety net
+            if not self._dirty.wait(30):        # a periodic re-read as a safety net
+                self._full = True
             if self._stopping:
                 return
             self._dirty.clear()
+            with self._events_lock:
+                events, self._events = self._events, []
+            if not self._full and self._image is not None:
+                states = self._states_from(events)
+                if states is not None:
+                    if states:
+                        self._image = self._image.with_states(states)
+                        self.publish(self._image)
+                    continue
+            self._full = False
             try:
                 image = read_image(self.client)
             except ZbError as e:
                 log.warning("metadata read failed; retrying", error=str(e))
+                self._full = True
                 self._dirty.set()
                 threading.Event().wait(0.2)
                 continue
             except Exception:
                 log.exception("metadata read failed; retrying")
+                self._full = True
                 self._dirty.set()
                 threading.Event().wait(0.5)
                 continue
+            self._image = image
             self.publish(image)

@@ -105,16 +105,25 @@ class ReplicaManager:
                 read_partition_offsets(os.path.join(d, REPLICATION_OFFSET_CHECKPOINT)))
 
     # --- following the metadata -------------------------------------------------------------------
-    def apply_image(self, image: md.ClusterImage, now_s: float):
+    def apply_image(self, image: md.ClusterImage, now_s: float, changed=None):
         """Open logs of partitions this broker now holds, close the others, delete the logs of
         deleted topics, and give each partition's state machine its new state. Returns
         (partitions that became leader in a new epoch, that became followers in a new epoch,
-        closed, [(partition, effect)] for the transport to carry out)."""
+        closed, [(partition, effect)] for the transport to carry out). ``changed``: when only
+        the states of these partitions differ from the last image applied, only they are
+        looked at (an image after an ISR change need not visit 10,000 partitions)."""
         leaders, followers, closed, effects = [], [], [], []
         me = self.broker_id
         self.hw_changed = True
-        self._timed_flush = None
         epochs = {b: info.epoch for b, info in image.brokers.items()}
+        if changed is not None:
+            for key in changed:
+                st = image.partition(*key)
+                if st is not None and me in st.replicas:
+                    self._apply_state(image.topics[key[0]], st, epochs, image, now_s,
+                                      leaders, followers, effects)
+            return leaders, followers, closed, effects
+        self._timed_flush = None
         for key, part in list(self.partitions.items()):
             t = image.topics.get(part.topic)
             st = image.partition(*key)
@@ -128,35 +137,40 @@ class ReplicaManager:
             for st in t.partitions:
                 if st is None or me not in st.replicas:
                     continue
-                key = (t.name, st.partition)
-                part = self.partitions.get(key)
-                if part is None:
-                    try:
-                        part = self._open(t, st)
-                    except Exception as e:
-                        log.error("cannot open partition log", topic=t.name,
-                                  partition=st.partition, error=str(e))
-                        continue
-                    self.partitions[key] = part
-                core = part.core
-                core.min_insync_replicas = topic_min_insync_replicas(self.cfg, t.config)
-                core.lag_max_s = self.lag_max_s
-                core.set_broker_epochs(epochs, image.shutting_down)
-                before = (core.role, core.leader_epoch)
-                effects.extend((part, e) for e in core.on_partition_state(st, now_s))
-                if (core.role, core.leader_epoch) == before:
-                    continue
-                if core.is_leader:
-                    leaders.append(part)
-                    log.info("leading partition", topic=t.name, partition=st.partition,
-                             leader_epoch=st.leader_epoch, isr=list(st.isr),
-                             log_end_offset=part.log.log_end_offset)
-                else:
-                    followers.append(part)
-                    log.info("following partition", topic=t.name, partition=st.partition,
-                             leader=st.leader, leader_epoch=st.leader_epoch,
-                             log_end_offset=part.log.log_end_offset)
+                self._apply_state(t, st, epochs, image, now_s, leaders, followers, effects)
         return leaders, followers, closed, effects
+
+    def _apply_state(self, t: md.TopicImage, st: md.PartitionState, epochs: dict, image,
+                     now_s: float, leaders: list, followers: list, effects: list) -> None:
+        key = (t.name, st.partition)
+        part = self.partitions.get(key)
+        if part is None:
+            try:
+                part = self._open(t, st)
+            except Exception as e:
+                log.error("cannot open partition log", topic=t.name, partition=st.partition,
+                          error=str(e))
+                return
+            self.partitions[key] = part
+            self._timed_flush = None
+        core = part.core
+        core.min_insync_replicas = topic_min_insync_replicas(self.cfg, t.config)
+        core.lag_max_s = self.lag_max_s
+        core.set_broker_epochs(epochs, image.shutting_down)
+        before = (core.role, core.leader_epoch)
+        effects.extend((part, e) for e in core.on_partition_state(st, now_s))
+        if (core.role, core.leader_epoch) == before:
+            return
+        if core.is_leader:
+            leaders.append(part)
+            log.info("leading partition", topic=t.name, partition=st.partition,
+                     leader_epoch=st.leader_epoch, isr=list(st.isr),
+                     log_end_offset=part.log.log_end_offset)
+        else:
+            followers.append(part)
+            log.info("following partition", topic=t.name, partition=st.partition,
+                     leader=st.leader, leader_epoch=st.leader_epoch,
+                     log_end_offset=part.log.log_end_offset)
 
     def _find_dir(self, name: str) -> str:
         for d in self.log_dirs:

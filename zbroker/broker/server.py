@@ -142,6 +142,7 @@ class BrokerServer:
         self.replicas = ReplicaManager(self.broker_id, cfg["log.dirs"],
                                        broker_config.default_log_props(cfg), cfg)
         self.image = md.ClusterImage.empty()
+        self._image_watcher = None      # the watcher whose image was applied last
         self.ctx = zmq.Context()
         self.router: zmq.Socket | None = None
         self.poller = zmq.Poller()
@@ -415,10 +416,17 @@ class BrokerServer:
                 log.exception("handling an event failed", kind=kind)
 
     def _apply_image(self, image: md.ClusterImage, watcher) -> None:
-        # Keep only the newest image when several are queued.
+        # Keep only the newest image when several are queued (the partitions each changed,
+        # together, when all of them changed only partition states).
+        changed = image.changed
         while self._inbox and self._inbox[0][0] == "image":
             _, image, watcher = self._inbox.popleft()
-        self.image = image
+            changed = None if changed is None or image.changed is None else \
+                changed | image.changed
+        if self._image_watcher is not watcher:
+            changed = None      # the first image of a watcher (a new session): all of it
+        self._image_watcher = watcher
+        previous, self.image = self.image, image
         if self._stale_image_watcher is not None:
             if watcher is self._stale_image_watcher:
                 return      # read in a session we already left
@@ -426,9 +434,12 @@ class BrokerServer:
             self._stale_image_watcher = None
             self.leadership_paused = False
             log.info("fresh metadata after registering again; leading again")
-        for s in self.sessions.retain({b: info.epoch for b, info in image.brokers.items()}):
-            self._session_closed(s)     # (first: a follower's earlier life is not caught up)
-        leaders, followers, closed, effects = self.replicas.apply_image(image, time.monotonic())
+        if changed is None or previous is None or previous.brokers is not image.brokers:
+            changed = None
+            for s in self.sessions.retain({b: info.epoch for b, info in image.brokers.items()}):
+                self._session_closed(s)     # (first: a follower's earlier life is not caught up)
+        leaders, followers, closed, effects = self.replicas.apply_image(image, time.monotonic(),
+                                                                        changed)
         for part in closed:
             self.fetchers.remove((part.topic, part.partition))
             self._lost_leadership(part)
