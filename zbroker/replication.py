@@ -21,7 +21,8 @@ Events (``now_s`` is always given by the caller):
                                               answer, or None to serve records from fetch_offset
     follower_left_session(replica_id)         the follower's fetch session no longer holds us
     on_isr_written(isr, version, epoch, now_s) / on_isr_write_failed(isr, epoch)
-    tick(now_s, lag_max_s)                    shrink the ISR of followers that fell behind
+    tick(now_s, lag_max_s)                    shrink the ISR of followers that fell behind, and
+                                              take in caught-up ones whose joining write failed
     -- as follower --
     next_request()                            what to ask the leader next: EpochQuery | FetchQuery
     on_epoch_end(leader_epoch, end_offset)    OffsetForLeaderEpoch's answer
@@ -402,16 +403,19 @@ class ReplicaCore:
     def tick(self, now_s: float, lag_max_s: float) -> list:
         """As leader: take followers out of the ISR that have not caught up for ``lag_max_s``."""
         self.lag_max_s = lag_max_s
-        if not self.is_leader or self.pending_isr is not None or len(self.isr) <= 1:
+        if not self.is_leader or self.pending_isr is not None:
             return []
-        leo = self.log.log_end_offset
-        followers = self.followers
-        keep = tuple(r for r in self.isr if r == self.broker_id or
-                     (r in followers and (now_s - followers[r].caught_up_s(leo) <= lag_max_s or
-                                          self._left_its_life(r))))
-        if len(keep) == len(self.isr):
-            return []
-        return [self._write_isr(keep, "lagging", tuple(sorted(set(self.isr) - set(keep))))]
+        if len(self.isr) > 1:
+            leo = self.log.log_end_offset
+            followers = self.followers
+            keep = tuple(r for r in self.isr if r == self.broker_id or
+                         (r in followers and (now_s - followers[r].caught_up_s(leo) <= lag_max_s
+                                              or self._left_its_life(r))))
+            if len(keep) != len(self.isr):
+                return [self._write_isr(keep, "lagging",
+                                        tuple(sorted(set(self.isr) - set(keep))))]
+        # a follower whose joining write failed: its session may never name us again
+        return self._take_in_caught_up(now_s)
 
     def _left_its_life(self, replica_id: int) -> bool:
         """The follower's registration is gone or new since it last fetched: the controller

@@ -147,3 +147,54 @@ def test_the_leader_always_holds_what_the_follower_would_ask_now(seed):
         assert fs.sent == state
         if rng.random() < 0.03:
             ls.close_all()                          # the leader restarted
+
+
+def test_a_partition_whose_batch_did_not_fit_the_answer_is_in_the_next_one(tmp_path):
+    """The answer's byte budget ran out before a partition's next batch: the follower does not
+    name it again (its request did not change), so the leader must include it next time."""
+    import types
+
+    from tests.broker.helpers import batch
+    from zbroker.broker import metadata as md
+    from zbroker.broker.replicas import Partition
+    from zbroker.broker.server import BrokerServer, DelayedFetch
+    from zbroker.storage.log import PartitionLog
+
+    def leader_part(p, nbatches):
+        part = Partition("t", p, "id", PartitionLog(str(tmp_path / f"t-{p}")), 1)
+        part.core.set_broker_epochs({1: 11, 2: 22})
+        part.core.on_partition_state(md.PartitionState("t", p, (1, 2), 1, 1, (1,), 1, 0), 0.0)
+        for _ in range(nbatches):
+            part.log.append(batch([b"x" * 1000] * 10), 1)
+        return part
+    a, b = leader_part(0, 10), leader_part(1, 1)            # ~10 KB batches; b then idle
+    server = types.SimpleNamespace(
+        replicas=types.SimpleNamespace(partitions={("t", 0): a, ("t", 1): b}),
+        leadership_paused=False, broker_epoch=-1,
+        image=types.SimpleNamespace(shutting_down=frozenset()),
+        carry_out=lambda part, effects, n=None: None)
+    ls, fs = LeaderSessions(), FollowerSession()
+    wanted = {("t", 0): part(0, 0, 1, -1), ("t", 1): part(1, 0, 1, -1)}
+    sid, sepoch, parts, forgotten = fs.build(wanted)
+    s, _ = ls.fetch(2, 22, sid, sepoch, parts, forgotten, 0.0)
+    fetch = DelayedFetch(b"", 1, parts + ls.take(s, parts), 1, 90_000, 2, 22, s)
+    _, data, _, _ = BrokerServer._read_fetch(server, fetch)
+    assert data[0] and data[1] == b"", "the setup: b's batch does not fit what is left"
+    fs.on_response(s.id)
+    sid, sepoch, parts, forgotten = fs.build({("t", 0): part(0, 90, 1, 1),
+                                               ("t", 1): part(1, 0, 1, -1)})
+    s, _ = ls.fetch(2, 22, sid, sepoch, parts, forgotten, 1.0)
+    assert [p.partition for p in parts] == [0]
+    assert ls.take(s, parts) == [part(1, 0, 1, -1)]
+
+
+def test_a_session_holds_a_bounded_number_of_partitions(monkeypatch):
+    from zbroker.broker import fetch_sessions
+    monkeypatch.setattr(fetch_sessions, "SESSION_PARTS_MAX", 5)
+    ls = LeaderSessions()
+    s, _ = ls.fetch(2, 7, 0, INITIAL_EPOCH, [part(p, 0) for p in range(4)], [], 0.0)
+    with pytest.raises(errors.InvalidRequest):
+        ls.fetch(2, 7, s.id, 1, [part(p, 0) for p in range(4, 8)], [], 0.0)
+    assert len(s.parts) == 4 and s.next_epoch == 1
+    ls.fetch(2, 7, s.id, 1, [part(4, 0), part(5, 0)], [["t", 0]], 0.0)     # one out, two in
+    assert len(s.parts) == 5

@@ -286,3 +286,18 @@ def test_a_follower_that_stopped_fetching_is_not_taken_back_in_after_leaving():
     assert [e for e in effects if hasattr(e, "isr")] == []
     _, [back] = leader.on_follower_fetch(2, EPOCHS[2], 3, 1, now_s=41.0, session=s)
     assert back.isr == (1, 2)                           # it fetches again: it is caught up
+
+
+def test_a_caught_up_follower_whose_joining_write_failed_is_taken_in_by_tick():
+    # its session fetches on without naming the partition (nothing changed for it), so no fetch
+    # retries the write: the periodic tick must
+    leader = leader_core(log_of((1, "abc")), 1, isr=(1,))
+    s = Session(1.0)
+    _, [w] = leader.on_follower_fetch(3, EPOCHS[3], 3, 1, now_s=1.0, session=s)
+    leader.on_isr_write_failed(w.isr, w.leader_epoch)   # connection loss, BadVersion, ...
+    s.last_fetch_s = 2.0
+    [again] = leader.tick(now_s=2.0, lag_max_s=30.0)
+    assert again.isr == (1, 3) and again.reason == "caught up"
+    assert leader.tick(now_s=2.5, lag_max_s=30.0) == []        # one change at a time
+    leader.on_isr_write_failed(again.isr, again.leader_epoch)
+    assert leader.tick(now_s=40.0, lag_max_s=30.0) == [], "a follower that stopped fetching"

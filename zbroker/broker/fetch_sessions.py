@@ -35,6 +35,7 @@ from zbroker.protocol import ReplicaFetchPart
 FINAL_EPOCH = -1
 INITIAL_EPOCH = 0
 SESSION_ID_MAX = (1 << 31) - 1
+SESSION_PARTS_MAX = 100_000         # partitions one session may hold
 
 
 class LeaderSession:
@@ -106,10 +107,15 @@ class LeaderSessions:
             raise errors.InvalidFetchSessionEpoch(
                 f"The fetch session {session_id} expects epoch {s.next_epoch}, not "
                 f"{session_epoch}.")
+        forgotten = [(topic, p) for topic, p in forgotten]
+        new = sum(1 for p in parts if (p.topic, p.partition) not in s.parts)
+        if len(s.parts) + new - len(forgotten) > SESSION_PARTS_MAX:
+            raise errors.InvalidRequest(f"A fetch session may hold at most {SESSION_PARTS_MAX} "
+                                        f"partitions.")
         s.next_epoch += 1
         s.last_fetch_s = now_s
-        for topic, p in forgotten:
-            self._remove(s, (topic, p))
+        for key in forgotten:
+            self._remove(s, key)
         for p in parts:
             self._add(s, p)
         return s, closed

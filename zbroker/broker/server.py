@@ -1074,8 +1074,10 @@ class BrokerServer:
                             f"The offset {offset} is outside [{part.log.log_start_offset}, "
                             f"{part.log.log_end_offset}].")
                     chunk = b""
-                    if session is not None and offset < part.log.log_end_offset:
-                        session.dirty.add((topic, p))       # no room left: the next answer
+                if not chunk and session is not None and offset < part.log.log_end_offset:
+                    # no room left in this answer (or its next batch did not fit what was
+                    # left): the follower does not ask again, so the next answer has it
+                    session.dirty.add((topic, p))
             except errors.ZbError as e:
                 if isinstance(e, errors.OffsetOutOfRange) and part is not None:
                     meta.append(FetchResult(topic, p, e.code, part.high_watermark,

@@ -264,12 +264,13 @@ class CheckpointWriter:
             self._pending[path] = data
             self._cv.notify_all()
 
-    def settle(self, path: str, timeout_s: float = 60.0) -> None:
+    def settle(self, path: str) -> None:
         """Drop content of ``path`` not yet written and wait for a write of it in progress: the
-        caller writes the file itself next."""
+        caller writes the file itself next (so, with no time limit: writing beside the thread
+        could land the older content last)."""
         with self._cv:
             self._pending.pop(path, None)
-            self._cv.wait_for(lambda: self._writing != path, timeout_s)
+            self._cv.wait_for(lambda: self._writing != path)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         with self._cv:
