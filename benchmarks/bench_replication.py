@@ -8,9 +8,10 @@ measures:
 
 1. throughput: one Producer (acks=all, send() per record) writes BENCH_RECORDS (default
    300,000) 100-byte records to a 3-partition topic (RF=3, min.insync.replicas=2) and flushes;
-2. end-to-end latency at BENCH_RATE (default 10,000) records/s for 5 s: a Consumer reads what
-   the paced acks=all producer writes; latency = time seen by the consumer - record timestamp
-   (ms clock), median and 99th percentile;
+2. end-to-end latency at BENCH_RATE (default 10,000) records/s for 5 s, with linger_ms 1 and
+   then with linger_ms 0: a Consumer reads what the paced acks=all producer writes; latency =
+   time seen by the consumer - the send() time the value carries (nanosecond clock), median and
+   99th percentile;
 3. failover: a raw acks=all writer hammers one partition (RF=3); its leader is killed with
    kill -9; time until the first acknowledged acks=all write on that partition (new leader found
    through Metadata, request timeout 500 ms, retries every 20 ms), done BENCH_KILLS (3) times;
@@ -56,7 +57,7 @@ def throughput(bootstrap: str) -> float:
         return RECORDS / (time.perf_counter() - start)
 
 
-def latency(bootstrap: str) -> tuple[float, float]:
+def latency(bootstrap: str, linger_ms: int) -> tuple[float, float]:
     lat: list[float] = []
     stop = threading.Event()
 
@@ -66,16 +67,16 @@ def latency(bootstrap: str) -> tuple[float, float]:
             ready.set()
             while not stop.is_set():
                 for recs in c.poll(200).values():
-                    now_ms = time.time() * 1000
-                    lat.extend(now_ms - r.timestamp for r in recs)
+                    now_ns = time.time_ns()
+                    lat.extend((now_ns - int(r.value[:20])) / 1e6 for r in recs)
 
     ready = threading.Event()
     t = threading.Thread(target=consume, daemon=True)
     t.start()
     ready.wait(15)
     time.sleep(0.5)
-    value = b"x" * RECORD_BYTES
-    with Producer(bootstrap, acks="all", linger_ms=1) as p:
+    pad = b"x" * (RECORD_BYTES - 20)
+    with Producer(bootstrap, acks="all", linger_ms=linger_ms) as p:
         start = time.monotonic()
         n = 0
         while time.monotonic() - start < 5:
@@ -83,7 +84,7 @@ def latency(bootstrap: str) -> tuple[float, float]:
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            p.send("lat", value)
+            p.send("lat", b"%020d" % time.time_ns() + pad)
             n += 1
         p.flush()
     time.sleep(1.0)
@@ -187,8 +188,10 @@ def main() -> None:
             rate = throughput(cluster.bootstrap)
             print(f"  {rate:,.0f} records/s ({rate * RECORD_BYTES / 1e6:.1f} MB/s)", flush=True)
             print(f"end-to-end latency at {RATE:,} records/s for 5 s ...", flush=True)
-            p50, p99 = latency(cluster.bootstrap)
-            print(f"  median {p50:.1f} ms, p99 {p99:.1f} ms", flush=True)
+            p50, p99 = latency(cluster.bootstrap, 1)
+            print(f"  linger_ms 1: median {p50:.2f} ms, p99 {p99:.2f} ms", flush=True)
+            z50, z99 = latency(cluster.bootstrap, 0)
+            print(f"  linger_ms 0: median {z50:.2f} ms, p99 {z99:.2f} ms", flush=True)
             print(f"failover: kill -9 of the leader, {KILLS} times, session timeout "
                   f"{SESSION_MS} ms ...", flush=True)
             times = []
@@ -202,7 +205,9 @@ def main() -> None:
         finally:
             procs.cleanup()
     print(f"acks_all_records_per_s={rate:.0f} acks_all_mb_per_s={rate * RECORD_BYTES / 1e6:.1f} "
-          f"e2e_latency_p50_ms={p50:.1f} e2e_latency_p99_ms={p99:.1f} e2e_rate={RATE} "
+          f"e2e_latency_p50_ms={p50:.2f} e2e_latency_p99_ms={p99:.2f} "
+          f"e2e_latency_linger0_p50_ms={z50:.2f} e2e_latency_linger0_p99_ms={z99:.2f} "
+          f"e2e_rate={RATE} "
           f"failover_s_median={statistics.median(times):.2f} failover_s_max={max(times):.2f} "
           f"session_timeout_ms={SESSION_MS} controlled_shutdown_move_ms={moved * 1000:.0f} "
           f"controlled_shutdown_exit_ms={exited * 1000:.0f} records={RECORDS} "
