@@ -114,12 +114,13 @@ def test_leader_epoch_truncations_go_to_the_writer_and_never_land_after_a_newer_
     once what the writer held is on disk; and a truncation lost in a crash is redone on open."""
     from tests.broker.helpers import batch
     from zbroker.storage import PartitionLog
-    gate = threading.Event()
+    gate, taken = threading.Event(), threading.Event()
     real = cp.write_atomically
     order = []
 
     def slow_write(path, data):
         if threading.current_thread().name == "zb-checkpoints":
+            taken.set()
             gate.wait(5)
         real(path, data)
         order.append(data)
@@ -130,6 +131,7 @@ def test_leader_epoch_truncations_go_to_the_writer_and_never_land_after_a_newer_
     log.append(batch([b"a", b"b"]), 1)
     log.leader_epoch_cache.assign(3, 2, durable=False)     # an election: no records yet
     assert cp.read_entries(path, 2) == [(1, 0)], "written before the writer got to it"
+    assert taken.wait(5)            # the writer is writing it now (held at the gate)
     log.leader_epoch_cache.truncate_from_end(2)              # ... and following again
     done = threading.Thread(target=log.append, args=(batch([b"c"]), 4))
     done.start()                    # must wait for the writer (held at the gate) to settle
