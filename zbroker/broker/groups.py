@@ -138,7 +138,7 @@ class GroupCoordinator:
                               if tp[0] in topics and tp[1] < topics[tp[0]]}
         led = {}
         for (topic, p), part in self.server.replicas.partitions.items():
-            if topic == protocol.OFFSETS_TOPIC and part.is_leader:
+            if topic == protocol.OFFSETS_TOPIC and self._leads(part):
                 led[p] = part
         for p, host in list(self.hosts.items()):
             part = led.get(p)
@@ -150,6 +150,12 @@ class GroupCoordinator:
             elif topics_changed:
                 host = self.hosts[p]
                 self._run(host, host.shard.set_topics(topics), None, None)
+
+    def _leads(self, part) -> bool:
+        """Leader of this ``__consumer_offsets`` partition in this life of the broker: a
+        leadership from before its registration may rest on a log a power loss shortened, and
+        the controller elects anew (ReplicaCore.leads_in_this_life), so no groups load on it."""
+        return part.is_leader and not self.server._earlier_life(part)
 
     def _load(self, p: int, part) -> None:
         started = time.monotonic()
@@ -542,7 +548,7 @@ class GroupCoordinator:
         p = host.shard.partition
         self.unload(p, why)
         part = self.server.replicas.partitions.get((protocol.OFFSETS_TOPIC, p))
-        if part is not None and part.is_leader:
+        if part is not None and self._leads(part):
             self._load(p, part)
 
     def _answer(self, ident, req_id, frames, waits: dict) -> list | None:

@@ -687,6 +687,10 @@ class BrokerServer:
     def append_internal(self, part, blob: bytes) -> None:
         """Append a batch this broker wrote itself (the group coordinator's records) to a
         partition it leads, and wake what waits on it, as a produce does."""
+        if not part.is_leader or self.leadership_paused or self._earlier_life(part):
+            raise errors.NotLeaderOrFollower(
+                f"Broker {self.broker_id} does not lead {part.topic}-{part.partition} in this "
+                f"life (or has lost the coordinator); the group records are not written.")
         try:
             part.log.append(blob, part.leader_epoch)
         except (OSError, errors.KafkaStorageError) as e:
