@@ -41,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from clients import AdminClient, Consumer, Producer, TopicPartition  # noqa: E402
-from tests.procs import BrokerProc, Cluster, CoordinatorProc, Procs  # noqa: E402
+from tests.procs import Cluster, Procs  # noqa: E402
 
 RATE = int(os.environ.get("BENCH_RATE", "2000"))
 JOINS = int(os.environ.get("BENCH_JOINS", "3"))
@@ -366,16 +366,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-groups-") as tmp:
         procs = Procs(Path(tmp))
         try:
-            coord = CoordinatorProc(procs, Path(tmp) / "coordinator").start()
             settings = {"log.level": "WARNING", "offsets.topic.replication.factor": "3"}
-            brokers = [BrokerProc(procs, i, coord.address, Path(tmp) / f"broker{i}", settings)
-                       for i in (1, 2, 3)]
-            for b in brokers:
-                b.start(wait=False)
-            for b in brokers:
-                b.wait_ready()
-            cluster = Cluster(coord, brokers)
-            cluster.wait_ready()
+            cluster = Cluster.start(procs, Path(tmp), settings)
             with AdminClient(cluster.bootstrap) as admin:
                 admin.create_topic("live", PARTITIONS, 3)
                 admin.create_topic("bulk", PARTITIONS, 1)

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from clients import AdminClient, Consumer, Producer  # noqa: E402
 from tests.broker.helpers import Conn, batch  # noqa: E402
-from tests.procs import BrokerProc, Cluster, CoordinatorProc, Procs  # noqa: E402
+from tests.procs import Cluster, Procs  # noqa: E402
 
 RECORDS = int(os.environ.get("BENCH_RECORDS", "300000"))
 RATE = int(os.environ.get("BENCH_RATE", "10000"))
@@ -165,17 +165,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-replication-") as tmp:
         procs = Procs(Path(tmp))
         try:
-            coord = CoordinatorProc(procs, Path(tmp) / "coordinator").start()
             settings = {"log.level": "WARNING", "coordinator.session.timeout.ms": str(SESSION_MS),
                         "auto.leader.rebalance.enable": "false"}
-            brokers = [BrokerProc(procs, i, coord.address, Path(tmp) / f"broker{i}", settings)
-                       for i in (1, 2, 3)]
-            for b in brokers:
-                b.start(wait=False)
-            for b in brokers:
-                b.wait_ready(SESSION_MS / 1000 + 20)
-            cluster = Cluster(coord, brokers)
-            cluster.wait_ready()
+            cluster = Cluster.start(procs, Path(tmp), settings, ready_s=SESSION_MS / 1000 + 20)
             cfg = {"min.insync.replicas": "2"}
             with AdminClient(cluster.bootstrap) as admin:
                 admin.create_topic("tput", 3, 3, config=cfg)

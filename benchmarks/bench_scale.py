@@ -55,8 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from clients import AdminClient  # noqa: E402
 from coordinator.client import CoordinatorClient  # noqa: E402
-from tests.procs import (BrokerProc, Cluster, CoordinatorProc, Procs,  # noqa: E402
-                         broker_request)
+from tests.procs import BrokerProc, Cluster, Procs, broker_request  # noqa: E402
 from zbroker.broker import metadata as md  # noqa: E402
 
 TOPIC_PREFIX = "scale-"
@@ -452,18 +451,12 @@ def main() -> None:
         procs = Procs(Path(tmp))
         watch = None
         try:
-            coord = CoordinatorProc(procs, Path(tmp) / "coordinator").start()
             settings = {"log.level": "WARNING",
                         "coordinator.session.timeout.ms": str(args.session_ms),
                         "auto.leader.rebalance.enable": "false"}
-            brokers = [BrokerProc(procs, i, coord.address, Path(tmp) / f"broker{i}", settings)
-                       for i in (1, 2, 3)]
-            for b in brokers:
-                b.start(wait=False)
-            for b in brokers:
-                b.wait_ready(args.session_ms / 1000 + 20)
-            cluster = Cluster(coord, brokers)
-            cluster.wait_ready()
+            cluster = Cluster.start(procs, Path(tmp), settings,
+                                    ready_s=args.session_ms / 1000 + 20)
+            coord, brokers = cluster.coordinator, cluster.brokers
             watch = ClusterWatch(coord.address)
 
             print(f"setup: {len(sizes)} topics, {total:,} partitions, RF={RF} ...", flush=True)

@@ -427,6 +427,23 @@ class Cluster:
         self.coordinator = coordinator
         self.brokers = brokers
 
+    @classmethod
+    def start(cls, procs: Procs, root: Path, settings: dict, n: int = 3,
+              ready_s: float = 20.0) -> "Cluster":
+        """A coordinator (``root``/coordinator) and brokers 1..n (``root``/broker<i>) with
+        ``settings``, started together; returns once every broker sees every other and a
+        controller (each broker within ``ready_s``)."""
+        coord = CoordinatorProc(procs, root / "coordinator").start()
+        brokers = [BrokerProc(procs, i, coord.address, root / f"broker{i}", settings)
+                   for i in range(1, n + 1)]
+        for b in brokers:
+            b.start(wait=False)
+        for b in brokers:
+            b.wait_ready(ready_s)
+        cluster = cls(coord, brokers)
+        cluster.wait_ready()
+        return cluster
+
     @property
     def bootstrap(self) -> str:
         return ",".join(b.address for b in self.brokers)
