@@ -9,9 +9,11 @@ measures:
 1. throughput: one Producer (acks=all, send() per record) writes BENCH_RECORDS (default
    300,000) 100-byte records to a 3-partition topic (RF=3, min.insync.replicas=2) and flushes;
 2. end-to-end latency at BENCH_RATE (default 10,000) records/s for 5 s, with linger_ms 1 and
-   then with linger_ms 0: a Consumer reads what the paced acks=all producer writes; latency =
+   then with linger_ms 0: a Consumer in a process of its own reads what the paced acks=all
+   producer writes; latency =
    time seen by the consumer - the send() time the value carries (nanosecond clock), median and
-   99th percentile;
+   99th percentile; and what one ZeroMQ send costs here, spaced out and back to back (the
+   figure that bounds latency at linger_ms 0; see the README);
 3. failover: a raw acks=all writer hammers one partition (RF=3); its leader is killed with
    kill -9; time until the first acknowledged acks=all write on that partition (new leader found
    through Metadata, request timeout 500 ms, retries every 20 ms), done BENCH_KILLS (3) times;
@@ -26,11 +28,14 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -57,40 +62,89 @@ def throughput(bootstrap: str) -> float:
         return RECORDS / (time.perf_counter() - start)
 
 
-def latency(bootstrap: str, linger_ms: int) -> tuple[float, float]:
+def latency_consumer(bootstrap: str) -> None:
+    """The consumer side of latency(), run in a process of its own (so that it does not share
+    the producer's interpreter lock): says "ready" once it is positioned, reads until a line
+    comes on stdin, then prints each latency in ms, one per line."""
     lat: list[float] = []
     stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+    with Consumer("lat", bootstrap_servers=bootstrap, auto_offset_reset="latest") as c:
+        c.poll(2000)
+        print("ready", flush=True)
+        while not stop.is_set():
+            for recs in c.poll(200).values():
+                now_ns = time.time_ns()
+                lat.extend((now_ns - int(r.value[:20])) / 1e6 for r in recs)
+    sys.stdout.write("".join(f"{x:.4f}\n" for x in lat))
+    sys.stdout.flush()
 
-    def consume():
-        with Consumer("lat", bootstrap_servers=bootstrap, auto_offset_reset="latest") as c:
-            c.poll(2000)
-            ready.set()
-            while not stop.is_set():
-                for recs in c.poll(200).values():
-                    now_ns = time.time_ns()
-                    lat.extend((now_ns - int(r.value[:20])) / 1e6 for r in recs)
 
-    ready = threading.Event()
-    t = threading.Thread(target=consume, daemon=True)
-    t.start()
-    ready.wait(15)
-    time.sleep(0.5)
-    pad = b"x" * (RECORD_BYTES - 20)
-    with Producer(bootstrap, acks="all", linger_ms=linger_ms) as p:
-        start = time.monotonic()
-        n = 0
-        while time.monotonic() - start < 5:
-            due = start + n / RATE
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            p.send("lat", b"%020d" % time.time_ns() + pad)
-            n += 1
-        p.flush()
-    time.sleep(1.0)
-    stop.set()
-    t.join(5)
-    lat.sort()
+def send_sink(port: int) -> None:
+    """A DEALER in a process of its own that takes whatever the ROUTER in send_cost() sends."""
+    sock = zmq.Context().socket(zmq.DEALER)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    sock.send(b"hello")
+    while True:
+        sock.recv_multipart()
+
+
+def send_cost() -> tuple[float, float]:
+    """Microseconds one ROUTER send_multipart of a small reply takes on this machine: sent one
+    at a time 200 us apart (ZeroMQ's I/O thread is asleep and must be woken for each), and
+    back to back (it is awake). Where the latency goes: see the README."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    child = subprocess.Popen([sys.executable, __file__, "--send-sink", str(port)])
+    try:
+        ident = router.recv_multipart()[0]
+        frames = [ident, b"h" * 120, b"x" * 150]
+        out = []
+        for gap_s in (200e-6, 0.0):
+            took, n, start = 0.0, 0, time.perf_counter()
+            while time.perf_counter() - start < 1.0:
+                t0 = time.perf_counter()
+                router.send_multipart(frames)
+                took += time.perf_counter() - t0
+                n += 1
+                while time.perf_counter() < t0 + gap_s:
+                    pass
+            out.append(took / n * 1e6)
+        return out[0], out[1]
+    finally:
+        child.kill()
+        child.wait()
+        ctx.destroy(0)
+
+
+def latency(bootstrap: str, linger_ms: int) -> tuple[float, float]:
+    child = subprocess.Popen([sys.executable, __file__, "--latency-consumer", bootstrap],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        if child.stdout.readline().strip() != "ready":
+            raise RuntimeError("the latency consumer did not start")
+        time.sleep(0.5)
+        pad = b"x" * (RECORD_BYTES - 20)
+        with Producer(bootstrap, acks="all", linger_ms=linger_ms) as p:
+            start = time.monotonic()
+            n = 0
+            while time.monotonic() - start < 5:
+                due = start + n / RATE
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                p.send("lat", b"%020d" % time.time_ns() + pad)
+                n += 1
+            p.flush()
+        time.sleep(1.0)
+        out, _ = child.communicate("stop\n", timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    lat = sorted(float(x) for x in out.split())
     if not lat:
         return float("nan"), float("nan")
     return statistics.median(lat), lat[int(len(lat) * 0.99)]
@@ -184,6 +238,9 @@ def main() -> None:
             print(f"  linger_ms 1: median {p50:.2f} ms, p99 {p99:.2f} ms", flush=True)
             z50, z99 = latency(cluster.bootstrap, 0)
             print(f"  linger_ms 0: median {z50:.2f} ms, p99 {z99:.2f} ms", flush=True)
+            spaced_us, burst_us = send_cost()
+            print(f"  one ZeroMQ send: {spaced_us:.1f} us when sends are 200 us apart, "
+                  f"{burst_us:.1f} us back to back", flush=True)
             print(f"failover: kill -9 of the leader, {KILLS} times, session timeout "
                   f"{SESSION_MS} ms ...", flush=True)
             times = []
@@ -199,7 +256,7 @@ def main() -> None:
     print(f"acks_all_records_per_s={rate:.0f} acks_all_mb_per_s={rate * RECORD_BYTES / 1e6:.1f} "
           f"e2e_latency_p50_ms={p50:.2f} e2e_latency_p99_ms={p99:.2f} "
           f"e2e_latency_linger0_p50_ms={z50:.2f} e2e_latency_linger0_p99_ms={z99:.2f} "
-          f"e2e_rate={RATE} "
+          f"e2e_rate={RATE} zmq_send_spaced_us={spaced_us:.1f} zmq_send_burst_us={burst_us:.1f} "
           f"failover_s_median={statistics.median(times):.2f} failover_s_max={max(times):.2f} "
           f"session_timeout_ms={SESSION_MS} controlled_shutdown_move_ms={moved * 1000:.0f} "
           f"controlled_shutdown_exit_ms={exited * 1000:.0f} records={RECORDS} "
@@ -207,4 +264,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--latency-consumer"]:
+        latency_consumer(sys.argv[2])
+    elif sys.argv[1:2] == ["--send-sink"]:
+        send_sink(int(sys.argv[2]))
+    else:
+        main()
