@@ -8,6 +8,13 @@ left behind by a deleted topic (say its broker was down during the delete) is re
 wiped when a new topic of the same name lands on it, instead of resurrecting old records.
 
 Owned by the loop thread. Directory deletion (rename first, then remove) runs on a worker thread.
+
+Opening logs at start-up: ``start_preload`` opens every partition directory found on a thread of
+its own while the broker registers (a broker restarted after a crash waits there for its earlier
+registration to expire), with the default log configuration; the first metadata image then
+takes the logs it holds from there (``_open``) and gives each its topic's configuration. A log
+the image needs before the preloader got to it is opened by the loop itself; the preloader
+skips it. What the image does not hold is closed again, untouched on disk (``end_preload``).
 """
 
 from __future__ import annotations
@@ -76,6 +83,13 @@ class ReplicaManager:
         self.hw_changed = True          # since the last checkpoint (set by the transport too)
         self._timed_flush: list | None = None       # partitions with flush.ms set (None: redo)
         self._hw_at_start: dict[tuple[str, int], int] = {}
+        # the preloader's hand-over (under _preload_cv): path -> (topic id, log) opened, or
+        # None while the preloader is opening it; _claimed: paths the loop opens itself
+        self._preload_cv = threading.Condition()
+        self._preloaded: dict[str, tuple[str, PartitionLog] | None] = {}
+        self._claimed: set[str] = set()
+        self._preload_stop = False
+        self._preloader: threading.Thread | None = None
 
     # --- start-up -------------------------------------------------------------------------------
     def lock_dirs(self) -> None:
@@ -103,6 +117,101 @@ class ReplicaManager:
                     shutil.rmtree(os.path.join(d, name), ignore_errors=True)
             self._hw_at_start.update(
                 read_partition_offsets(os.path.join(d, REPLICATION_OFFSET_CHECKPOINT)))
+
+    def start_preload(self) -> None:
+        """Open the logs found in the log directories on a thread of their own (see the module
+        docstring); call after lock_dirs."""
+        self._preloader = threading.Thread(target=self._preload, name="log-preloader",
+                                           daemon=True)
+        self._preloader.start()
+
+    def _preload(self) -> None:
+        try:
+            self._preload_dirs()
+            with self._preload_cv:
+                while not self._preload_stop:
+                    self._preload_cv.wait()
+        finally:
+            with self._preload_cv:      # (busy until closed: nobody opens them meanwhile)
+                left = {p: v for p, v in self._preloaded.items() if v is not None}
+                self._preloaded.update(dict.fromkeys(left))
+            for _, plog in left.values():
+                self._close_log(plog)
+            with self._preload_cv:
+                self._preloaded = {}
+                self._preload_cv.notify_all()
+            if left:
+                log.info("closed the logs found at start-up that this broker does not hold",
+                         logs=len(left))
+
+    def _preload_dirs(self) -> None:
+        config = topic_log_config(self.log_defaults, {})
+        for d in self.log_dirs:
+            try:
+                names = sorted(os.listdir(d))
+            except OSError:
+                continue
+            for name in names:
+                path = os.path.join(d, name)
+                try:
+                    with open(os.path.join(path, PARTITION_METADATA), encoding="utf-8") as f:
+                        topic_id = f.read().strip().removeprefix("topic_id: ")
+                except OSError:         # not a partition directory (or unreadable: the
+                    continue            # loop's own open says why, if it needs it)
+                with self._preload_cv:
+                    if self._preload_stop:
+                        return
+                    if path in self._claimed:
+                        continue
+                    self._preloaded[path] = None
+                opened = None
+                try:
+                    opened = topic_id, PartitionLog(path, config, checkpoint_writer=self._writer)
+                except Exception as e:      # the loop opens it again and reports the error
+                    log.warning("could not open a partition log at start-up", dir=path,
+                                error=str(e))
+                with self._preload_cv:
+                    if opened is not None and not self._preload_stop:
+                        self._preloaded[path] = opened
+                        self._preload_cv.notify_all()
+                        continue
+                if opened is not None:          # stopped meanwhile: nobody wants it
+                    self._close_log(opened[1])
+                with self._preload_cv:
+                    del self._preloaded[path]
+                    self._preload_cv.notify_all()
+
+    def _take_preloaded(self, path: str) -> tuple[str, PartitionLog] | None:
+        """The log the preloader opened at ``path`` (waiting if it is opening it now), or None:
+        then the caller opens it, and the preloader will not."""
+        if self._preloader is None:
+            return None
+        with self._preload_cv:
+            while path in self._preloaded and self._preloaded[path] is None:
+                self._preload_cv.wait()
+            if self._preload_stop:
+                return None
+            taken = self._preloaded.pop(path, None)
+            if taken is None:
+                self._claimed.add(path)
+            return taken
+
+    def end_preload(self, wait: bool = False) -> None:
+        """After the first full image: the preloader stops and closes what nobody took."""
+        if self._preloader is None:
+            return
+        with self._preload_cv:
+            self._preload_stop = True
+            self._preload_cv.notify_all()
+        if wait:
+            self._preloader.join()
+
+    @staticmethod
+    def _close_log(plog: PartitionLog) -> None:
+        try:
+            plog.close()
+        except Exception as e:
+            log.error("closing a partition log failed", dir=plog.dir, error=str(e))
 
     # --- following the metadata -------------------------------------------------------------------
     def apply_image(self, image: md.ClusterImage, now_s: float, changed=None):
@@ -138,6 +247,7 @@ class ReplicaManager:
                 if st is None or me not in st.replicas:
                     continue
                 self._apply_state(t, st, epochs, image, now_s, leaders, followers, effects)
+        self.end_preload()      # everything this image holds is open
         return leaders, followers, closed, effects
 
     def _apply_state(self, t: md.TopicImage, st: md.PartitionState, epochs: dict, image,
@@ -187,6 +297,15 @@ class ReplicaManager:
 
     def _open(self, t: md.TopicImage, st: md.PartitionState) -> Partition:
         path = self._find_dir(f"{t.name}-{st.partition}")
+        config = topic_log_config(self.log_defaults, t.config)
+        plog = None
+        taken = self._take_preloaded(path)
+        if taken is not None:
+            if taken[0] == t.topic_id:
+                plog = taken[1]
+                plog.reconfigure(config)
+            else:
+                taken[1].close()        # an earlier topic's: wiped below
         meta = os.path.join(path, PARTITION_METADATA)
         try:
             with open(meta, encoding="utf-8") as f:
@@ -197,8 +316,8 @@ class ReplicaManager:
             log.info("wiping the log of an earlier topic of the same name", dir=path)
             self._delete_dir(path)
             found = None
-        plog = PartitionLog(path, topic_log_config(self.log_defaults, t.config),
-                            checkpoint_writer=self._writer)
+        if plog is None:
+            plog = PartitionLog(path, config, checkpoint_writer=self._writer)
         if found is None:
             tmp = meta + ".tmp"
             with open(tmp, "w", encoding="utf-8") as f:
@@ -279,6 +398,7 @@ class ReplicaManager:
             log.error("high watermark checkpoints not written within 10 s")
 
     def close_all(self) -> None:
+        self.end_preload(wait=True)
         for key in list(self.partitions):
             self._close(key)
         for fd in self._lock_fds:

@@ -189,6 +189,7 @@ class BrokerServer:
     # --- start-up -------------------------------------------------------------------------------
     def open(self) -> None:
         self.replicas.lock_dirs()
+        self.replicas.start_preload()       # while we register (and maybe wait to)
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.MAXMSGSIZE, protocol.FRAME_BYTES_MAX)

@@ -116,19 +116,8 @@ class PartitionLog:
     def __init__(self, directory: str, config: Config | dict | None = None, *,
                  clock_ms: Callable[[], int] = _wall_clock_ms, checkpoint_writer=None):
         self.dir = os.path.abspath(directory)
-        if not isinstance(config, Config):
-            config = log_config(config)
-        self.config = config
         self._clock_ms = clock_ms
-        self._segment_bytes = config["segment.bytes"]
-        self._segment_ms = config["segment.ms"]
-        self._index_interval_bytes = config["index.interval.bytes"]
-        self._index_max_entries = offset_index_max_entries(config["segment.index.bytes"])
-        self._retention_ms = config["retention.ms"]
-        self._retention_bytes = config["retention.bytes"]
-        self._flush_messages = config["flush.messages"]
-        self._flush_ms = config["flush.ms"]
-        self._message_max_bytes = config["message.max.bytes"]
+        self.reconfigure(config)
         os.makedirs(self.dir, exist_ok=True)
         self._recovery_point_file = OffsetCheckpoint(os.path.join(self.dir, RECOVERY_POINT_CHECKPOINT))
         self._log_start_file = OffsetCheckpoint(os.path.join(self.dir, LOG_START_OFFSET_CHECKPOINT))
@@ -148,6 +137,22 @@ class PartitionLog:
         self._closed = False
         self.recovered_unclean = False
         self._load()
+
+    def reconfigure(self, config: Config | dict | None) -> None:
+        """Take a new configuration. Limits, retention and flushing apply at once; segment and
+        index sizes from the next segment on (the open ones keep theirs), as in Kafka."""
+        if not isinstance(config, Config):
+            config = log_config(config)
+        self.config = config
+        self._segment_bytes = config["segment.bytes"]
+        self._segment_ms = config["segment.ms"]
+        self._index_interval_bytes = config["index.interval.bytes"]
+        self._index_max_entries = offset_index_max_entries(config["segment.index.bytes"])
+        self._retention_ms = config["retention.ms"]
+        self._retention_bytes = config["retention.bytes"]
+        self._flush_messages = config["flush.messages"]
+        self._flush_ms = config["flush.ms"]
+        self._message_max_bytes = config["message.max.bytes"]
 
     # --- opening ------------------------------------------------------------------------------
 
