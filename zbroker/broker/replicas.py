@@ -300,18 +300,18 @@ class ReplicaManager:
         config = topic_log_config(self.log_defaults, t.config)
         plog = None
         taken = self._take_preloaded(path)
-        if taken is not None:
-            if taken[0] == t.topic_id:
-                plog = taken[1]
-                plog.reconfigure(config)
-            else:
-                taken[1].close()        # an earlier topic's: wiped below
         meta = os.path.join(path, PARTITION_METADATA)
-        try:
-            with open(meta, encoding="utf-8") as f:
-                found = f.read().strip().removeprefix("topic_id: ")
-        except FileNotFoundError:
-            found = None
+        if taken is not None and taken[0] == t.topic_id:
+            plog, found = taken[1], taken[0]        # (the preloader read the topic id)
+            plog.reconfigure(config)
+        else:
+            if taken is not None:
+                self._close_log(taken[1])       # an earlier topic's: wiped below
+            try:
+                with open(meta, encoding="utf-8") as f:
+                    found = f.read().strip().removeprefix("topic_id: ")
+            except FileNotFoundError:
+                found = None
         if found is not None and found != t.topic_id:
             log.info("wiping the log of an earlier topic of the same name", dir=path)
             self._delete_dir(path)
@@ -332,11 +332,7 @@ class ReplicaManager:
         return part
 
     def _close(self, key) -> None:
-        part = self.partitions.pop(key)
-        try:
-            part.log.close()
-        except Exception as e:
-            log.error("closing a partition log failed", dir=part.log.dir, error=str(e))
+        self._close_log(self.partitions.pop(key).log)
 
     def _delete_dir(self, path: str) -> None:
         if not os.path.isdir(path):
