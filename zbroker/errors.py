@@ -325,6 +325,32 @@ class KafkaStorageError(ZbError):
     message = "The broker could not read or write its log directory."
 
 
+@_register
+class OutOfOrderSequenceNumber(ZbError):
+    code, name = 45, "OUT_OF_ORDER_SEQUENCE_NUMBER"
+    message = ("The broker received a batch whose sequence number does not follow the "
+               "producer's last one on this partition.")
+
+
+@_register
+class DuplicateSequenceNumber(ZbError):
+    code, name = 46, "DUPLICATE_SEQUENCE_NUMBER"
+    message = "The broker already has this batch but no longer knows its offset."
+
+
+@_register
+class InvalidProducerEpoch(ZbError):
+    code, name = 47, "INVALID_PRODUCER_EPOCH"
+    message = "The producer's epoch is older than the one the broker has seen for its id."
+
+
+@_register
+class UnknownProducerId(ZbError):
+    code, name = 59, "UNKNOWN_PRODUCER_ID"
+    message = ("The broker has no state for this producer id on this partition (it expired "
+               "or its records were deleted) and the batch does not start a sequence.")
+
+
 # --- The coordinator's errors (ZooKeeper's meanings) -------------------------------------------
 
 @_register

@@ -276,6 +276,21 @@ def _assemble(section: bytes, *, attributes: int, last_offset_delta: int, base_t
     return bytes(buf)
 
 
+_PRODUCER_FIELDS = struct.Struct(">qhi")
+PRODUCER_FIELDS_OFFSET = 43  # producer_id, producer_epoch, base_sequence
+
+
+def with_producer(batch, producer_id: int, producer_epoch: int, base_sequence: int) -> bytes:
+    """A copy of a built batch with the idempotent producer's fields set and the checksum
+    made again (it covers them): the producer stamps a batch's sequence when it first sends
+    it, and again after an epoch bump."""
+    buf = bytearray(batch)
+    _PRODUCER_FIELDS.pack_into(buf, PRODUCER_FIELDS_OFFSET, producer_id, producer_epoch,
+                               base_sequence)
+    struct.pack_into(">I", buf, CRC_OFFSET, checksum(buf))
+    return bytes(buf)
+
+
 def build_batch(values: Iterable, *, compression: int | str = CODEC_NONE,
                 timestamp_ms: int | None = None) -> bytes:
     """A batch of keyless records with one timestamp: a shorthand for tests and benchmarks."""
@@ -422,6 +437,6 @@ def iter_records(buf, check_crc: bool = True) -> Iterator[Record]:
 
 
 __all__ = ["MAGIC", "HEADER_SIZE", "CODEC_NONE", "CODEC_ZLIB", "CODECS", "BatchHeader", "Record",
-           "BatchBuilder", "NO_HEADERS", "make_row", "build_rows", "codec_of", "build_batch", "checksum", "read_header", "peek_size", "validate_batch",
+           "BatchBuilder", "NO_HEADERS", "make_row", "build_rows", "codec_of", "with_producer", "build_batch", "checksum", "read_header", "peek_size", "validate_batch",
            "validate_batches", "set_base_offset_and_epoch", "header_prefix", "iter_batches",
            "decode_records", "iter_records"]

@@ -11,6 +11,8 @@ Directory layout (``<log.dir>/<topic>-<partition>/``)::
     recovery-point-checkpoint       every offset below it is known to be fsynced
     log-start-offset-checkpoint     only when delete_records_before moved it inside a segment
     .clean-shutdown                 written last by close(): log end offset and active size
+    00000000000000052311.snapshot   the idempotent producers' state below that offset
+                                    (producer_state.py), written at each roll and at close
 
 Opening
     After a clean shutdown nothing is read: the segment list comes from the directory listing and
@@ -34,6 +36,15 @@ Appends
     stamped by writing a new 17-byte prefix in front of each batch's unchanged rest with one
     ``pwritev``: the producer's buffer is neither copied nor mutated. Per batch there is a little
     Python bookkeeping (index entries); records are never looked at.
+
+Idempotent producers
+    The log owns the partition's producer state (``producer_state``): ``append`` checks a
+    frame's producer batches against it first (a refused frame writes nothing; duplicates are
+    left out and answered with their original offsets), every written or replicated batch
+    updates it, and it is rebuilt on open from the newest snapshot at or below the log end
+    offset plus a replay of the batch headers after it (from the log start when there is none;
+    after a clean shutdown without a snapshot the state is empty). Truncation reloads it the
+    same way; retention forgets producers whose batches are all gone.
 
 Flushing
     ``flush.messages`` / ``flush.ms`` fsync the log when reached; by default (-1) the OS decides,
@@ -60,6 +71,7 @@ from zbroker.storage import background
 from zbroker.storage.checkpoints import (LeaderEpochCache, OffsetCheckpoint, fsync_dir,
                                          read_entries, write_atomically)
 from zbroker.storage.index import offset_index_max_entries
+from zbroker.storage.producer_state import PRODUCERS_MAX_DEFAULT, ProducerStateManager
 from zbroker.storage.segment import (DELETED_SUFFIX, INDEX_SUFFIX, LOG_SUFFIX,
                                      RELATIVE_OFFSET_MAX, TIME_INDEX_SUFFIX, LogSegment)
 
@@ -94,6 +106,8 @@ LEADER_EPOCH_CHECKPOINT = "leader-epoch-checkpoint"
 HIGH_WATERMARK_CHECKPOINT = "high-watermark-checkpoint"
 RECOVERY_POINT_CHECKPOINT = "recovery-point-checkpoint"
 LOG_START_OFFSET_CHECKPOINT = "log-start-offset-checkpoint"
+SNAPSHOT_SUFFIX = ".snapshot"
+EMPTY_SNAPSHOT_BYTES = len(ProducerStateManager().encode_snapshot())
 
 
 def log_config(props: dict[str, Any] | None = None) -> Config:
@@ -110,12 +124,21 @@ class AppendResult(NamedTuple):
     base_offset: int
     last_offset: int
     batches: int
+    batch_offsets: list[int] | None = None  # each batch's base offset, when a frame's batches
+    # are not contiguous from base_offset (some were duplicates of written ones)
+    written: bool = True                    # False: every batch was a duplicate
+
+
+def snapshot_name(offset: int) -> str:
+    return f"{offset:020d}{SNAPSHOT_SUFFIX}"
 
 
 class PartitionLog:
     def __init__(self, directory: str, config: Config | dict | None = None, *,
-                 clock_ms: Callable[[], int] = _wall_clock_ms, checkpoint_writer=None):
+                 clock_ms: Callable[[], int] = _wall_clock_ms, checkpoint_writer=None,
+                 producers_max: int = PRODUCERS_MAX_DEFAULT):
         self.dir = os.path.abspath(directory)
+        self.producer_state = ProducerStateManager(producers_max)
         self._clock_ms = clock_ms
         self.reconfigure(config)
         os.makedirs(self.dir, exist_ok=True)
@@ -205,6 +228,7 @@ class PartitionLog:
         cache.truncate_from_start(self._log_start_offset)
         hw = self._hw_file.read(0)
         self._high_watermark_checkpoint = min(max(hw, self._log_start_offset), self._next_offset)
+        self._load_producer_state(clean=marker is not None)
         log.debug("partition_log_opened", dir=self.dir, segments=len(self._segments),
                   log_start_offset=self._log_start_offset, log_end_offset=self._next_offset,
                   clean=marker is not None)
@@ -303,17 +327,40 @@ class PartitionLog:
             if leader_epoch < latest:
                 raise ValueError(f"leader epoch {leader_epoch} is older than the log's {latest}")
             self.leader_epoch_cache.assign(leader_epoch, self._next_offset)
+        plan = self.producer_state.check([h for _, h in headers])
         iovecs: list = []
         info: list[tuple[int, int, int]] = []
         offset = self._next_offset
         prefix = records.header_prefix
-        for pos, h in headers:
+        written: list[records.BatchHeader] = []
+        offsets: list[int] = []
+        nbytes = 0
+        for (pos, h), dup in zip(headers, plan):
+            if dup is not None:
+                offsets.append(dup.base_offset)
+                continue
             size = h.batch_length + LOG_OVERHEAD
             iovecs.append(prefix(offset, h.batch_length, leader_epoch))
             iovecs.append(view[pos + PREFIX_SIZE:pos + size])
             info.append((offset, h.max_timestamp, size))
+            offsets.append(offset)
+            if h.producer_id >= 0:
+                written.append(h._replace(base_offset=offset))
             offset += h.last_offset_delta + 1
-        return self._write(iovecs, len(view), info, self._next_offset, offset)
+            nbytes += size
+        if not info:            # every batch a duplicate: nothing to write
+            last = plan[-1]
+            return AppendResult(offsets[0], last.last_offset, 0,
+                                offsets if len(offsets) > 1 else None, False)
+        result = self._write(iovecs, nbytes, info, self._next_offset, offset)
+        update = self.producer_state.update
+        for h in written:
+            update(h)
+        if len(info) != len(headers):
+            last = plan[-1]
+            return AppendResult(offsets[0], result.last_offset if last is None
+                                else last.last_offset, result.batches, offsets)
+        return result
 
     def append_as_follower(self, batches) -> AppendResult:
         """Append batches fetched from the leader as they are (offsets and epochs already set).
@@ -342,7 +389,12 @@ class PartitionLog:
             expected = h.base_offset + h.last_offset_delta + 1
         for epoch, start in epochs:  # before the write: a recovered batch's epoch is always known
             cache.assign(epoch, start)
-        return self._write([view], len(view), info, headers[0][1].base_offset, expected)
+        result = self._write([view], len(view), info, headers[0][1].base_offset, expected)
+        update = self.producer_state.update
+        for _, h in headers:
+            if h.producer_id >= 0:
+                update(h)
+        return result
 
     def _write(self, iovecs: list, nbytes: int, info: list[tuple[int, int, int]],
                first_offset: int, next_offset: int) -> AppendResult:
@@ -390,11 +442,102 @@ class PartitionLog:
         old.write_indexes()
         new = self._segment(base, create=True)
         self._add_segment(new)
+        snapshot_fd = self._write_producer_snapshot(base)
 
         def done(offset=base, generation=self._flush_generation):  # on the worker thread
             self._set_recovery_point(offset, generation)
-        self._submit(fds=old.fsync_fds(), fsync_dir=self.dir, on_done=done)
+        self._submit(fds=old.fsync_fds() + [snapshot_fd], fsync_dir=self.dir, on_done=done)
         return new
+
+    # --- producer state -------------------------------------------------------------------------
+
+    def _snapshot_offsets(self) -> list[int]:
+        out = []
+        for name in os.listdir(self.dir):
+            if name.endswith(SNAPSHOT_SUFFIX) and name[:-len(SNAPSHOT_SUFFIX)].isdigit():
+                out.append(int(name[:-len(SNAPSHOT_SUFFIX)]))
+        return sorted(out)
+
+    def _write_producer_snapshot(self, offset: int) -> int:
+        """Write the producer state (everything below ``offset``) as ``<offset>.snapshot``
+        (temp file and rename); returns the file's open descriptor for the caller to fsync
+        and close (the background worker after a roll). A snapshot that a crash tears fails
+        its checksum on open and an older one or the log is used instead."""
+        path = os.path.join(self.dir, snapshot_name(offset))
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            data = self.producer_state.encode_snapshot()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.rename(tmp, path)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _empty_snapshot(self, offset: int) -> bool:
+        """The snapshot holds no producer (known from its size, without reading it)."""
+        try:
+            size = os.stat(os.path.join(self.dir, snapshot_name(offset))).st_size
+        except OSError:
+            return False
+        return size == EMPTY_SNAPSHOT_BYTES
+
+    def _delete_snapshots(self, keep) -> None:
+        for offset in self._snapshot_offsets():
+            if not keep(offset):
+                try:
+                    os.unlink(os.path.join(self.dir, snapshot_name(offset)))
+                except FileNotFoundError:
+                    pass
+
+    def _load_producer_state(self, clean: bool) -> None:
+        """The producer state at the log end offset: the newest good snapshot at or below it,
+        then the batches after it (all of them when there is no snapshot)."""
+        end, start = self._next_offset, self._log_start_offset
+        self._delete_snapshots(lambda o: o <= end)
+        state = self.producer_state
+        state.clear()
+        snapshots = self._snapshot_offsets()
+        if clean and (not snapshots or self._empty_snapshot(snapshots[-1])):
+            return              # close() leaves a snapshot whenever there is state
+        base = start
+        for offset in reversed(snapshots):
+            try:
+                with open(os.path.join(self.dir, snapshot_name(offset)), "rb") as f:
+                    state.load_snapshot(f.read())
+                base = max(offset, start)
+                break
+            except (OSError, ValueError) as e:
+                log.warning("producer_snapshot_unreadable", dir=self.dir, offset=offset,
+                            error=str(e))
+                state.clear()
+        self._replay_producers(base, end)
+        state.evict_below(start)
+
+    def _replay_producers(self, start: int, end: int) -> None:
+        """Apply the headers of the batches in [start, end) to the producer state."""
+        if start >= end:
+            return
+        update = self.producer_state.update
+        i = max(0, bisect.bisect_right(self._bases, start) - 1)
+        for seg in self._segments[i:]:
+            if seg.base_offset >= end:
+                break
+            found = seg.find_batch(start) if seg.base_offset < start else (0, None)
+            if found is None:
+                continue
+            for _, h in seg.iter_headers(found[0]):
+                if h.base_offset >= end:
+                    break
+                if h.base_offset >= start and h.producer_id >= 0:
+                    update(h)
+
+    def expire_producers(self, now_ms: int, expiration_ms: int) -> int:
+        """``producer.id.expiration.ms``: forget producers silent for that long."""
+        return self.producer_state.expire(now_ms, expiration_ms)
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -469,6 +612,7 @@ class PartitionLog:
         self._high_watermark_checkpoint = min(self._high_watermark_checkpoint, self._next_offset)
         if self._recovery_point > self._next_offset:
             self._set_recovery_point(self._next_offset, lower=True)
+        self._load_producer_state(clean=False)
 
     def truncate_fully_and_start_at(self, offset: int) -> None:
         """Drop everything and start an empty log at ``offset`` (a follower far behind a leader
@@ -484,6 +628,8 @@ class PartitionLog:
         self._set_recovery_point(offset, lower=True)
         self.leader_epoch_cache.clear()
         self._high_watermark_checkpoint = offset
+        self.producer_state.clear()
+        self._delete_snapshots(lambda o: False)
 
     def delete_records_before(self, offset: int) -> int:
         """Make ``offset`` the log start offset (DeleteRecords): records below it are no longer
@@ -496,6 +642,7 @@ class PartitionLog:
             self._log_start_file.write(offset)
             self.leader_epoch_cache.truncate_from_start(offset)
             self._delete_prefix(lambda seg, nxt: nxt is not None and nxt <= offset)
+            self.producer_state.evict_below(self._log_start_offset)
         return self._log_start_offset
 
     def apply_retention(self, now_ms: int | None = None,
@@ -554,6 +701,9 @@ class PartitionLog:
         if self._bases[0] > self._log_start_offset:
             self._log_start_offset = self._bases[0]
             self.leader_epoch_cache.truncate_from_start(self._log_start_offset)
+        self.producer_state.evict_below(self._log_start_offset)
+        first = self._bases[0]
+        self._delete_snapshots(lambda o: o >= first)
         log.info("segments_deleted", dir=self.dir, count=n, log_start_offset=self._log_start_offset)
         return n
 
@@ -634,6 +784,14 @@ class PartitionLog:
             seg.fsync()
         active = self.active
         self._set_recovery_point(self._next_offset)
+        snapshots = self._snapshot_offsets()
+        if len(self.producer_state) or (snapshots and not self._empty_snapshot(snapshots[-1])):
+            fd = self._write_producer_snapshot(self._next_offset)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            fsync_dir(self.dir)
         write_atomically(os.path.join(self.dir, CLEAN_SHUTDOWN_FILE),
                          f"0\n1\n{self._next_offset} {active.base_offset} {active.size}\n".encode())
         for seg in self._segments:
