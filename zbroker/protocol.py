@@ -32,6 +32,15 @@ order (compact on hot paths) and read back with ``decode_entries``:
                 parts: [[topic, partition,   (no response at all when acks=0)
                          leader_epoch]]
                 blobs: one per part: the partition's batches back to back
+                An idempotent producer's batches (producer id, epoch and sequence in their
+                headers; zbroker/storage/producer_state.py) are checked per partition: one
+                the leader has (one of its last five) is not written again and is answered
+                with its original offset. When a part's batches did not land back to back
+                (some were such duplicates), the response header also holds
+                batch_offsets: [[part index, [base offset of each batch]]].
+  InitProducerId  transactional_id: None  -> producer_id, producer_epoch (0)
+                (any broker; ids come in blocks the broker claims in the coordinator, so
+                they are unique in the cluster and across restarts)
   Fetch         replica_id (-1 client),  -> parts: [[topic, partition, err, high_watermark,
                 replica_epoch (replicas), log_start_offset, log_end_offset]]
                 max_wait_ms, min_bytes,      blobs: one per part (b"" when nothing)
@@ -212,6 +221,8 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[str, ...], bool]]] = {
     "OffsetForLeaderEpoch": {"replica_id": ((_I,), True), "replica_epoch": ((_I,), False),
                              "parts": ((_L,), True)},
     "ListOffsets": {"parts": ((_L,), True)},
+    "InitProducerId": {"transactional_id": ((_S, _N), False),
+                       "transaction_timeout_ms": ((_I,), False)},
     "CreateTopics": {"topics": ((_L,), True), "timeout_ms": ((_I,), False),
                      "validate_only": ((_B,), False)},
     "DeleteTopics": {"topics": ((_L,), True), "timeout_ms": ((_I,), False)},

@@ -146,6 +146,14 @@ BROKER_CONFIG = ConfigDef([
     Setting("group.consumer.assignors", list, ["uniform", "range"],
             "Server-side assignors members may choose with group_remote_assignor; the first "
             "is the default.", ),
+    Setting("producer.id.expiration.ms", int, 86400000,
+            "Forget an idempotent producer that wrote nothing to a partition for this long; "
+            "its next batch there gets UNKNOWN_PRODUCER_ID and starts a new epoch.", min=1),
+    Setting("producer.id.expiration.check.interval.ms", int, 600000,
+            "How often producers are checked for expiry.", min=1),
+    Setting("producer.id.max.per.partition", int, 10000,
+            "The most idempotent producers a partition remembers; the least recently written "
+            "is forgotten first (bounded memory).", min=1),
     Setting("requests.per.poll.max", int, 1000,
             "Messages handled per loop turn before timers run.", min=1),
     Setting("delayed.fetches.max", int, 10000,

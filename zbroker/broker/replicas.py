@@ -30,6 +30,7 @@ from zbroker.broker.config import topic_log_config, topic_min_insync_replicas
 from zbroker.logs import get_logger
 from zbroker.replication import ReplicaCore, Role
 from zbroker.storage import PartitionLog
+from zbroker.storage.producer_state import PRODUCERS_MAX_DEFAULT
 from zbroker.storage.checkpoints import (REPLICATION_OFFSET_CHECKPOINT, CheckpointWriter,
                                          encode_partition_offsets, read_partition_offsets)
 
@@ -74,6 +75,8 @@ class ReplicaManager:
         self.broker_id = broker_id
         self.cfg = cfg
         self.lag_max_s = (cfg["replica.lag.time.max.ms"] / 1000) if cfg is not None else 30.0
+        self.producers_max = (cfg["producer.id.max.per.partition"] if cfg is not None
+                              else PRODUCERS_MAX_DEFAULT)
         self.log_dirs = [os.path.abspath(d) for d in log_dirs]
         self.log_defaults = log_defaults
         self.partitions: dict[tuple[str, int], Partition] = {}
@@ -166,7 +169,8 @@ class ReplicaManager:
                     self._preloaded[path] = None
                 opened = None
                 try:
-                    opened = topic_id, PartitionLog(path, config, checkpoint_writer=self._writer)
+                    opened = topic_id, PartitionLog(path, config, checkpoint_writer=self._writer,
+                                                    producers_max=self.producers_max)
                 except Exception as e:      # the loop opens it again and reports the error
                     log.warning("could not open a partition log at start-up", dir=path,
                                 error=str(e))
@@ -317,7 +321,8 @@ class ReplicaManager:
             self._delete_dir(path)
             found = None
         if plog is None:
-            plog = PartitionLog(path, config, checkpoint_writer=self._writer)
+            plog = PartitionLog(path, config, checkpoint_writer=self._writer,
+                                producers_max=self.producers_max)
         if found is None:
             tmp = meta + ".tmp"
             with open(tmp, "w", encoding="utf-8") as f:
@@ -366,6 +371,13 @@ class ReplicaManager:
         if moved:
             self.hw_changed = True
         return moved
+
+    def expire_producers(self, now_ms: int, expiration_ms: int) -> int:
+        """``producer.id.expiration.ms`` over every partition; returns how many were forgotten."""
+        n = 0
+        for part in list(self.partitions.values()):
+            n += part.log.expire_producers(now_ms, expiration_ms)
+        return n
 
     def maybe_flush(self) -> None:
         """``flush.ms``: only partitions that have it set are looked at."""

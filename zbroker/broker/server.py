@@ -74,6 +74,7 @@ from zbroker.broker.fetch_sessions import FINAL_EPOCH, LeaderSessions
 from zbroker.broker.fetcher import FetcherManager
 from zbroker.broker.groups import GroupCoordinator
 from zbroker.broker.peers import PeerClient
+from zbroker.broker.producer_ids import ProducerIdService
 from zbroker.broker.replicas import ReplicaManager, StartupError
 from zbroker.protocol import FetchResult, ProduceResult
 from zbroker.replication import (HighWatermarkMoved, ProduceDone, ReplicationBug, Truncated,
@@ -118,10 +119,11 @@ class DelayedProduce:
     """An acks=all produce waiting for the high watermark of its partitions to pass its
     batches. ``out`` is the response's parts list; ``waiting`` maps an index of it to the
     partition whose state machine holds the wait (token ``(dp, index)``)."""
-    __slots__ = ("ident", "req_id", "out", "waiting", "done")
+    __slots__ = ("ident", "req_id", "out", "waiting", "done", "extra")
 
-    def __init__(self, ident, req_id, out, waiting):
+    def __init__(self, ident, req_id, out, waiting, extra=None):
         self.ident, self.req_id, self.out, self.waiting = ident, req_id, out, waiting
+        self.extra = extra or {}        # more response fields (batch_offsets)
         self.done = False
 
 
@@ -179,10 +181,12 @@ class BrokerServer:
             "OffsetForLeaderEpoch": self._offset_for_leader_epoch,
             "CreateTopics": self._admin, "DeleteTopics": self._admin,
             "CreatePartitions": self._admin,
+            "InitProducerId": self._init_producer_id,
             "FindCoordinator": self._find_coordinator, "ListGroups": self._list_groups,
             **{api: self._group_api for api in protocol.GROUP_APIS},
         }
         self.groups = GroupCoordinator(self)
+        self.producer_ids = ProducerIdService(self)
         self._request_frame = None      # the header frame of the request being handled
         assert set(self._handlers) == set(protocol.SCHEMAS)
 
@@ -242,6 +246,7 @@ class BrokerServer:
                                f"{str(e).rstrip('.')}.")
 
     def _install_session(self, client: CoordinatorClient, broker_epoch: int) -> None:
+        self.producer_ids.session_lost()
         self.client = client
         self.broker_epoch = broker_epoch
         client.add_listener(lambda state: self._post(("session", state, client)))
@@ -407,6 +412,8 @@ class BrokerServer:
                     self._on_isr_done(*item[1:])
                 elif kind == "session_renewed":
                     self._on_session_renewed(*item[1:])
+                elif kind == "producer_ids":
+                    item[1](*item[2:])
                 elif kind == "stop":
                     self._on_stop()
                 elif kind == "stop_now":
@@ -490,6 +497,8 @@ class BrokerServer:
         self._periodic(0.05, self.groups.tick)
         self._periodic(0.05, self.peers.check_timeouts)
         self._periodic(self.cfg["log.retention.check.interval.ms"] / 1000, self._retention)
+        self._periodic(self.cfg["producer.id.expiration.check.interval.ms"] / 1000,
+                       self._expire_producers)
         self._periodic(PERIODIC_FLUSH_MS / 1000, self._flush_logs)
         self._periodic(self.cfg["replica.high.watermark.checkpoint.interval.ms"] / 1000,
                        self.replicas.checkpoint_high_watermarks)
@@ -728,6 +737,7 @@ class BrokerServer:
                                         f"{len(parts)} parts, {len(blobs)} blobs.")
         out = []
         waiting = {}
+        batch_offsets = None
         get = self.replicas.partitions.get
         for (topic, p, epoch), blob in zip(parts, blobs):
             part = get((topic, p))
@@ -760,14 +770,21 @@ class BrokerServer:
                 continue
             out.append(ProduceResult(topic, p, 0, result.base_offset, -1, part.log.log_start_offset,
                                      None))
-            if acks == -1:
-                waiting[len(out) - 1] = (part, part.log.log_end_offset)
-            self._on_append(part, len(blob))
-            self.carry_out(part, part.core.on_leader_append(), len(blob))   # alone in the ISR
+            if result.batch_offsets is not None:
+                if batch_offsets is None:
+                    batch_offsets = []
+                batch_offsets.append([len(out) - 1, result.batch_offsets])
+            if acks == -1:      # (a duplicate waits for its original batches to commit)
+                waiting[len(out) - 1] = (part, result.last_offset + 1)
+            if result.written:
+                self._on_append(part, len(blob))
+                self.carry_out(part, part.core.on_leader_append(), len(blob))  # alone in ISR
         if acks == 0:
             return None
+        extra = {"batch_offsets": batch_offsets} if batch_offsets else {}
         if waiting:
-            dp = DelayedProduce(ident, header["id"], out, {i: w[0] for i, w in waiting.items()})
+            dp = DelayedProduce(ident, header["id"], out, {i: w[0] for i, w in waiting.items()},
+                                extra)
             for i, (part, offset) in waiting.items():
                 self.carry_out(part, part.core.wait_for_high_watermark((dp, i), offset))
             if not dp.done:
@@ -775,7 +792,16 @@ class BrokerServer:
                                  protocol.REQUEST_TIMEOUT_MS_MAX)
                 self._add_timer(timeout_ms / 1000, self._expire_produce, dp)
             return None
-        return protocol.encode_response(header["id"], parts=out)
+        return protocol.encode_response(header["id"], parts=out, **extra)
+
+    def _init_producer_id(self, ident, header, blobs):
+        return self.producer_ids.handle(ident, header)
+
+    def _expire_producers(self) -> None:
+        n = self.replicas.expire_producers(time.time_ns() // 1_000_000,
+                                           self.cfg["producer.id.expiration.ms"])
+        if n:
+            log.info("forgot expired producers", count=n)
 
     # --- a failed log directory -------------------------------------------------------------------
     def storage_failed(self, part, err: Exception) -> None:
@@ -826,7 +852,8 @@ class BrokerServer:
             dp.out[i] = ProduceResult(part.topic, part.partition, err.code, -1, -1, -1, str(err))
         if not dp.waiting:
             dp.done = True
-            self._send(dp.ident, protocol.encode_response(dp.req_id, parts=dp.out))
+            self._send(dp.ident, protocol.encode_response(dp.req_id, parts=dp.out,
+                                                          **dp.extra))
 
     def _expire_produce(self, dp: DelayedProduce) -> None:
         if dp.done:
