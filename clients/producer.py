@@ -20,11 +20,21 @@ How it works (the design of ../shared/DESIGN.md, "Clients"):
   request per broker holding every ready batch (up to ``max_request_size`` bytes), keeping at most
   ``max_in_flight`` requests in flight per broker. Responses complete the batches; callbacks run
   on the I/O thread.
-* Retriable errors (leader moved, timeouts, lost connections) put the batch back at the head of
-  its partition's queue after ``retry_backoff_ms`` and refresh metadata, until ``retries`` or
-  ``delivery_timeout_ms`` run out. With ``max_in_flight=1`` a partition has at most one request
-  in flight, so a retry never reorders a partition. A record that was sent when its connection
-  dropped may be written twice (at-least-once, as Kafka without idempotence).
+* Retriable errors (leader moved, timeouts, lost connections) put the batch back in its
+  partition's queue, in the order the batches were made, after ``retry_backoff_ms`` and refresh
+  metadata, until ``retries`` or ``delivery_timeout_ms`` run out.
+* Idempotence (the default, as in Kafka since 3.0): the producer gets a producer id and epoch
+  from a broker (InitProducerId) and stamps each batch, when it is first sent, with the next
+  sequence number of its partition. The leader writes a batch once: a resend of a batch it has
+  is answered with the original offsets, a gap is refused. At most five batches of a partition
+  are in flight (the leader remembers its last five), and a resend goes out only once nothing
+  of its partition is in flight, so the log order is the ``send()`` order per partition. When a
+  leader has lost the producer's state (UNKNOWN_PRODUCER_ID) or a batch failed for good and
+  left a gap, the producer first resolves every batch whose fate it does not know (resending
+  it as it was), then bumps its epoch and numbers what is not acknowledged from 0 again.
+  Without idempotence (``enable_idempotence=False``, or acks 0/1 or more than 5 in flight
+  when idempotence was not asked for), a record sent when its connection dropped may be
+  written twice (at-least-once); ``max_in_flight=1`` keeps the order under retries.
 * ``buffer_memory`` bounds the bytes of unfinished batches: ``send()`` blocks up to
   ``max_block_ms`` when it is used up (and for metadata of a topic it has not seen yet).
 """
@@ -63,7 +73,8 @@ class _Batch:
 
     __slots__ = ("owner", "topic", "partition", "rows", "base_timestamp", "size", "seq",
                  "created", "reserved", "data", "count", "attempts", "retry_at", "last_error",
-                 "done", "error", "base_offset", "log_append_time", "callbacks")
+                 "done", "error", "base_offset", "log_append_time", "callbacks", "base_seq",
+                 "unknown")
 
     def __init__(self, owner, topic, partition, base_timestamp, seq, created, reserved):
         self.owner = owner
@@ -85,6 +96,8 @@ class _Batch:
         self.base_offset = -1
         self.log_append_time = -1
         self.callbacks = None
+        self.base_seq = None            # idempotence: the sequence stamped in ``data``
+        self.unknown = False            # sent, and not known whether the leader wrote it
 
 
 class FutureRecordMetadata:
@@ -160,18 +173,51 @@ def _acks(value) -> int:
     raise ValueError(f"acks must be 0, 1, -1 or 'all', not {value!r}.")
 
 
+IDEMPOTENT_IN_FLIGHT_MAX = 5        # the batches of a partition a leader remembers
+PRODUCER_EPOCH_MAX = (1 << 15) - 1
+# Errors that say the leader did not write the batch: anything else leaves its fate unknown.
+_NOT_WRITTEN = (errors.NotLeaderOrFollower, errors.UnknownTopicOrPartition,
+                errors.LeaderNotAvailable, errors.NotEnoughReplicas,
+                errors.OutOfOrderSequenceNumber, errors.UnknownProducerId,
+                errors.InvalidProducerEpoch, errors.FencedLeaderEpoch,
+                errors.UnknownLeaderEpoch, errors.CorruptMessage, errors.MessageTooLarge,
+                errors.InvalidTopic, errors.InvalidRequiredAcks, errors.InvalidRequest)
+
+
+def _idempotence(enable, acks, max_in_flight, retries) -> bool:
+    """Kafka's rules (KIP-679): on by default unless acks 0/1, more than 5 in flight or no
+    retries were asked for; asked for explicitly, those settings are an error."""
+    if enable is None:
+        return acks == -1 and max_in_flight <= IDEMPOTENT_IN_FLIGHT_MAX and retries > 0
+    if not enable:
+        return False
+    if acks != -1:
+        raise ValueError(f"enable_idempotence=True needs acks='all' (the default), not "
+                         f"acks={acks}.")
+    if max_in_flight > IDEMPOTENT_IN_FLIGHT_MAX:
+        raise ValueError(f"enable_idempotence=True allows at most "
+                         f"{IDEMPOTENT_IN_FLIGHT_MAX} requests in flight, not {max_in_flight}.")
+    if retries <= 0:
+        raise ValueError("enable_idempotence=True needs retries > 0.")
+    return True
+
+
 class Producer:
     """Publishes records to topics. Thread-safe: ``send`` may be called from many threads.
 
     Settings (Kafka's names and defaults where the concept is Kafka's):
 
     bootstrap_servers    "host:port,..." of one or more brokers
+    enable_idempotence   write each record exactly once and in order through retries and
+                         failovers (default: on, unless acks, max_in_flight or retries were set
+                         to something it cannot work with; True with those is an error)
     acks                 0 (no response; futures resolve with offset -1 once sent), 1 (leader
-                         appended), -1 or "all" (the in-sync replicas have it)
+                         appended), -1 or "all" (the in-sync replicas have it; the default)
     linger_ms            how long a batch may wait for more records before it is sent
     batch_size           bytes at which a partition's batch is sealed and sent (16384)
     max_in_flight        Produce requests in flight per broker (alias
-                         max_in_flight_requests_per_connection); 1 keeps order under retries
+                         max_in_flight_requests_per_connection; default 5); without
+                         idempotence only 1 keeps the order under retries
     retries              resends of a batch after retriable errors (bounded by delivery_timeout_ms)
     retry_backoff_ms     pause before a resend and between metadata refreshes
     compression          None or "zlib" (alias compression_type)
@@ -191,7 +237,9 @@ class Producer:
     """
 
     def __init__(self, bootstrap_servers: str = "localhost:9092", *, client_id: str | None = None,
-                 acks=1, linger_ms: float = 5, batch_size: int = 16384, max_in_flight: int = 5,
+                 enable_idempotence: bool | None = None,
+                 acks="all", linger_ms: float = 5, batch_size: int = 16384,
+                 max_in_flight: int = 5,
                  max_in_flight_requests_per_connection: int | None = None,
                  retries: int = 2147483647, retry_backoff_ms: int = 100,
                  compression: str | None = None, compression_type: str | None = None,
@@ -217,6 +265,11 @@ class Producer:
                 raise ValueError(f"{name} must be a number >= {lo}, not {v!r}.")
         if buffer_memory < batch_size:
             raise ValueError("buffer_memory must be at least batch_size.")
+        if enable_idempotence not in (None, True, False):
+            raise ValueError(f"enable_idempotence must be True or False, not "
+                             f"{enable_idempotence!r}.")
+        self.enable_idempotence = _idempotence(enable_idempotence, self.acks, max_in_flight,
+                                               retries)
         self.client_id = client_id
         self.compression = compression
         self._codec = codec
@@ -265,6 +318,16 @@ class Producer:
         self._metadata_due = 0.0
         self._metadata_next_refresh = 0.0
         self._need_metadata = True
+        # idempotence (I/O thread): the producer id and epoch, each partition's next sequence
+        # and its batches in flight (in sequence order), and the epoch bump under way
+        self._producer_id = -1
+        self._producer_epoch = -1
+        self._pid_in_flight = False
+        self._pid_due = 0.0
+        self._next_seq: dict[tuple[str, int], int] = {}
+        self._inflight: dict[tuple[str, int], list[_Batch]] = {}
+        self._bump_wanted = False
+        self._produce_in_flight = 0
         self._bootstrapped = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -550,6 +613,8 @@ class Producer:
             if self._abort_error is not None:
                 return
             self._maybe_request_metadata(now)
+            if self.enable_idempotence:
+                self._idempotence_turn(now)
             self._drain(now)
             if closing and unfinished == 0 and net.total_in_flight() == 0:
                 return
@@ -558,6 +623,8 @@ class Producer:
                 wake_at = min(wake_at, linger_at)
             if self._need_metadata and not self._metadata_in_flight:
                 wake_at = min(wake_at, self._metadata_due)
+            if self.enable_idempotence and self._producer_id < 0 and not self._pid_in_flight:
+                wake_at = min(wake_at, self._pid_due)
             for q in self._queues.values():
                 if q:
                     wake_at = min(wake_at, max(q[0].retry_at, now + 0.005))
@@ -651,11 +718,86 @@ class Producer:
             self._need_metadata = True
         self._bootstrapped.set()
 
+    # --- idempotence ------------------------------------------------------------------------------
+    def _idempotence_turn(self, now: float) -> None:
+        """Get a producer id when there is none; bump the epoch once it is safe."""
+        if self._bump_wanted and self._produce_in_flight == 0 and not any(
+                b.unknown for q in self._queues.values() for b in q):
+            self._bump_epoch()
+        if self._producer_id >= 0 or self._pid_in_flight or now < self._pid_due or \
+                not self._bootstrapped.is_set():
+            return
+        nodes = self._net.metadata_nodes()
+        if not nodes:
+            return
+        self._pid_in_flight = True
+        self._pid_due = now + self.retry_backoff_s
+        try:
+            self._net.send(nodes[0], "InitProducerId", {"transactional_id": None},
+                           handler=self._on_producer_id,
+                           timeout_ms=min(self.request_timeout_ms, 5000))
+        except ZbError as e:
+            self._on_producer_id(None, None, e)
+
+    def _on_producer_id(self, header: dict | None, _blobs, error: ZbError | None) -> None:
+        self._pid_in_flight = False
+        if error is None:
+            pid, epoch = header.get("producer_id"), header.get("producer_epoch")
+            if isinstance(pid, int) and isinstance(epoch, int) and pid >= 0 and epoch >= 0:
+                self._producer_id, self._producer_epoch = pid, epoch
+                self._next_seq.clear()
+                log.debug("producer id", producer_id=pid, producer_epoch=epoch)
+                return
+            error = UnknownServerError("The broker's InitProducerId response is malformed.")
+        log.debug("InitProducerId failed", error=str(error))
+        if not error.retriable and not isinstance(error, (BrokerConnectionError,
+                                                          RequestTimedOut)):
+            self._abort_error = UnknownServerError(
+                f"The producer could not get a producer id from the brokers "
+                f"({str(error).rstrip('.')}); pass enable_idempotence=False to produce "
+                f"without idempotence.")
+
+    def _bump_epoch(self) -> None:
+        """Nothing is in flight and every batch's fate is known: start a new epoch (a new id
+        after the last epoch) and number what is not acknowledged from 0 again."""
+        self._bump_wanted = False
+        if self._producer_epoch >= PRODUCER_EPOCH_MAX:
+            self._producer_id = self._producer_epoch = -1
+        else:
+            self._producer_epoch += 1
+        self._next_seq.clear()
+        for q in self._queues.values():
+            for b in q:
+                b.base_seq = None
+        log.info("producer epoch bumped", producer_id=self._producer_id,
+                 producer_epoch=self._producer_epoch)
+
+    def _stamp(self, tp, b: _Batch) -> None:
+        seq = self._next_seq.get(tp, 0)
+        b.data = records.with_producer(b.data, self._producer_id, self._producer_epoch, seq)
+        b.base_seq = seq
+        self._next_seq[tp] = (seq + b.count) % (1 << 31)
+
+    def _sendable(self, tp, q) -> bool:
+        """Idempotence: may the head of ``tp``'s queue go now?"""
+        if self._producer_id < 0:
+            return False
+        head = q[0]
+        inflight = self._inflight.get(tp)
+        if self._bump_wanted:           # only resends of batches whose fate is unknown
+            return not inflight and any(b.unknown for b in q)
+        if head.base_seq is not None and inflight:
+            return False                # a resend waits until its partition is quiet
+        return not inflight or len(inflight) < IDEMPOTENT_IN_FLIGHT_MAX
+
     def _drain(self, now: float) -> None:
         net, cluster = self._net, self._net.cluster
         by_node: dict[int, list[tuple[str, int]]] = {}
+        idempotent = self.enable_idempotence
         for tp, q in self._queues.items():
             if not q or q[0].retry_at > now or tp in self._muted:
+                continue
+            if idempotent and not self._sendable(tp, q):
                 continue
             leader = cluster.leader(tp[0], tp[1])
             if leader < 0:
@@ -682,10 +824,28 @@ class Producer:
         mute = self.max_in_flight == 1     # one request per partition in flight: the
         # partition's batches of one request succeed or fail together (one frame), so a retry
         # resends them in order before anything newer
+        idempotent = self.enable_idempotence
         for tp in tps:
             q = self._queues[tp]
             taken, datas = [], []
-            while q and q[0].retry_at <= now:
+            limit = 1 << 30
+            if idempotent:
+                inflight = self._inflight.setdefault(tp, [])
+                limit = IDEMPOTENT_IN_FLIGHT_MAX - len(inflight)
+                if self._bump_wanted:
+                    # Before a new epoch, learn the fate of each batch sent without an answer:
+                    # resent as it was, one at a time, it is a duplicate (written) or refused
+                    # (the leader's sequence check never writes it past an unwritten one).
+                    b = next((b for b in q if b.unknown), None)
+                    if b is not None and b.retry_at <= now:
+                        q.remove(b)
+                        inflight.append(b)
+                        parts.append(protocol.ProducePart(tp[0], tp[1],
+                                                          cluster.leader_epoch(tp[0], tp[1])))
+                        blobs.append(b.data)
+                        context.append((tp, [b]))
+                    continue
+            while q and q[0].retry_at <= now and len(taken) < limit:
                 b = q[0]
                 if b.data is None:
                     if not b.rows:                # no record made it in
@@ -695,11 +855,17 @@ class Producer:
                     self._build(b)
                 if len(b.data) > room and (taken or context):
                     break
+                if idempotent:
+                    if b.base_seq is None:
+                        self._stamp(tp, b)
+                    b.unknown = True            # until the leader answers
                 q.popleft()
                 taken.append(b)
                 datas.append(b.data)
                 room -= len(b.data)
             if taken:
+                if idempotent:
+                    inflight.extend(taken)
                 parts.append(protocol.ProducePart(tp[0], tp[1],
                                                   cluster.leader_epoch(tp[0], tp[1])))
                 blobs.append(datas[0] if len(datas) == 1 else b"".join(datas))
@@ -729,7 +895,9 @@ class Producer:
             return rest
 
         def on_response(header, _blobs, error, node=node, context=context):
+            self._produce_in_flight -= 1
             self._on_produce_response(node, context, header, error)
+        self._produce_in_flight += 1
         try:
             self._net.send(node, "Produce", fields, blobs, handler=on_response)
         except ZbError as e:
@@ -740,8 +908,15 @@ class Producer:
     def _on_produce_response(self, node: int, context: list, header: dict | None,
                              error: ZbError | None) -> None:
         now = _monotonic()
-        for tp, _ in context:
+        for tp, taken in context:
             self._muted.discard(tp)
+            inflight = self._inflight.get(tp)
+            if inflight:
+                for b in taken:
+                    try:
+                        inflight.remove(b)
+                    except ValueError:
+                        pass
         if error is not None:
             if error.invalid_metadata or isinstance(error, (BrokerConnectionError,
                                                             RequestTimedOut)):
@@ -752,11 +927,12 @@ class Producer:
         try:
             results = {(r.topic, r.partition): r for r in protocol.decode_entries(
                 protocol.ProduceResult, header.get("parts") or [], "Produce")}
+            spread = _batch_offsets(header, context)
         except ZbError as e:
             for tp, taken in context:
                 self._retry_or_fail(tp, taken, e, now)
             return
-        for tp, taken in context:
+        for i, (tp, taken) in enumerate(context):
             r = results.get(tp)
             if r is None:
                 self._retry_or_fail(tp, taken, UnknownServerError(
@@ -766,14 +942,29 @@ class Producer:
                 err = errors.make_error(r.err, r.msg)
                 if err.invalid_metadata:
                     self._need_metadata = True
+                if isinstance(err, errors.DuplicateSequenceNumber) and self.enable_idempotence:
+                    self._complete(taken, None, -1, -1)     # written before; offset forgotten
+                    continue
                 self._retry_or_fail(tp, taken, err, now)
                 continue
             self._complete(taken, None, r.base_offset,
-                           r.log_append_time_ms if r.log_append_time_ms is not None else -1)
+                           r.log_append_time_ms if r.log_append_time_ms is not None else -1,
+                           spread.get(i))
 
     def _retry_or_fail(self, tp, taken: list[_Batch], error: ZbError, now: float) -> None:
         taken = [b for b in taken if not b.done]
-        retry = [b for b in taken if error.retriable and b.attempts <= self.retries and
+        retriable = error.retriable
+        if self.enable_idempotence and taken:
+            written = not isinstance(error, _NOT_WRITTEN)
+            for b in taken:
+                b.unknown = written
+            if isinstance(error, errors.OutOfOrderSequenceNumber) and \
+                    self._earlier_unacknowledged(tp, taken[0]):
+                retriable = True        # an earlier batch is being resent: this one follows
+            elif isinstance(error, (errors.OutOfOrderSequenceNumber, errors.UnknownProducerId)):
+                retriable = True        # the leader lost our state or has a gap: new epoch
+                self._bump_wanted = True
+        retry = [b for b in taken if retriable and b.attempts <= self.retries and
                  now + self.retry_backoff_s < b.created + self.delivery_timeout_s and
                  self._abort_error is None]
         fail = [b for b in taken if b not in retry] if len(retry) != len(taken) else []
@@ -781,25 +972,42 @@ class Producer:
             log.debug("retrying batches", topic=tp[0], partition=tp[1], error=str(error),
                       batches=len(retry))
             q = self._queues.setdefault(tp, collections.deque())
-            for b in reversed(retry):
+            for b in retry:
                 b.retry_at = now + self.retry_backoff_s
                 b.last_error = error
-                q.appendleft(b)
+                _insert_in_order(q, b)
         if fail:
+            self._failed_for_good(fail)
             self._complete(fail, error, -1, -1)
 
+    def _earlier_unacknowledged(self, tp, b: _Batch) -> bool:
+        """Is a batch of ``tp`` made before ``b`` still in flight or waiting for a resend?"""
+        for other in self._inflight.get(tp) or ():
+            if other.seq < b.seq:
+                return True
+        q = self._queues.get(tp)
+        return bool(q) and q[0].seq < b.seq and q[0].base_seq is not None
+
+    def _failed_for_good(self, batches: list[_Batch]) -> None:
+        """Idempotence: a stamped batch that will not be sent again leaves a gap in its
+        partition's sequence: the next epoch starts once the rest is resolved."""
+        if self.enable_idempotence and any(b.base_seq is not None for b in batches):
+            self._bump_wanted = True
+
     def _complete(self, batches: list[_Batch], error: ZbError | None, base_offset: int,
-                  log_append_time: int) -> None:
+                  log_append_time: int, offsets: list[int] | None = None) -> None:
         """Record the outcome of ``batches`` (I/O thread). The fields are set without _lock;
         _lock is then taken once, briefly, to hand over callbacks and wake waiters (who check
         ``done`` under _lock, so no wake-up and no callback is lost)."""
         released = 0
         incomplete = self._incomplete
-        for b in batches:
+        for j, b in enumerate(batches):
             if b.done:
                 continue
             b.error = error
-            if error is None and base_offset >= 0:
+            if error is None and offsets is not None and j < len(offsets):
+                b.base_offset = offsets[j]
+            elif error is None and base_offset >= 0:
                 b.base_offset = base_offset
                 base_offset += max(b.count, 1)
             b.log_append_time = log_append_time
@@ -829,6 +1037,7 @@ class Producer:
                 while q and q[0].created + self.delivery_timeout_s <= now:
                     late.append(q.popleft())
                 why = f" (last error: {late[0].last_error})" if late[0].last_error else ""
+                self._failed_for_good(late)
                 self._complete(late, RequestTimedOut(
                     f"Records for {tp[0]}-{tp[1]} could not be delivered within "
                     f"delivery_timeout_ms ({self.delivery_timeout_s * 1000:g} ms){why}."), -1, -1)
@@ -843,6 +1052,35 @@ class Producer:
             left = [b for b in self._incomplete.values()]
         if left:
             self._complete(left, error, -1, -1)
+
+
+def _insert_in_order(q: collections.deque, b: _Batch) -> None:
+    """Put a batch to resend back in its partition's queue in the order batches were made
+    (resends land near the front: the scan is short)."""
+    for i, other in enumerate(q):
+        if other.seq > b.seq:
+            q.insert(i, b)
+            return
+    q.append(b)
+
+
+def _batch_offsets(header: dict, context: list) -> dict[int, list[int]]:
+    """The response's batch_offsets (part index -> each batch's base offset), checked."""
+    raw = header.get("batch_offsets")
+    if not raw:
+        return {}
+    out = {}
+    try:
+        for i, offsets in raw:
+            if not (isinstance(i, int) and 0 <= i < len(context) and
+                    isinstance(offsets, (list, tuple)) and
+                    len(offsets) == len(context[i][1]) and
+                    all(isinstance(o, int) for o in offsets)):
+                raise ValueError
+            out[i] = list(offsets)
+    except (TypeError, ValueError):
+        raise errors.CorruptMessage("The broker sent malformed batch_offsets.") from None
+    return out
 
 
 __all__ = ["Producer", "FutureRecordMetadata"]

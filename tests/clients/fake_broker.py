@@ -11,6 +11,7 @@ import zmq
 
 from tests.procs import free_port
 from zbroker import errors, protocol, records
+from zbroker.storage.producer_state import ProducerStateManager
 
 
 class FakeBroker:
@@ -24,6 +25,10 @@ class FakeBroker:
             self.create(name, n)
         self.requests: list[dict] = []
         self.produce_errors: list[int] = []     # codes answered to the next Produce parts
+        # the leader's sequence checks, as a broker has them (zbroker/storage/producer_state.py)
+        self.producer_state: dict[tuple[str, int], ProducerStateManager] = {}
+        self.next_producer_id = 1000
+        self.drop_responses = 0                 # Produce requests written but not answered
         self.drop_next = 0                      # requests to swallow without answering
         # fn(topic, partition, offset, data) -> data: rewrites the record bytes of a Fetch
         # answer (e.g. to end it inside a batch, as a real fetch may)
@@ -124,7 +129,7 @@ class FakeBroker:
             topics=self._metadata_topics(h.get("topics")))
 
     def _Produce(self, h, blobs):
-        parts = []
+        parts, batch_offsets = [], []
         for (topic, p, _epoch), blob in zip(map(protocol.ProducePart._make, h["parts"]), blobs):
             tp = (topic, p)
             if self.produce_errors:
@@ -135,18 +140,41 @@ class FakeBroker:
                 parts.append(protocol.ProduceResult(topic, p, errors.UnknownTopicOrPartition.code,
                                                     -1, -1, -1, None))
                 continue
-            base = self.next_offset[tp]
             buf = bytearray(blob)
-            off = base
-            for pos, bh in records.validate_batches(buf):
+            found = records.validate_batches(buf)
+            state = self.producer_state.setdefault(tp, ProducerStateManager())
+            try:
+                plan = state.check([bh for _, bh in found])
+            except errors.ZbError as e:
+                parts.append(protocol.ProduceResult(topic, p, e.code, -1, -1, -1, str(e)))
+                continue
+            off = self.next_offset[tp]
+            offsets = []
+            for (pos, bh), dup in zip(found, plan):
+                if dup is not None:
+                    offsets.append(dup.base_offset)
+                    continue
                 records.set_base_offset_and_epoch(buf, off, 0, pos)
                 self.logs[tp].append(bytearray(buf[pos:pos + bh.size]))
+                state.update(bh._replace(base_offset=off))
+                offsets.append(off)
                 off += bh.last_offset_delta + 1
             self.next_offset[tp] = off
-            parts.append(protocol.ProduceResult(topic, p, 0, base, -1, 0, None))
+            if any(d is not None for d in plan) and len(offsets) > 1:
+                batch_offsets.append([len(parts), offsets])
+            parts.append(protocol.ProduceResult(topic, p, 0, offsets[0], -1, 0, None))
         if h["acks"] == 0:
             return None
-        return protocol.encode_response(h["id"], parts=parts)
+        if self.drop_responses:
+            self.drop_responses -= 1
+            return None
+        extra = {"batch_offsets": batch_offsets} if batch_offsets else {}
+        return protocol.encode_response(h["id"], parts=parts, **extra)
+
+    def _InitProducerId(self, h, blobs):
+        self.next_producer_id += 1
+        return protocol.encode_response(h["id"], producer_id=self.next_producer_id - 1,
+                                        producer_epoch=0)
 
     def _Fetch(self, h, blobs):
         parts, out = [], []

@@ -19,6 +19,7 @@ import threading
 import time
 
 from zbroker import errors as zerrors
+from zbroker import records as zrecords
 
 OK = "ok"
 
@@ -27,11 +28,13 @@ class Attempt:
     """One Produce request: where it went, its partitions and blobs, and per partition how it
     ended (``OK``, an error class name, or None while in flight)."""
 
-    __slots__ = ("node", "parts", "blobs", "sent_at", "answered_at", "outcome")
+    __slots__ = ("node", "parts", "blobs", "sent_at", "answered_at", "outcome", "batches")
 
-    def __init__(self, node: int, parts: list, blobs: list | None, sent_at: float):
+    def __init__(self, node: int, parts: list, blobs: list | None, sent_at: float,
+                 batches: list[int] | None = None):
         self.node = node
         self.parts = parts                      # [(topic, partition)]
+        self.batches = batches or [0] * len(parts)  # record batches per part
         self.blobs = blobs
         self.sent_at = sent_at
         self.answered_at: float | None = None
@@ -46,7 +49,9 @@ class ProduceSpy:
         self.lock = threading.Lock()
         self.attempts: list[Attempt] = []
         self.max_in_flight_per_partition = 0
+        self.max_batches_in_flight_per_partition = 0
         self._in_flight: collections.Counter = collections.Counter()
+        self._batches_in_flight: collections.Counter = collections.Counter()
         net = producer._net
         real_send = net.send
 
@@ -54,14 +59,18 @@ class ProduceSpy:
             if api != "Produce":
                 return real_send(node_id, api, fields, blobs, handler, timeout_ms)
             parts = [(p[0], p[1]) for p in fields["parts"]]
+            counts = [sum(1 for _ in zrecords.iter_batches(b)) for b in blobs]
             a = Attempt(node_id, parts, [bytes(b) for b in blobs] if keep_blobs else None,
-                        time.monotonic())
+                        time.monotonic(), counts)
             with self.lock:
                 self.attempts.append(a)
-                for tp in parts:
+                for tp, n in zip(parts, counts):
                     self._in_flight[tp] += 1
                     self.max_in_flight_per_partition = max(self.max_in_flight_per_partition,
                                                            self._in_flight[tp])
+                    self._batches_in_flight[tp] += n
+                    self.max_batches_in_flight_per_partition = max(
+                        self.max_batches_in_flight_per_partition, self._batches_in_flight[tp])
             if handler is None:                 # acks=0: no answer is coming
                 try:
                     return real_send(node_id, api, fields, blobs, None, timeout_ms)
@@ -97,8 +106,9 @@ class ProduceSpy:
         with self.lock:
             a.outcome = outcome
             a.answered_at = time.monotonic()
-            for tp in a.parts:
+            for tp, n in zip(a.parts, a.batches):
                 self._in_flight[tp] -= 1
+                self._batches_in_flight[tp] -= n
 
     def errors(self) -> collections.Counter:
         """Error name -> how many partitions of Produce requests ended with it."""
