@@ -1,11 +1,13 @@
 """A seeded, deterministic simulation of one replicated partition: the real replication state
 machine (zbroker.replication.ReplicaCore) on every broker, the real controller decision
 (zbroker.broker.controller.decide_partition), a coordinator model with sessions, versioned
-partition state and compare-and-set ISR writes, a producer writing acks=all, and a network and
+partition state and compare-and-set ISR writes, an idempotent producer writing acks=all (the
+leaders check its sequences with the broker's own ProducerStateManager), and a network and
 fault schedule chosen by the seed.
 
 Time is simulated (``Sim.now``); nothing sleeps. Faults: messages dropped, delayed (so
-reordered), duplicated; links cut both ways for a while (a broker cut from its peers, or from the
+reordered), duplicated (between brokers and the coordinator; a client's link is one TCP
+connection: lost or slow, in order); links cut both ways for a while (a broker cut from its peers, or from the
 coordinator); brokers killed (process crash: the log survives) and restarted, paused (SIGSTOP:
 everything sent to them waits) and resumed, and powered off (the log keeps only what was
 flushed). Faults never overlap so much that the configuration's promise is void: at most one
@@ -18,7 +20,7 @@ After every event the checker asserts:
   replica that holds that offset, and offsets in every log are contiguous;
 - every acks=all-acknowledged record is in the current leader's log at its offset.
 At the end the faults heal, and every replica must converge to the same log, holding every
-acknowledged record.
+acknowledged record, each value once, in the order the producer sent them.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ LAG_MAX_S = 1.0
 FETCH_WAIT_S = 0.05
 REQUEST_TIMEOUT_S = 0.5
 PRODUCE_TIMEOUT_S = 1.0
+CLIENT_TIMEOUT_S = 0.4          # the producer resends what got no answer (a lost message)
 COORDINATOR = 0
 CLIENT = -1
 
@@ -63,6 +66,7 @@ class Sim:
         self.drop_p = self.rng.choice([0.0, 0.01, 0.05]) if faults else 0.0
         self.dup_p = self.rng.choice([0.0, 0.01, 0.05]) if faults else 0.0
         self.cut: set[frozenset] = set()            # links cut (both ways)
+        self._link_free: dict[tuple, float] = {}    # client link -> when its last message lands
         self.coordinator = Coordinator(self, list(range(1, n_brokers + 1)))
         self.brokers = {b: Broker(self, b) for b in range(1, n_brokers + 1)}
         self.producer = Producer(self)
@@ -97,11 +101,19 @@ class Sim:
     def send(self, src: int, dst: int, msg: tuple) -> None:
         if frozenset((src, dst)) in self.cut or self.rng.random() < self.drop_p:
             return
-        copies = 2 if self.rng.random() < self.dup_p else 1
+        # A client talks to a broker over one TCP connection: its messages may be lost (the
+        # connection drops) or slow, but never duplicated or reordered, which the producer
+        # counts on (an answer to a resend tells the fate of the copies sent before it).
+        client = CLIENT in (src, dst)
+        copies = 2 if self.rng.random() < self.dup_p and not client else 1
         for _ in range(copies):
             delay = 0.0005 + self.rng.expovariate(1 / 0.002)
             if self.rng.random() < 0.02:
                 delay += self.rng.uniform(0.05, 0.5)            # a slow path: reorders
+            if client:
+                link = (src, dst)
+                delay = max(delay, self._link_free.get(link, 0.0) - self.now)
+                self._link_free[link] = self.now + delay
             self.at(delay, self._deliver, src, dst, msg)
 
     def _deliver(self, src: int, dst: int, msg: tuple) -> None:
@@ -386,22 +398,23 @@ class Broker:
                                                      self.sim.now))
 
     # --- as leader ---------------------------------------------------------------------------
-    def on_produce(self, src, req, values, epoch) -> None:
+    def on_produce(self, src, req, values, epoch, producer) -> None:
         core = self.core
         if not self.serving() or epoch != core.leader_epoch:
             self.sim.send(self.id, src, ("produce_done", req, "NotLeaderOrFollower"))
             return
         try:
             core.check_produce(-1)
+            base, end, written = self.log.append(values, core.leader_epoch, producer)
         except errors.ZbError as e:
             self.sim.send(self.id, src, ("produce_done", req, type(e).__name__))
             return
-        base = self.log.append(values, core.leader_epoch)
-        self.sim.checker.appended_as_leader(self, core.leader_epoch)
         token = (self.life, req)
         self.waiting[token] = (src, base)
-        self._carry_out(core.on_leader_append())
-        self._carry_out(core.wait_for_high_watermark(token, self.log.log_end_offset))
+        if written:
+            self.sim.checker.appended_as_leader(self, core.leader_epoch)
+            self._carry_out(core.on_leader_append())
+        self._carry_out(core.wait_for_high_watermark(token, end))    # a duplicate: its commit
         self.sim.at(PRODUCE_TIMEOUT_S, self._produce_timeout, token)
 
     def _produce_timeout(self, token) -> None:
@@ -522,13 +535,23 @@ class Broker:
 
 
 class Producer:
-    """Writes single-record batches with acks=all to whoever the metadata says leads; a value
-    is acknowledged only by an answer without error."""
+    """An idempotent producer of single-record batches with acks=all, by the client library's
+    rules: each batch carries its sequence, at most five are in flight, a batch is resent as it
+    was until an answer without error acknowledges it (a duplicate is answered with its first
+    offset). UNKNOWN_PRODUCER_ID or OUT_OF_ORDER_SEQUENCE_NUMBER on the oldest unacknowledged
+    batch start a new epoch, once every batch sent without an answer has been resent and
+    answered; the new epoch numbers what is left from 0."""
+
+    PRODUCER_ID = 77
 
     def __init__(self, sim: Sim):
         self.sim = sim
         self.values = itertools.count()
-        self.pending: dict[int, tuple] = {}     # req -> (values, sent at)
+        self.epoch = 0
+        self.next_seq = 0
+        self.unacked: list[list] = []           # [seq, values, fate unknown] in sequence order
+        self.in_flight: dict[int, tuple] = {}   # req -> (seq, epoch, sent at)
+        self.bump_wanted = False
         self.stopping = False
         self.ids = itertools.count(1)
 
@@ -538,25 +561,57 @@ class Producer:
     def _send(self) -> None:
         if self.stopping:
             return
-        for req, (values, sent) in list(self.pending.items()):
-            if self.sim.now - sent > PRODUCE_TIMEOUT_S + 0.2:
-                del self.pending[req]           # gave up (the request or its answer was lost)
+        for req, (_, _, sent) in list(self.in_flight.items()):
+            if self.sim.now - sent > CLIENT_TIMEOUT_S:
+                del self.in_flight[req]         # no answer: its fate stays unknown
+        if self.bump_wanted and not self.in_flight and not any(b[2] for b in self.unacked):
+            self.epoch += 1
+            self.bump_wanted = False
+            for i, batch in enumerate(self.unacked):
+                batch[0] = i
+            self.next_seq = len(self.unacked)
+            self.sim.log(f"producer: new epoch {self.epoch}")
+        if len(self.unacked) < 5 and not self.bump_wanted:
+            self.unacked.append([self.next_seq, (next(self.values),), False])
+            self.next_seq += 1
         st = self.sim.coordinator.state       # the client's metadata (read straight away)
-        if st.leader != md.NO_LEADER and len(self.pending) < 5:
-            req = next(self.ids)
-            values = (next(self.values),)
-            self.pending[req] = (values, self.sim.now)
-            self.sim.send(CLIENT, st.leader, ("produce", req, values, st.leader_epoch))
+        busy = {seq for seq, _, _ in self.in_flight.values()}
+        if st.leader != md.NO_LEADER:
+            for batch in self.unacked:          # in sequence order, the oldest first
+                seq, values, unknown = batch
+                if len(self.in_flight) >= (1 if self.bump_wanted else 5):
+                    break
+                if seq in busy or (self.bump_wanted and not unknown):
+                    continue
+                req = next(self.ids)
+                batch[2] = True
+                self.in_flight[req] = (seq, self.epoch, self.sim.now)
+                self.sim.send(CLIENT, st.leader, ("produce", req, values, st.leader_epoch,
+                                                  (self.PRODUCER_ID, self.epoch, seq)))
         self.sim.at(self.sim.rng.uniform(0.005, 0.03), self._send)
 
     def receive(self, src: int, msg: tuple) -> None:
         _, req, err, *rest = msg
-        got = self.pending.pop(req, None)
-        if got is None or err:
+        got = self.in_flight.pop(req, None)
+        if got is None:
             return
-        values, _ = got
-        for i, v in enumerate(values):
-            self.sim.checker.acked(v, rest[0] + i, src)
+        seq, epoch, _ = got
+        if epoch != self.epoch:
+            return
+        at = next((i for i, b in enumerate(self.unacked) if b[0] == seq), None)
+        if at is None:
+            return
+        if err in ("UnknownProducerId", "OutOfOrderSequenceNumber", "NotLeaderOrFollower",
+                   "NotEnoughReplicas", "InvalidProducerEpoch"):
+            self.unacked[at][2] = False         # refused: not written
+            if err in ("UnknownProducerId", "OutOfOrderSequenceNumber") and at == 0:
+                self.bump_wanted = True
+            return
+        if err:
+            return                              # e.g. a timeout after the append: unknown
+        values = self.unacked.pop(at)[1]
+        for j, v in enumerate(values):
+            self.sim.checker.acked(v, rest[0] + j, src)
 
 
 class Checker:
@@ -634,7 +689,13 @@ class Checker:
         for v, o in self.acks.items():
             if first.get(o, (None, None))[1] != v:
                 self.fail(f"acknowledged value {v} at offset {o} lost (holds {first.get(o)})")
-        if len(self.acks) < 10:
+        values = [first[o][1] for o in sorted(first)]
+        if len(set(values)) != len(values):
+            twice = sorted(v for v in set(values) if values.count(v) > 1)
+            self.fail(f"values written more than once: {twice[:5]}")
+        if values != sorted(values):
+            self.fail("the producer's values are not in the order it sent them")
+        if len(self.acks) < 5:     # (the producer waits for its oldest batch, in order)
             self.fail(f"only {len(self.acks)} values were acknowledged")
 
 

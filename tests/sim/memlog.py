@@ -6,7 +6,9 @@ offsets continue the log exactly, epochs never go back (the same checks as Parti
 the same CorruptMessage), truncation drops whole batches and the epochs that start after the new
 end (the real LeaderEpochCache, kept in memory), the log start offset moves by DeleteRecords or
 retention, and a power loss keeps only what was flushed (``flushed_offset``), as a machine crash
-does to a log left to the page cache; a process crash keeps everything.
+does to a log left to the page cache; a process crash keeps everything. Idempotent producers'
+batches are checked and remembered by the broker's own ProducerStateManager, rebuilt from the
+batches after a truncation or a power loss, as PartitionLog rebuilds it from the log.
 """
 
 from __future__ import annotations
@@ -14,17 +16,27 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from zbroker.errors import CorruptMessage, OffsetOutOfRange
+from zbroker.records import BatchHeader
 from zbroker.storage.checkpoints import LeaderEpochCache
+from zbroker.storage.producer_state import ProducerStateManager
+
+NO_PRODUCER = (-1, -1, -1)
 
 
 class Batch(NamedTuple):
     base_offset: int
     epoch: int
     values: tuple       # one value per record
+    producer: tuple = NO_PRODUCER   # (producer id, producer epoch, base sequence)
 
     @property
     def next_offset(self) -> int:
         return self.base_offset + len(self.values)
+
+    def header(self) -> BatchHeader:
+        pid, pepoch, seq = self.producer
+        return BatchHeader(self.base_offset, 0, self.epoch, 2, 0, 0, len(self.values) - 1,
+                           0, 0, pid, pepoch, seq, len(self.values))
 
 
 class MemoryLog:
@@ -35,6 +47,7 @@ class MemoryLog:
         self._end = 0
         self.flushed_offset = 0
         self.high_watermark_checkpoint = 0
+        self.producer_state = ProducerStateManager()
 
     @property
     def log_start_offset(self) -> int:
@@ -45,18 +58,26 @@ class MemoryLog:
         return self._end
 
     # --- writes --------------------------------------------------------------------------------
-    def append(self, values: tuple, leader_epoch: int) -> int:
-        """As leader: one batch of ``values`` at the log end. Returns its base offset."""
+    def append(self, values: tuple, leader_epoch: int,
+               producer: tuple = NO_PRODUCER) -> tuple[int, int, bool]:
+        """As leader: one batch of ``values`` at the log end, unless it duplicates one an
+        idempotent producer wrote (raises the ZbError the sequence checks name). Returns its
+        base offset, the offset after it and whether it was written now."""
+        dup, = self.producer_state.check([Batch(self._end, leader_epoch, tuple(values),
+                                                producer).header()])
+        if dup is not None:
+            return dup.base_offset, dup.last_offset + 1, False
         cache = self.leader_epoch_cache
         if leader_epoch < cache.latest_epoch:
             raise ValueError(f"leader epoch {leader_epoch} is older than the log's "
                              f"{cache.latest_epoch}")
         if leader_epoch > cache.latest_epoch:
             cache.assign(leader_epoch, self._end)
-        b = Batch(self._end, leader_epoch, tuple(values))
+        b = Batch(self._end, leader_epoch, tuple(values), producer)
         self.batches.append(b)
         self._end = b.next_offset
-        return b.base_offset
+        self.producer_state.update(b.header())
+        return b.base_offset, b.next_offset, True
 
     def append_as_follower(self, blob: tuple) -> None:
         expected = self._end
@@ -77,6 +98,14 @@ class MemoryLog:
             self.leader_epoch_cache.assign(epoch, start)
         self.batches.extend(blob)
         self._end = expected
+        for b in blob:
+            self.producer_state.update(b.header())
+
+    def _rebuild_producers(self) -> None:
+        self.producer_state.clear()
+        for b in self.batches:
+            self.producer_state.update(b.header())
+        self.producer_state.evict_below(self._start)
 
     def truncate_to(self, offset: int) -> None:
         if offset >= self._end:
@@ -90,12 +119,14 @@ class MemoryLog:
         self.leader_epoch_cache.truncate_from_end(self._end)
         self.flushed_offset = min(self.flushed_offset, self._end)
         self.high_watermark_checkpoint = min(self.high_watermark_checkpoint, self._end)
+        self._rebuild_producers()
 
     def truncate_fully_and_start_at(self, offset: int) -> None:
         self.batches = []
         self._start = self._end = self.flushed_offset = offset
         self.leader_epoch_cache.clear()
         self.high_watermark_checkpoint = offset
+        self.producer_state.clear()
 
     def delete_records_before(self, offset: int) -> int:
         if offset > self._end or offset < 0:
@@ -104,6 +135,7 @@ class MemoryLog:
             self._start = offset
             self.leader_epoch_cache.truncate_from_start(offset)
             self.batches = [b for b in self.batches if b.next_offset > offset]
+            self.producer_state.evict_below(offset)
         return self._start
 
     def flush(self) -> None:
@@ -116,6 +148,7 @@ class MemoryLog:
         self._end = keep[-1].next_offset if keep else self._start
         self.leader_epoch_cache.truncate_from_end(self._end)
         self.high_watermark_checkpoint = min(self.high_watermark_checkpoint, self._end)
+        self._rebuild_producers()
 
     # --- reads ---------------------------------------------------------------------------------
     def read(self, offset: int, max_batches: int) -> tuple:

@@ -56,3 +56,11 @@ def test_a_follower_that_never_truncates_is_caught(monkeypatch):
                         lambda self, epoch, end, why: ([], True))
     failure = first_failure(40)
     assert failure is not None and ("converge" in failure or "committed" in failure), failure
+
+
+@pytest.mark.timeout(120)
+def test_a_leader_that_does_not_deduplicate_is_caught(monkeypatch):
+    from zbroker.storage.producer_state import ProducerStateManager
+    monkeypatch.setattr(ProducerStateManager, "check", lambda self, headers: [None] * len(headers))
+    failure = first_failure(40)
+    assert failure is not None and "more than once" in failure, failure
