@@ -958,8 +958,8 @@ class Producer:
             written = not isinstance(error, _NOT_WRITTEN)
             for b in taken:
                 b.unknown = written
-            if isinstance(error, errors.OutOfOrderSequenceNumber) and \
-                    self._earlier_unacknowledged(tp, taken[0]):
+            if isinstance(error, (errors.OutOfOrderSequenceNumber, errors.UnknownProducerId)) \
+                    and self._earlier_unacknowledged(tp, taken[0]):
                 retriable = True        # an earlier batch is being resent: this one follows
             elif isinstance(error, (errors.OutOfOrderSequenceNumber, errors.UnknownProducerId)):
                 retriable = True        # the leader lost our state or has a gap: new epoch
