@@ -1,12 +1,14 @@
 """Client benchmark: producer and consumer records/s against one broker (acks=1, 100-byte
-records, one partition).
+records, one partition), and what idempotence costs the producer (acks=all, off against on).
 
     python benchmarks/bench_produce.py
 
 Starts its own coordinator and broker on free loopback ports with temporary data directories,
 then: the producer (acks=1, linger_ms=5, batch_size BENCH_BATCH_BYTES, default 16384 as
 Kafka's) calls ``send()`` once per record for BENCH_RECORDS records (default 2,000,000) and
-flushes; a consumer reads them all back from the beginning. Stops everything and
+flushes; a consumer reads them all back from the beginning. Then the same producer with
+acks=all, idempotence off and on in turn, BENCH_ROUNDS (3) times each, each into a fresh topic;
+the figures are the medians. Stops everything and
 prints the figures last, as one line of name=value pairs. Client and broker share this
 machine's cores, as they would in the quick start.
 """
@@ -14,6 +16,7 @@ machine's cores, as they would in the quick start.
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -27,11 +30,13 @@ from tests.procs import BrokerProc, CoordinatorProc, Procs  # noqa: E402
 RECORDS = int(os.environ.get("BENCH_RECORDS", "2000000"))
 RECORD_BYTES = 100
 BATCH_BYTES = int(os.environ.get("BENCH_BATCH_BYTES", "16384"))    # Kafka's batch.size default
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 
 
-def produce(bootstrap: str, topic: str) -> tuple[float, float]:
+def produce(bootstrap: str, topic: str, **settings) -> tuple[float, float]:
     value = b"x" * RECORD_BYTES
-    with Producer(bootstrap, acks=1, linger_ms=5, batch_size=BATCH_BYTES) as p:
+    settings = {"acks": 1, **settings}
+    with Producer(bootstrap, linger_ms=5, batch_size=BATCH_BYTES, **settings) as p:
         send = p.send
         send(topic, value).result(30)              # metadata and connection are warm
         start = time.perf_counter()
@@ -88,12 +93,28 @@ def main() -> None:
             c_rate, c_s = consume(broker.address, "bench")
             print(f"  {c_rate:,.0f} records/s ({c_rate * RECORD_BYTES / 1e6:.1f} MB/s) in "
                   f"{c_s:.1f} s", flush=True)
+            print(f"producer, acks=all, idempotence off and on in turn, {ROUNDS} times ...",
+                  flush=True)
+            rates = {False: [], True: []}
+            with AdminClient(broker.address) as admin:
+                for r in range(ROUNDS):
+                    for idem in (False, True):
+                        topic = f"idem-{'on' if idem else 'off'}-{r}"
+                        admin.create_topic(topic, 1, 1)
+                        rate, _ = produce(broker.address, topic, acks="all",
+                                          enable_idempotence=idem)
+                        rates[idem].append(rate)
+                        print(f"  idempotence {'on ' if idem else 'off'}: {rate:,.0f} "
+                              f"records/s", flush=True)
+            idem_on, idem_off = statistics.median(rates[True]), statistics.median(rates[False])
         finally:
             procs.cleanup()
     print(f"producer_records_per_s={p_rate:.0f} producer_mb_per_s={p_rate * RECORD_BYTES / 1e6:.1f}"
           f" consumer_records_per_s={c_rate:.0f} "
           f"consumer_mb_per_s={c_rate * RECORD_BYTES / 1e6:.1f} records={RECORDS} "
-          f"record_bytes={RECORD_BYTES} batch_bytes={BATCH_BYTES} linger_ms=5 acks=1 partitions=1")
+          f"record_bytes={RECORD_BYTES} batch_bytes={BATCH_BYTES} linger_ms=5 acks=1 partitions=1 "
+          f"acks_all_records_per_s={idem_off:.0f} idempotent_records_per_s={idem_on:.0f} "
+          f"idempotence_cost_pct={(1 - idem_on / idem_off) * 100:.1f}")
 
 
 if __name__ == "__main__":

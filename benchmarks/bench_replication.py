@@ -7,7 +7,9 @@ the default coordinator.session.timeout.ms of 6000 unless BENCH_SESSION_MS says 
 measures:
 
 1. throughput: one Producer (acks=all, send() per record) writes BENCH_RECORDS (default
-   300,000) 100-byte records to a 3-partition topic (RF=3, min.insync.replicas=2) and flushes;
+   300,000) 100-byte records to a 3-partition topic (RF=3, min.insync.replicas=2) and flushes,
+   with idempotence off and on, alternately, BENCH_ROUNDS (2) times each (the figure is each
+   one's median; the default producer is the idempotent one);
 2. end-to-end latency at BENCH_RATE (default 10,000) records/s for 5 s, with linger_ms 1 and
    then with linger_ms 0: a Consumer in a process of its own reads what the paced acks=all
    producer writes; latency =
@@ -47,12 +49,13 @@ RECORDS = int(os.environ.get("BENCH_RECORDS", "300000"))
 RATE = int(os.environ.get("BENCH_RATE", "10000"))
 KILLS = int(os.environ.get("BENCH_KILLS", "3"))
 SESSION_MS = int(os.environ.get("BENCH_SESSION_MS", "6000"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 RECORD_BYTES = 100
 
 
-def throughput(bootstrap: str) -> float:
+def throughput(bootstrap: str, idempotence: bool) -> float:
     value = b"x" * RECORD_BYTES
-    with Producer(bootstrap, acks="all", linger_ms=5) as p:
+    with Producer(bootstrap, acks="all", linger_ms=5, enable_idempotence=idempotence) as p:
         p.send("tput", value).result(30)
         start = time.perf_counter()
         send = p.send
@@ -231,8 +234,15 @@ def main() -> None:
             time.sleep(1.0)
             print(f"throughput: {RECORDS:,} records of {RECORD_BYTES} bytes, acks=all, RF=3, "
                   f"3 partitions ...", flush=True)
-            rate = throughput(cluster.bootstrap)
-            print(f"  {rate:,.0f} records/s ({rate * RECORD_BYTES / 1e6:.1f} MB/s)", flush=True)
+            rates = {False: [], True: []}
+            for _ in range(ROUNDS):
+                for idem in (False, True):
+                    rates[idem].append(throughput(cluster.bootstrap, idem))
+                    print(f"  idempotence {'on ' if idem else 'off'}: {rates[idem][-1]:,.0f} "
+                          f"records/s ({rates[idem][-1] * RECORD_BYTES / 1e6:.1f} MB/s)",
+                          flush=True)
+            rate = statistics.median(rates[True])
+            rate_off = statistics.median(rates[False])
             print(f"end-to-end latency at {RATE:,} records/s for 5 s ...", flush=True)
             p50, p99 = latency(cluster.bootstrap, 1)
             print(f"  linger_ms 1: median {p50:.2f} ms, p99 {p99:.2f} ms", flush=True)
@@ -254,6 +264,8 @@ def main() -> None:
         finally:
             procs.cleanup()
     print(f"acks_all_records_per_s={rate:.0f} acks_all_mb_per_s={rate * RECORD_BYTES / 1e6:.1f} "
+          f"acks_all_no_idempotence_records_per_s={rate_off:.0f} "
+          f"idempotence_cost_pct={(1 - rate / rate_off) * 100:.1f} "
           f"e2e_latency_p50_ms={p50:.2f} e2e_latency_p99_ms={p99:.2f} "
           f"e2e_latency_linger0_p50_ms={z50:.2f} e2e_latency_linger0_p99_ms={z99:.2f} "
           f"e2e_rate={RATE} zmq_send_spaced_us={spaced_us:.1f} zmq_send_burst_us={burst_us:.1f} "

@@ -26,9 +26,10 @@ How it works (the design of ../shared/DESIGN.md, "Clients"):
 * Idempotence (the default, as in Kafka since 3.0): the producer gets a producer id and epoch
   from a broker (InitProducerId) and stamps each batch, when it is first sent, with the next
   sequence number of its partition. The leader writes a batch once: a resend of a batch it has
-  is answered with the original offsets, a gap is refused. At most five batches of a partition
-  are in flight (the leader remembers its last five), and a resend goes out only once nothing
-  of its partition is in flight, so the log order is the ``send()`` order per partition. When a
+  is answered with the original offsets, a gap is refused. At most five requests carry a
+  partition's batches at a time (the leader remembers the producer's last five runs of
+  batches, zbroker/storage/producer_state.py), and a resend goes out only once nothing of its
+  partition is in flight, so the log order is the ``send()`` order per partition. When a
   leader has lost the producer's state (UNKNOWN_PRODUCER_ID) or a batch failed for good and
   left a gap, the producer first resolves every batch whose fate it does not know (resending
   it as it was), then bumps its epoch and numbers what is not acknowledged from 0 again.
@@ -173,7 +174,7 @@ def _acks(value) -> int:
     raise ValueError(f"acks must be 0, 1, -1 or 'all', not {value!r}.")
 
 
-IDEMPOTENT_IN_FLIGHT_MAX = 5        # the batches of a partition a leader remembers
+IDEMPOTENT_IN_FLIGHT_MAX = 5        # requests of a partition in flight: the runs a leader keeps
 PRODUCER_EPOCH_MAX = (1 << 15) - 1
 # Errors that say the leader did not write the batch: anything else leaves its fate unknown.
 _NOT_WRITTEN = (errors.NotLeaderOrFollower, errors.UnknownTopicOrPartition,
@@ -319,13 +320,14 @@ class Producer:
         self._metadata_next_refresh = 0.0
         self._need_metadata = True
         # idempotence (I/O thread): the producer id and epoch, each partition's next sequence
-        # and its batches in flight (in sequence order), and the epoch bump under way
+        # and its frames in flight (each a list of batches, in sequence order), and the epoch
+        # bump under way
         self._producer_id = -1
         self._producer_epoch = -1
         self._pid_in_flight = False
         self._pid_due = 0.0
         self._next_seq: dict[tuple[str, int], int] = {}
-        self._inflight: dict[tuple[str, int], list[_Batch]] = {}
+        self._inflight: dict[tuple[str, int], list[list[_Batch]]] = {}
         self._bump_wanted = False
         self._produce_in_flight = 0
         self._bootstrapped = threading.Event()
@@ -788,7 +790,7 @@ class Producer:
             return not inflight and any(b.unknown for b in q)
         if head.base_seq is not None and inflight:
             return False                # a resend waits until its partition is quiet
-        return not inflight or len(inflight) < IDEMPOTENT_IN_FLIGHT_MAX
+        return len(inflight or ()) < IDEMPOTENT_IN_FLIGHT_MAX
 
     def _drain(self, now: float) -> None:
         net, cluster = self._net, self._net.cluster
@@ -828,10 +830,10 @@ class Producer:
         for tp in tps:
             q = self._queues[tp]
             taken, datas = [], []
-            limit = 1 << 30
             if idempotent:
+                if not q or not self._sendable(tp, q):
+                    continue            # (this request already took what may go now)
                 inflight = self._inflight.setdefault(tp, [])
-                limit = IDEMPOTENT_IN_FLIGHT_MAX - len(inflight)
                 if self._bump_wanted:
                     # Before a new epoch, learn the fate of each batch sent without an answer:
                     # resent as it was, one at a time, it is a duplicate (written) or refused
@@ -839,13 +841,14 @@ class Producer:
                     b = next((b for b in q if b.unknown), None)
                     if b is not None and b.retry_at <= now:
                         q.remove(b)
-                        inflight.append(b)
+                        frame = [b]
+                        inflight.append(frame)
                         parts.append(protocol.ProducePart(tp[0], tp[1],
                                                           cluster.leader_epoch(tp[0], tp[1])))
                         blobs.append(b.data)
-                        context.append((tp, [b]))
+                        context.append((tp, frame))
                     continue
-            while q and q[0].retry_at <= now and len(taken) < limit:
+            while q and q[0].retry_at <= now:
                 b = q[0]
                 if b.data is None:
                     if not b.rows:                # no record made it in
@@ -865,7 +868,7 @@ class Producer:
                 room -= len(b.data)
             if taken:
                 if idempotent:
-                    inflight.extend(taken)
+                    inflight.append(taken)
                 parts.append(protocol.ProducePart(tp[0], tp[1],
                                                   cluster.leader_epoch(tp[0], tp[1])))
                 blobs.append(datas[0] if len(datas) == 1 else b"".join(datas))
@@ -912,11 +915,10 @@ class Producer:
             self._muted.discard(tp)
             inflight = self._inflight.get(tp)
             if inflight:
-                for b in taken:
-                    try:
-                        inflight.remove(b)
-                    except ValueError:
-                        pass
+                for i, frame in enumerate(inflight):
+                    if frame is taken:
+                        del inflight[i]
+                        break
         if error is not None:
             if error.invalid_metadata or isinstance(error, (BrokerConnectionError,
                                                             RequestTimedOut)):
@@ -982,8 +984,8 @@ class Producer:
 
     def _earlier_unacknowledged(self, tp, b: _Batch) -> bool:
         """Is a batch of ``tp`` made before ``b`` still in flight or waiting for a resend?"""
-        for other in self._inflight.get(tp) or ():
-            if other.seq < b.seq:
+        for frame in self._inflight.get(tp) or ():
+            if frame[0].seq < b.seq:
                 return True
         q = self._queues.get(tp)
         return bool(q) and q[0].seq < b.seq and q[0].base_seq is not None

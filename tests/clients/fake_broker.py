@@ -29,6 +29,7 @@ class FakeBroker:
         self.producer_state: dict[tuple[str, int], ProducerStateManager] = {}
         self.next_producer_id = 1000
         self.drop_responses = 0                 # Produce requests written but not answered
+        self.produce_delay_s = 0.0              # a slow disk: each Produce takes this long
         self.drop_next = 0                      # requests to swallow without answering
         # fn(topic, partition, offset, data) -> data: rewrites the record bytes of a Fetch
         # answer (e.g. to end it inside a batch, as a real fetch may)
@@ -129,6 +130,8 @@ class FakeBroker:
             topics=self._metadata_topics(h.get("topics")))
 
     def _Produce(self, h, blobs):
+        if self.produce_delay_s:
+            time.sleep(self.produce_delay_s)
         parts, batch_offsets = [], []
         for (topic, p, _epoch), blob in zip(map(protocol.ProducePart._make, h["parts"]), blobs):
             tp = (topic, p)

@@ -7,8 +7,7 @@ import pytest
 
 from zbroker import errors, records as r
 from zbroker.storage import PartitionLog
-from zbroker.storage.producer_state import (BATCHES_KEPT, SEQUENCE_MODULUS,
-                                            ProducerStateManager)
+from zbroker.storage.producer_state import RUNS_KEPT, SEQUENCE_MODULUS, ProducerStateManager
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -68,18 +67,28 @@ def test_epochs_fence_and_a_new_epoch_starts_at_zero():
     with pytest.raises(errors.OutOfOrderSequenceNumber):
         s.check([header(7, 2, 5)])
     assert write(s, header(7, 2, 0, 1, 2)) == [None]
-    assert s.entries[7].epoch == 2 and len(s.entries[7].batches) == 1
+    assert s.entries[7].epoch == 2 and len(s.entries[7].runs) == 1
 
 
-def test_only_the_last_five_batches_are_remembered():
+def test_batches_written_back_to_back_make_one_run():
     s = ProducerStateManager()
-    for i in range(BATCHES_KEPT + 2):
-        write(s, header(7, 0, i, 1, i))
-    assert len(s.entries[7].batches) == BATCHES_KEPT
+    for i in range(0, 300, 3):             # 100 batches of 3, one after the other
+        write(s, header(7, 0, i, 3, i))
+    assert len(s.entries[7].runs) == 1
+    for seq in (0, 150, 297):              # every batch of the run is known, with its offsets
+        dup, = s.check([header(7, 0, seq, 3)])
+        assert (dup.base_offset, dup.last_offset) == (seq, seq + 2)
+
+
+def test_only_the_last_five_runs_are_remembered():
+    s = ProducerStateManager()
+    for i in range(RUNS_KEPT + 2):         # another producer wrote between each: no run grows
+        write(s, header(7, 0, i, 1, 2 * i))
+    assert len(s.entries[7].runs) == RUNS_KEPT
     with pytest.raises(errors.DuplicateSequenceNumber):
         s.check([header(7, 0, 0)])
     dup, = s.check([header(7, 0, 2)])
-    assert dup.base_offset == 2
+    assert dup.base_offset == 4
 
 
 def test_batches_of_one_frame_chain_and_a_duplicate_prefix_is_left_out():
@@ -95,12 +104,14 @@ def test_sequences_wrap_at_int32():
     s = ProducerStateManager()
     top = SEQUENCE_MODULUS - 2
     write(s, header(7, 0, 0, 1, 0))
-    s.entries[7].batches[-1] = s.entries[7].batches[-1]._replace(first_seq=top - 1,
-                                                                 last_seq=top - 1)
+    s.entries[7].runs[-1] = s.entries[7].runs[-1]._replace(first_seq=top - 1,
+                                                           last_seq=top - 1)
     # a batch of 3 from 2**31 - 2 ends at sequence 0; the next starts at 1
     assert write(s, header(7, 0, top, 3, 1)) == [None]
-    assert s.entries[7].last_seq == 0
+    assert s.entries[7].last_seq == 0 and len(s.entries[7].runs) == 1
     assert s.check([header(7, 0, 1)]) == [None]
+    dup, = s.check([header(7, 0, top, 3)])     # found across the wrap
+    assert (dup.base_offset, dup.last_offset) == (1, 3)
 
 
 def test_memory_is_bounded_least_recently_written_first():
@@ -126,8 +137,8 @@ def test_snapshot_round_trip_and_a_torn_one_is_refused():
     data = s.encode_snapshot()
     t = ProducerStateManager()
     t.load_snapshot(data)
-    assert {p: (e.epoch, e.batches, e.last_timestamp) for p, e in t.entries.items()} == \
-        {p: (e.epoch, e.batches, e.last_timestamp) for p, e in s.entries.items()}
+    assert {p: (e.epoch, e.runs, e.last_timestamp) for p, e in t.entries.items()} == \
+        {p: (e.epoch, e.runs, e.last_timestamp) for p, e in s.entries.items()}
     for bad in (data[:-1], data[:5], b"x" + data[1:]):
         with pytest.raises(ValueError):
             t.load_snapshot(bad)

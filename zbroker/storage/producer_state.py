@@ -1,5 +1,7 @@
-"""What a partition knows about its idempotent producers: per producer id, its epoch and its last
-five batches' sequence ranges and offsets. Pure: no I/O (snapshots are bytes in and out); the
+"""What a partition knows about its idempotent producers: per producer id, its epoch and the
+sequence numbers and offsets of its last five runs of batches (a run: batches written back to
+back, each continuing the sequence and the offsets of the one before; one produce frame at
+least). Pure: no I/O (snapshots are bytes in and out); the
 partition log (log.py) owns one and feeds it every batch it writes, as leader or follower, and
 every batch it replays after opening or truncating.
 
@@ -10,12 +12,17 @@ Leader checks, per batch of a produce frame, in order (Kafka's rules, KIP-98 and
                                                OUT_OF_ORDER_SEQUENCE_NUMBER (known producer)
                                                or UNKNOWN_PRODUCER_ID (unknown: its state expired
                                                or its records were deleted)
-    same epoch, one of the last five batches   a duplicate: not written again, answered with its
-                                               original offsets
+    same epoch, inside one of the last five    a duplicate: not written again, answered with its
+    runs                                       original offsets (a sequence maps to an offset
+                                               one for one inside a run)
     same epoch, an older sequence              DUPLICATE_SEQUENCE_NUMBER (a duplicate whose
                                                offset is forgotten)
     same epoch, next sequence                  written
     same epoch, anything else                  OUT_OF_ORDER_SEQUENCE_NUMBER
+
+Kafka keeps the last five batches, since its producer sends one batch per partition per
+request; ours packs a partition's ready batches into one frame, so a run covers them all, and
+five requests in flight per partition stay within what the leader remembers.
 
 Sequences are int32 and wrap from 2**31 - 1 to 0. Followers and replays apply batches without
 checks: the leader's log is the truth. Memory is bounded: at most ``producers_max`` producers
@@ -24,7 +31,7 @@ per batch is O(1).
 
 Snapshot (``encode_snapshot``): b"ZBPS" + version byte + 4-byte xxh3 of the payload + msgpack
 payload ``[[producer_id, epoch, last_timestamp, [[first_seq, last_seq, base_offset,
-last_offset], ...]], ...]``, least recently written first.
+last_offset] per run], ...]], ...]``, least recently written first.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import xxhash
 from zbroker import errors
 from zbroker.records import BatchHeader
 
-BATCHES_KEPT = 5                    # per producer: Kafka's, and the client's in-flight bound
+RUNS_KEPT = 5                       # per producer: the client's requests in flight per partition
 SEQUENCE_MODULUS = 1 << 31
 PRODUCERS_MAX_DEFAULT = 10_000
 SNAPSHOT_MAGIC = b"ZBPS"
@@ -55,26 +62,31 @@ class BatchMetadata(NamedTuple):
 
 
 class ProducerEntry:
-    __slots__ = ("producer_id", "epoch", "batches", "last_timestamp")
+    __slots__ = ("producer_id", "epoch", "runs", "last_timestamp")
 
     def __init__(self, producer_id: int, epoch: int, last_timestamp: int):
         self.producer_id = producer_id
         self.epoch = epoch
-        self.batches: list[BatchMetadata] = []
+        self.runs: list[BatchMetadata] = []     # oldest first
         self.last_timestamp = last_timestamp
 
     @property
     def last_seq(self) -> int:
-        return self.batches[-1].last_seq if self.batches else -1
+        return self.runs[-1].last_seq if self.runs else -1
 
     @property
     def last_offset(self) -> int:
-        return self.batches[-1].last_offset if self.batches else -1
+        return self.runs[-1].last_offset if self.runs else -1
 
     def find(self, first_seq: int, last_seq: int) -> BatchMetadata | None:
-        for b in self.batches:
-            if b.first_seq == first_seq and b.last_seq == last_seq:
-                return b
+        """The offsets of the batch with these sequences, when a run holds it whole."""
+        for r in self.runs:
+            start = (first_seq - r.first_seq) % SEQUENCE_MODULUS
+            if start <= (last_seq - r.first_seq) % SEQUENCE_MODULUS <= \
+                    (r.last_seq - r.first_seq) % SEQUENCE_MODULUS:
+                base = r.base_offset + start
+                return BatchMetadata(first_seq, last_seq, base,
+                                     base + (last_seq - first_seq) % SEQUENCE_MODULUS)
         return None
 
 
@@ -170,12 +182,21 @@ class ProducerStateManager:
             entries.move_to_end(pid)
             if h.producer_epoch != entry.epoch:
                 entry.epoch = h.producer_epoch
-                entry.batches = []
-        batches = entry.batches
-        batches.append(BatchMetadata(h.base_sequence, last_sequence(h), h.base_offset,
-                                     h.base_offset + h.last_offset_delta))
-        if len(batches) > BATCHES_KEPT:
-            del batches[0]
+                entry.runs = []
+        runs = entry.runs
+        last_seq = last_sequence(h)
+        last_offset = h.base_offset + h.last_offset_delta
+        if runs:
+            r = runs[-1]
+            if r.last_offset + 1 == h.base_offset and \
+                    (r.last_seq + 1) % SEQUENCE_MODULUS == h.base_sequence:
+                runs[-1] = BatchMetadata(r.first_seq, last_seq, r.base_offset, last_offset)
+                if h.max_timestamp > entry.last_timestamp:
+                    entry.last_timestamp = h.max_timestamp
+                return
+        runs.append(BatchMetadata(h.base_sequence, last_seq, h.base_offset, last_offset))
+        if len(runs) > RUNS_KEPT:
+            del runs[0]
         if h.max_timestamp > entry.last_timestamp:
             entry.last_timestamp = h.max_timestamp
 
@@ -203,7 +224,7 @@ class ProducerStateManager:
 
     def encode_snapshot(self) -> bytes:
         payload = msgpack.packb([[e.producer_id, e.epoch, e.last_timestamp,
-                                  [list(b) for b in e.batches]] for e in self.entries.values()])
+                                  [list(r) for r in e.runs]] for e in self.entries.values()])
         return _SNAPSHOT_HEAD.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION,
                                    xxhash.xxh3_64_intdigest(payload) & 0xFFFFFFFF) + payload
 
@@ -220,9 +241,9 @@ class ProducerStateManager:
         try:
             rows = msgpack.unpackb(payload)
             entries = collections.OrderedDict()
-            for pid, epoch, last_ts, batches in rows:
+            for pid, epoch, last_ts, runs in rows:
                 e = ProducerEntry(pid, epoch, last_ts)
-                e.batches = [BatchMetadata(*b) for b in batches]
+                e.runs = [BatchMetadata(*r) for r in runs]
                 entries[pid] = e
         except (ValueError, TypeError) as e:
             raise ValueError(f"the producer state snapshot is malformed: {e}") from None
@@ -231,5 +252,5 @@ class ProducerStateManager:
         self.entries = entries
 
 
-__all__ = ["ProducerStateManager", "ProducerEntry", "BatchMetadata", "BATCHES_KEPT",
+__all__ = ["ProducerStateManager", "ProducerEntry", "BatchMetadata", "RUNS_KEPT",
            "SEQUENCE_MODULUS", "last_sequence"]
