@@ -43,7 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _boolean(value: str) -> bool:
+    v = value.strip().lower()
+    if v not in ("true", "false"):
+        raise ValueError(value)
+    return v == "true"
+
+
 PRODUCER_PROPS = {"linger.ms": ("linger_ms", float), "batch.size": ("batch_size", int),
+                  "enable.idempotence": ("enable_idempotence", _boolean),
                   "acks": ("acks", str), "retries": ("retries", int),
                   "request.timeout.ms": ("request_timeout_ms", int),
                   "delivery.timeout.ms": ("delivery_timeout_ms", int),
@@ -70,7 +78,8 @@ def producer_settings(props: dict[str, str], flag: str) -> dict:
         try:
             out[name] = kind(value)
         except ValueError:
-            raise UsageError(f"{flag}: {key} must be a number, not {value!r}.") from None
+            what = "true or false" if kind is _boolean else "a number"
+            raise UsageError(f"{flag}: {key} must be {what}, not {value!r}.") from None
     return out
 
 

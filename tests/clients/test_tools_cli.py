@@ -70,3 +70,22 @@ def test_perf_tools_print_their_figures(cluster):
                       [v.strip() for v in row.split(",")]))
     assert fields["data.consumed.in.nMsg"] == "20000"
     assert float(fields["nMsg.sec"]) > 0 and float(fields["data.consumed.in.MB"]) > 1.9
+
+
+def test_console_producer_takes_kafka_idempotence_settings(cluster):
+    c = cluster(1)
+    c.create_topic("idem", 1, 1)
+    b = c.bootstrap
+    r = subprocess.run([sys.executable, "-m", "clients.cli.console_producer", "--topic", "idem",
+                        "--bootstrap-server", b, "--acks", "1", "--producer-property",
+                        "enable.idempotence=true"], input="x\n", capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1 and "enable_idempotence=True needs acks='all'" in r.stderr, r
+    assert "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "clients.cli.console_producer", "--topic", "idem",
+                        "--bootstrap-server", b, "--acks", "1"], input="one\ntwo\n",
+                       capture_output=True, text=True, timeout=60)    # idempotence off: fine
+    assert r.returncode == 0, r
+    r = tool("console_producer", "--topic", "idem", "--bootstrap-server", b,
+             "--producer-property", "enable.idempotence=maybe")
+    assert r.returncode == 2 and "true or false" in r.stderr, r

@@ -113,8 +113,9 @@ class ProducerStateManager:
 
     def check(self, headers: list[BatchHeader]) -> list[BatchMetadata | None]:
         """For each batch of a produce frame (in order), None when it is to be written or the
-        metadata of the batch it duplicates. Raises a ZbError for the first batch that may not be written; the state
-        does not change either way (``update`` does that once the batches are written)."""
+        metadata of the batch it duplicates. Raises a ZbError for the first batch that may not
+        be written; the state does not change either way (``update`` does that once the batches
+        are written)."""
         plan: list[BatchMetadata | None] = []
         pending: dict[int, tuple[int, int]] = {}  # producer id -> (epoch, last seq) in this frame
         for h in headers:
@@ -165,7 +166,7 @@ class ProducerStateManager:
             plan.append(None)
         return plan
 
-    # --- applying written batches ------------------------------------------------------------------
+    # --- applying written batches -------------------------------------------------------------
 
     def update(self, h: BatchHeader) -> None:
         """A batch with its final base offset is in the log (leader, follower or replay)."""
