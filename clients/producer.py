@@ -177,8 +177,10 @@ def _acks(value) -> int:
 IDEMPOTENT_IN_FLIGHT_MAX = 5        # requests of a partition in flight: the runs a leader keeps
 PRODUCER_EPOCH_MAX = (1 << 15) - 1
 # Errors that say the leader did not write the batch: anything else leaves its fate unknown.
-_NOT_WRITTEN = (errors.NotLeaderOrFollower, errors.UnknownTopicOrPartition,
-                errors.LeaderNotAvailable, errors.NotEnoughReplicas,
+# (Not NOT_LEADER_OR_FOLLOWER: a leader that loses its leadership answers it to the acks=all
+# produces it had already written.)
+_NOT_WRITTEN = (errors.UnknownTopicOrPartition, errors.LeaderNotAvailable,
+                errors.NotEnoughReplicas,
                 errors.OutOfOrderSequenceNumber, errors.UnknownProducerId,
                 errors.InvalidProducerEpoch, errors.FencedLeaderEpoch,
                 errors.UnknownLeaderEpoch, errors.CorruptMessage, errors.MessageTooLarge,
@@ -930,9 +932,10 @@ class Producer:
             results = {(r.topic, r.partition): r for r in protocol.decode_entries(
                 protocol.ProduceResult, header.get("parts") or [], "Produce")}
             spread = _batch_offsets(header, context)
-        except ZbError as e:
+        except ZbError as e:        # the batches may well have been written
+            err = UnknownServerError(str(e))
             for tp, taken in context:
-                self._retry_or_fail(tp, taken, e, now)
+                self._retry_or_fail(tp, taken, err, now)
             return
         for i, (tp, taken) in enumerate(context):
             r = results.get(tp)
@@ -945,7 +948,12 @@ class Producer:
                 if err.invalid_metadata:
                     self._need_metadata = True
                 if isinstance(err, errors.DuplicateSequenceNumber) and self.enable_idempotence:
-                    self._complete(taken, None, -1, -1)     # written before; offset forgotten
+                    # (Kafka's answer for the frame's first batch: written long ago, offset
+                    # forgotten; zbroker's brokers answer such a batch with offset -1 instead)
+                    self._complete(taken[:1], None, -1, -1)
+                    if len(taken) > 1:
+                        self._retry_or_fail(tp, taken[1:], errors.RequestTimedOut(
+                            "resent after a duplicate"), now)
                     continue
                 self._retry_or_fail(tp, taken, err, now)
                 continue

@@ -30,6 +30,11 @@ class FakeBroker:
         self.next_producer_id = 1000
         self.drop_responses = 0                 # Produce requests written but not answered
         self.produce_delay_s = 0.0              # a slow disk: each Produce takes this long
+        # (topic, partition) -> codes answered to its next Produce parts after writing them (a
+        # leader that lost its leadership while the batch waited for replication)
+        self.errors_after_append: dict[tuple[str, int], list[int]] = {}
+        # (topic, partition) -> codes answered to its next Produce parts instead of writing
+        self.part_errors: dict[tuple[str, int], list[int]] = {}
         self.drop_next = 0                      # requests to swallow without answering
         # fn(topic, partition, offset, data) -> data: rewrites the record bytes of a Fetch
         # answer (e.g. to end it inside a batch, as a real fetch may)
@@ -143,6 +148,10 @@ class FakeBroker:
                 parts.append(protocol.ProduceResult(topic, p, errors.UnknownTopicOrPartition.code,
                                                     -1, -1, -1, None))
                 continue
+            if self.part_errors.get(tp):
+                parts.append(protocol.ProduceResult(topic, p, self.part_errors[tp].pop(0), -1, -1,
+                                                    -1, "injected"))
+                continue
             buf = bytearray(blob)
             found = records.validate_batches(buf)
             state = self.producer_state.setdefault(tp, ProducerStateManager())
@@ -163,6 +172,10 @@ class FakeBroker:
                 offsets.append(off)
                 off += bh.last_offset_delta + 1
             self.next_offset[tp] = off
+            if self.errors_after_append.get(tp):
+                parts.append(protocol.ProduceResult(topic, p, self.errors_after_append[tp].pop(0),
+                                                    -1, -1, -1, "injected after the write"))
+                continue
             if any(d is not None for d in plan) and len(offsets) > 1:
                 batch_offsets.append([len(parts), offsets])
             parts.append(protocol.ProduceResult(topic, p, 0, offsets[0], -1, 0, None))

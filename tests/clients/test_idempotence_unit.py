@@ -3,6 +3,7 @@ broker's own ProducerStateManager: lost answers, failures with several requests 
 epoch bump after the leader forgot the producer, and Kafka's configuration rules (KIP-679)."""
 
 import collections
+import time
 
 import pytest
 
@@ -119,3 +120,49 @@ def test_resends_keep_the_order_the_batches_were_made_in():
     for b in (Batch(3), Batch(4), Batch(1), Batch(2)):   # the second failure, then the first
         _insert_in_order(q, b)
     assert [b.seq for b in q] == [1, 2, 3, 4, 9]
+
+
+def test_a_batch_answered_not_leader_after_its_write_is_not_written_again(fake_broker):
+    """A leader that loses its leadership answers the acks=all produces it had written with
+    NOT_LEADER_OR_FOLLOWER. When an epoch bump is due at the same time (here: a batch of another
+    partition failed for good), the producer must first learn that batch's fate by resending it
+    as it was, not number it anew in the next epoch (which the leader would write again)."""
+    fake_broker.errors_after_append[("t", 0)] = [errors.NotLeaderOrFollower.code]
+    fake_broker.part_errors[("t", 1)] = [errors.InvalidTopic.code]
+    with Producer(fake_broker.bootstrap, retry_backoff_ms=10, linger_ms=20) as p:
+        a = p.send("t", b"a", partition=0)
+        bad = p.send("t", b"bad", partition=1)
+        assert a.result(10).offset == 0
+        assert bad.exception(10) is not None
+        assert p.send("t", b"b", partition=0).result(10).offset == 1
+        p.send("t", b"c", partition=1).result(10)
+    assert values(fake_broker, "t", 0) == [b"a", b"b"]
+    assert [h.producer_epoch for h in producer_headers(fake_broker, "t", 0)] == [0, 1]
+    assert values(fake_broker, "t", 1) == [b"c"]
+
+
+def test_a_resend_behind_forgotten_runs_writes_only_what_is_new(fake_broker):
+    """Answers lost again and again while another producer's records land between this one's
+    batches (so each is a run of its own): a resend then starts with batches older than the
+    five runs the leader remembers. They are answered as duplicates, and what is new behind
+    them is written once, in order."""
+    def landed(value):
+        deadline = time.monotonic() + 5
+        while value not in values(fake_broker, "one") and time.monotonic() < deadline:
+            time.sleep(0.002)
+    with Producer(fake_broker.bootstrap, linger_ms=0, retry_backoff_ms=10,
+                  request_timeout_ms=300) as p, \
+            Producer(fake_broker.bootstrap, linger_ms=0, acks=0) as other:
+        p.send("one", b"warm").result(10)
+        fake_broker.drop_responses = 12
+        futs = []
+        for i in range(12):
+            futs.append(p.send("one", b"p%d" % i))
+            landed(b"p%d" % i)
+            other.send("one", b"o%d" % i)
+            landed(b"o%d" % i)
+        p.flush(30)
+    assert fake_broker.drop_responses == 0
+    mine = [v for v in values(fake_broker, "one") if v.startswith(b"p")]
+    assert mine == [b"p%d" % i for i in range(12)]
+    assert all(f.exception(0) is None for f in futs)

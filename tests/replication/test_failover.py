@@ -140,10 +140,14 @@ def leaders_at_the_coordinator(c, topic: str) -> dict[int, int]:
 # gone (connection lost, no answer) or moved, or a restarted broker does not know the partition
 # yet; with min.insync.replicas=2 and three brokers, never more than one down, the ISR may also
 # drop to one for a moment (a follower still catching up after a restart is dropped after
-# replica.lag.time.max.ms while another is down).
+# replica.lag.time.max.ms while another is down). The producers are idempotent (the default): a
+# batch that reaches a leader while an earlier one of its partition is being resent is refused
+# as out of order (or, at a leader that has none of the producer's batches yet, as an unknown
+# producer) and resent after it.
 RETRIED_ON_KILL = {"BrokerConnectionError", "RequestTimedOut", "NotLeaderOrFollower",
                    "LeaderNotAvailable", "UnknownTopicOrPartition", "FencedLeaderEpoch",
-                   "UnknownLeaderEpoch", "NotEnoughReplicas"}
+                   "UnknownLeaderEpoch", "NotEnoughReplicas", "OutOfOrderSequenceNumber",
+                   "UnknownProducerId"}
 
 
 @pytest.mark.timeout(150)
@@ -187,6 +191,7 @@ def test_acks_all_loses_nothing_across_kill9_of_random_brokers(cluster):
     assert set(retried) <= RETRIED_ON_KILL, retried
     figures = check_everything(c, "chaos", w.acked)
     print(f"records={figures['records']} duplicates={figures['duplicates']}")
+    assert figures["duplicates"] == 0      # idempotent producers (the default)
 
 
 @pytest.mark.timeout(120)

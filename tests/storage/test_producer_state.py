@@ -85,8 +85,8 @@ def test_only_the_last_five_runs_are_remembered():
     for i in range(RUNS_KEPT + 2):         # another producer wrote between each: no run grows
         write(s, header(7, 0, i, 1, 2 * i))
     assert len(s.entries[7].runs) == RUNS_KEPT
-    with pytest.raises(errors.DuplicateSequenceNumber):
-        s.check([header(7, 0, 0)])
+    forgotten, = s.check([header(7, 0, 0)])
+    assert forgotten.base_offset == -1
     dup, = s.check([header(7, 0, 2)])
     assert dup.base_offset == 4
 
@@ -242,3 +242,50 @@ def test_retention_forgets_producers_whose_batches_are_gone(tmp_path):
         log.append(pbatch(5, 0, 3, 1, ts=now), 0)
     assert log.append(pbatch(6, 0, 27, 3, ts=now), 0).written is False
     assert log.append(pbatch(6, 0, 30, 1, ts=now), 0).written is True
+
+
+def test_a_batch_older_than_the_remembered_runs_is_a_duplicate_without_offsets():
+    s = ProducerStateManager()
+    for i in range(RUNS_KEPT + 1):          # six runs of one batch each: the first is forgotten
+        write(s, header(7, 0, i, 1, 10 * i))
+    plan = s.check([header(7, 0, 0), header(7, 0, 1), header(7, 0, 6)])
+    assert (plan[0].base_offset, plan[0].last_offset) == (-1, 9)   # below the oldest run's
+    assert plan[1].base_offset == 10 and plan[2] is None
+
+
+def test_frames_of_two_producers_wait_for_the_newest_offset(tmp_path):
+    log = PartitionLog(str(tmp_path))
+    log.append(pbatch(5, 0, 0, 2), 0)
+    mixed = log.append(pbatch(6, 0, 0, 3) + pbatch(5, 0, 0, 2), 0)
+    assert mixed.batch_offsets == [2, 0] and mixed.last_offset == 4    # not the duplicate's 1
+
+
+def test_a_refused_frame_changes_nothing(tmp_path):
+    log = PartitionLog(str(tmp_path))
+    log.append(pbatch(5, 0, 0), 0)
+    with pytest.raises(errors.OutOfOrderSequenceNumber):
+        log.append(pbatch(5, 0, 7), 3)
+    assert log.leader_epoch_cache.latest_epoch == 0 and log.log_end_offset == 1
+    assert log.append(pbatch(5, 0, 0), 3).written is False
+    assert log.leader_epoch_cache.latest_epoch == 0
+
+
+def test_a_log_start_inside_a_batch_keeps_its_producer_after_an_unclean_open(tmp_path):
+    log = PartitionLog(str(tmp_path))
+    log.append(pbatch(5, 0, 0, 4), 0)
+    log.delete_records_before(2)            # inside the batch
+    log.flush()
+    for seg in log._segments:               # a kill -9
+        seg.close()
+    again = PartitionLog(str(tmp_path))
+    assert again.recovered_unclean
+    assert again.append(pbatch(5, 0, 0, 4), 0).written is False
+    assert again.append(pbatch(5, 0, 4), 0).written is True
+
+
+def test_a_producer_with_old_timestamps_does_not_expire_while_it_writes():
+    s = ProducerStateManager()
+    h = header(7, 0, 0, 1, 0, ts=1000)      # a mirror: records from long ago
+    s.update(h, now_ms=10_000_000)
+    assert s.expire(now_ms=10_000_500, expiration_ms=1000) == 0
+    assert s.expire(now_ms=10_002_000, expiration_ms=1000) == 1

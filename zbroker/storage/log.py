@@ -319,6 +319,7 @@ class PartitionLog:
         self._check_open()
         view = _byte_view(batches)
         headers = records.validate_batches(view, self._message_max_bytes)
+        plan = self.producer_state.check([h for _, h in headers])   # (refused: nothing changed)
         self.leader_epoch_cache.flush()     # (an election's epoch, a truncation: on disk first)
         latest = self.leader_epoch_cache.latest_epoch
         if leader_epoch != latest:
@@ -326,8 +327,8 @@ class PartitionLog:
             # older one is a bug in the caller, not bad input.
             if leader_epoch < latest:
                 raise ValueError(f"leader epoch {leader_epoch} is older than the log's {latest}")
-            self.leader_epoch_cache.assign(leader_epoch, self._next_offset)
-        plan = self.producer_state.check([h for _, h in headers])
+            if None in plan:
+                self.leader_epoch_cache.assign(leader_epoch, self._next_offset)
         iovecs: list = []
         info: list[tuple[int, int, int]] = []
         offset = self._next_offset
@@ -348,18 +349,17 @@ class PartitionLog:
                 written.append(h._replace(base_offset=offset))
             offset += h.last_offset_delta + 1
             nbytes += size
+        dup_last = max((d.last_offset for d in plan if d is not None), default=-1)
         if not info:            # every batch a duplicate: nothing to write
-            last = plan[-1]
-            return AppendResult(offsets[0], last.last_offset, 0,
+            return AppendResult(offsets[0], dup_last, 0,
                                 offsets if len(offsets) > 1 else None, False)
         result = self._write(iovecs, nbytes, info, self._next_offset, offset)
-        update = self.producer_state.update
+        update, now = self.producer_state.update, self._clock_ms()
         for h in written:
-            update(h)
+            update(h, now)
         if len(info) != len(headers):
-            last = plan[-1]
-            return AppendResult(offsets[0], result.last_offset if last is None
-                                else last.last_offset, result.batches, offsets)
+            return AppendResult(offsets[0], max(result.last_offset, dup_last), result.batches,
+                                offsets)
         return result
 
     def append_as_follower(self, batches) -> AppendResult:
@@ -390,10 +390,10 @@ class PartitionLog:
         for epoch, start in epochs:  # before the write: a recovered batch's epoch is always known
             cache.assign(epoch, start)
         result = self._write([view], len(view), info, headers[0][1].base_offset, expected)
-        update = self.producer_state.update
+        update, now = self.producer_state.update, self._clock_ms()
         for _, h in headers:
             if h.producer_id >= 0:
-                update(h)
+                update(h, now)
         return result
 
     def _write(self, iovecs: list, nbytes: int, info: list[tuple[int, int, int]],
@@ -532,8 +532,8 @@ class PartitionLog:
             for _, h in seg.iter_headers(found[0]):
                 if h.base_offset >= end:
                     break
-                if h.base_offset >= start and h.producer_id >= 0:
-                    update(h)
+                if h.base_offset + h.last_offset_delta >= start and h.producer_id >= 0:
+                    update(h)       # (with a batch the log start cut into)
 
     def expire_producers(self, now_ms: int, expiration_ms: int) -> int:
         """``producer.id.expiration.ms``: forget producers silent for that long."""

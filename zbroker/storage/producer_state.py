@@ -15,8 +15,11 @@ Leader checks, per batch of a produce frame, in order (Kafka's rules, KIP-98 and
     same epoch, inside one of the last five    a duplicate: not written again, answered with its
     runs                                       original offsets (a sequence maps to an offset
                                                one for one inside a run)
-    same epoch, an older sequence              DUPLICATE_SEQUENCE_NUMBER (a duplicate whose
-                                               offset is forgotten)
+    same epoch, an older sequence              a duplicate whose offsets are forgotten: not
+                                               written, answered with offset -1 (Kafka
+                                               answers DUPLICATE_SEQUENCE_NUMBER, which its
+                                               client takes as success; here the batches after
+                                               it in the frame are still checked and written)
     same epoch, next sequence                  written
     same epoch, anything else                  OUT_OF_ORDER_SEQUENCE_NUMBER
 
@@ -147,14 +150,16 @@ class ProducerStateManager:
                         f"0, not {seq}.")
             elif pid not in pending:
                 dup = entry.find(seq, batch_last_seq)
+                oldest = entry.runs[0]
+                if dup is None and batch_last_seq != oldest.first_seq and \
+                        _behind(batch_last_seq, oldest.first_seq):
+                    # written before the runs still remembered: its offsets are unknown, but
+                    # below the oldest run's (an acks=all answer waits for those to commit)
+                    dup = BatchMetadata(seq, batch_last_seq, -1, oldest.base_offset - 1)
                 if dup is not None:
                     plan.append(dup)
                     continue
                 if seq != (last_seq + 1) % SEQUENCE_MODULUS:
-                    if _behind(seq, last_seq):
-                        raise errors.DuplicateSequenceNumber(
-                            f"Producer {pid}'s batch at sequence {seq} was written before; its "
-                            f"offset is no longer known.")
                     raise errors.OutOfOrderSequenceNumber(
                         f"Producer {pid} sent sequence {seq}; the next one expected on this "
                         f"partition is {(last_seq + 1) % SEQUENCE_MODULUS}.")
@@ -168,15 +173,18 @@ class ProducerStateManager:
 
     # --- applying written batches -------------------------------------------------------------
 
-    def update(self, h: BatchHeader) -> None:
-        """A batch with its final base offset is in the log (leader, follower or replay)."""
+    def update(self, h: BatchHeader, now_ms: int | None = None) -> None:
+        """A batch with its final base offset is in the log (leader, follower or replay).
+        ``now_ms`` (the broker's clock at the append) keeps a producer whose records carry old
+        timestamps (a mirror) from expiring while it writes; a replay goes by timestamps."""
         pid = h.producer_id
         if pid < 0:
             return
         entries = self.entries
         entry = entries.get(pid)
+        seen = h.max_timestamp if now_ms is None else max(h.max_timestamp, now_ms)
         if entry is None:
-            entry = entries[pid] = ProducerEntry(pid, h.producer_epoch, h.max_timestamp)
+            entry = entries[pid] = ProducerEntry(pid, h.producer_epoch, seen)
             if len(entries) > self.producers_max:
                 entries.popitem(last=False)
         else:
@@ -192,14 +200,14 @@ class ProducerStateManager:
             if r.last_offset + 1 == h.base_offset and \
                     (r.last_seq + 1) % SEQUENCE_MODULUS == h.base_sequence:
                 runs[-1] = BatchMetadata(r.first_seq, last_seq, r.base_offset, last_offset)
-                if h.max_timestamp > entry.last_timestamp:
-                    entry.last_timestamp = h.max_timestamp
+                if seen > entry.last_timestamp:
+                    entry.last_timestamp = seen
                 return
         runs.append(BatchMetadata(h.base_sequence, last_seq, h.base_offset, last_offset))
         if len(runs) > RUNS_KEPT:
             del runs[0]
-        if h.max_timestamp > entry.last_timestamp:
-            entry.last_timestamp = h.max_timestamp
+        if seen > entry.last_timestamp:
+            entry.last_timestamp = seen
 
     def evict_below(self, log_start_offset: int) -> int:
         """Forget producers whose every batch is below the log start offset (retention or
