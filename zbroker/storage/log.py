@@ -186,17 +186,20 @@ class PartitionLog:
         return seg
 
     def _load(self) -> None:
-        bases, stray = [], []
-        for name in os.listdir(self.dir):
+        bases, stray, snapshots = [], [], []
+        names = os.listdir(self.dir)
+        for name in names:
             if name.endswith(DELETED_SUFFIX) or name.endswith(".tmp"):
                 stray.append(name)
             elif name.endswith(LOG_SUFFIX):
                 stem = name[:-len(LOG_SUFFIX)]
                 if stem.isdigit():
                     bases.append(int(stem))
+            elif name.endswith(SNAPSHOT_SUFFIX) and name[:-len(SNAPSHOT_SUFFIX)].isdigit():
+                snapshots.append(int(name[:-len(SNAPSHOT_SUFFIX)]))
         bases.sort()
         known = set(bases)
-        for name in os.listdir(self.dir):
+        for name in names:
             for suffix in (INDEX_SUFFIX, TIME_INDEX_SUFFIX):
                 if name.endswith(suffix) and name[:-len(suffix)].isdigit() and \
                         int(name[:-len(suffix)]) not in known:
@@ -228,7 +231,7 @@ class PartitionLog:
         cache.truncate_from_start(self._log_start_offset)
         hw = self._hw_file.read(0)
         self._high_watermark_checkpoint = min(max(hw, self._log_start_offset), self._next_offset)
-        self._load_producer_state(clean=marker is not None)
+        self._load_producer_state(clean=marker is not None, snapshots=sorted(snapshots))
         log.debug("partition_log_opened", dir=self.dir, segments=len(self._segments),
                   log_start_offset=self._log_start_offset, log_end_offset=self._next_offset,
                   clean=marker is not None)
@@ -485,22 +488,24 @@ class PartitionLog:
             return False
         return size == EMPTY_SNAPSHOT_BYTES
 
-    def _delete_snapshots(self, keep) -> None:
-        for offset in self._snapshot_offsets():
+    def _delete_snapshots(self, keep, offsets: list[int] | None = None) -> None:
+        for offset in self._snapshot_offsets() if offsets is None else offsets:
             if not keep(offset):
                 try:
                     os.unlink(os.path.join(self.dir, snapshot_name(offset)))
                 except FileNotFoundError:
                     pass
 
-    def _load_producer_state(self, clean: bool) -> None:
+    def _load_producer_state(self, clean: bool, snapshots: list[int] | None = None) -> None:
         """The producer state at the log end offset: the newest good snapshot at or below it,
         then the batches after it (all of them when there is no snapshot)."""
         end, start = self._next_offset, self._log_start_offset
-        self._delete_snapshots(lambda o: o <= end)
+        if snapshots is None:
+            snapshots = self._snapshot_offsets()
+        self._delete_snapshots(lambda o: o <= end, snapshots)
         state = self.producer_state
         state.clear()
-        snapshots = self._snapshot_offsets()
+        snapshots = [o for o in snapshots if o <= end]
         if clean and (not snapshots or self._empty_snapshot(snapshots[-1])):
             return              # close() leaves a snapshot whenever there is state
         base = start
