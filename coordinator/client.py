@@ -163,6 +163,9 @@ class CoordinatorClient:
         # when the coordinator was last heard from while connected (monotonic): the session
         # cannot expire before this plus the session timeout, less a round trip
         self.last_contact_s = time.monotonic()
+        # how soon after our connection closes the coordinator may expire the session (None:
+        # only after the session timeout); from the connect reply
+        self.disconnect_grace_ms: int | None = None
         self._ids = itertools.count(1)
         self._outq: collections.deque[_Request] = collections.deque()
         self._waiting: collections.deque[_Request] = collections.deque()  # not sent yet
@@ -617,6 +620,8 @@ class CoordinatorClient:
         resumed = self.session_id == msg["sid"]
         self.session_id, self._secret = msg["sid"], msg["secret"]
         self.session_timeout_ms = msg["timeout_ms"]
+        grace = msg.get("disconnect_grace_ms")
+        self.disconnect_grace_ms = grace if isinstance(grace, int) and grace >= 0 else None
         restarted = self._run_id is not None and msg["run"] != self._run_id
         self._run_id = msg["run"]
         log.debug("coordinator session", sid=self.session_id, resumed=resumed)

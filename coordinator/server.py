@@ -18,6 +18,15 @@ Sessions across a restart: sessions are part of the logged state, so they surviv
 the coordinator, with their ephemeral keys. Each recovered session gets a fresh deadline of its
 full timeout from the moment the coordinator is serving again; a client that reconnects within
 that time keeps its session, one that does not is expired then (a logged close).
+
+Closed connections: a socket monitor tells the loop when a client's connection closes (the
+process died, the kernel reset it). The loop then finds which sessions lost their connection
+by sending each bound identity an empty frame with ROUTER_MANDATORY on (an identity that is no
+longer connected is refused at once; clients ignore empty frames), and expires those sessions
+``session.disconnect.grace.ms`` later unless they resume on a new connection first. A client
+that is silent with its connection still open (a hung process, a network partition) still
+waits for its session timeout. (libzmq's ROUTER_NOTIFY would name the identity directly, but is
+a draft option the released libraries do not build.)
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ from zbroker.logs import configure_logging, get_logger
 
 log = get_logger("coordinator")
 
+PROBE_DELAY_S = 0.01        # after a connection closed, how soon its sessions are looked for
+
 CONFIG = ConfigDef([
     Setting("listeners", list, ["tcp://0.0.0.0:2181"],
             "Addresses to listen on, as tcp://host:port (comma-separated)."),
@@ -54,6 +65,9 @@ CONFIG = ConfigDef([
             "Smallest session timeout granted; requests below are raised to it.", min=20),
     Setting("max.session.timeout.ms", int, 60000,
             "Largest session timeout granted; requests above are lowered to it.", min=20),
+    Setting("session.disconnect.grace.ms", int, 500,
+            "After a client's connection closes, expire its session this much later unless it "
+            "resumes it on a new connection first; -1 waits for the session timeout.", min=-1),
     Setting("snap.count", int, 100000,
             "Transactions between snapshots (the log rolls at each snapshot).", min=10),
     Setting("snap.retain.count", int, 3, "Snapshots (and the logs they need) to keep.", min=1),
@@ -99,6 +113,9 @@ class CoordinatorServer:
         self.history_floor = 0          # changes with zxid > floor are all in history
         self.deadlines: dict[int, float] = {}       # sid -> monotonic expiry deadline
         self.idents: dict[int, bytes] = {}          # sid -> ROUTER identity it last spoke from
+        self.disconnected: dict[int, float] = {}    # sid -> grace deadline: its connection closed
+        self._monitor: zmq.Socket | None = None
+        self._probe_due: float | None = None        # when to look for closed connections
         self.watches: dict[int, Watch] = {}
         self.session_watches: dict[int, dict[int, Watch]] = {}     # sid -> wid -> watch
         self.watches_by_prefix: dict[str, list[Watch]] = collections.defaultdict(list)
@@ -145,6 +162,8 @@ class CoordinatorServer:
                     raise StartupError(f"The address {endpoint} is already in use; is another "
                                        f"coordinator running?")
                 raise StartupError(f"Cannot listen on {endpoint}: {e.strerror}.")
+        if self.cfg["session.disconnect.grace.ms"] >= 0:
+            self._monitor = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.txnlog = TxnLog(data_dir, self.cfg["snap.retain.count"])
         started = time.monotonic()
         try:
@@ -200,18 +219,33 @@ class CoordinatorServer:
     def serve_forever(self) -> int:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
+        if self._monitor is not None:
+            poller.register(self._monitor, zmq.POLLIN)
         tick_s = self.cfg["tick.ms"] / 1000
         per_poll = self.cfg["requests.per.poll.max"]
         next_tick = time.monotonic() + tick_s
         exit_code = 0
         while not self.stopping:
-            timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000) + 1)
+            wake_at = next_tick
+            if self._probe_due is not None:
+                wake_at = min(wake_at, self._probe_due)
+            if self.disconnected:
+                wake_at = min(wake_at, min(self.disconnected.values()))
+            timeout_ms = max(0, int((wake_at - time.monotonic()) * 1000) + 1)
             ready = dict(poller.poll(0 if self.carry else timeout_ms))
             try:
                 if self.router in ready or self.carry:
                     self._drain_requests(per_poll)
                     self._sync_log()
                 now = time.monotonic()
+                if self._monitor is not None and self._monitor in ready:
+                    self._read_monitor(now)
+                if self._probe_due is not None and now >= self._probe_due:
+                    self._find_closed_connections(now)
+                if self.disconnected and min(self.disconnected.values()) <= now < next_tick:
+                    self._expire_sessions(now)
+                    self._sync_log()
+                    self._flush_ready()
                 if now >= next_tick:
                     late = now - next_tick
                     if late > tick_s:
@@ -340,7 +374,9 @@ class CoordinatorServer:
             # Only the connection that opened or resumed the session (with its secret) speaks
             # for it; anyone else must resume first.
             raise errors.SessionMoved()
-        self.deadlines[sid] = time.monotonic() + session.timeout_ms / 1000
+        if sid not in self.disconnected:    # (a request left in the pipe of a closed connection
+            # does not bring its session back)
+            self.deadlines[sid] = time.monotonic() + session.timeout_ms / 1000
         st = self.state
         if api == "ping":
             # answered at once (an overloaded coordinator must not starve heartbeats); it reports
@@ -390,6 +426,7 @@ class CoordinatorServer:
             if session is None or session.secret != req.get("secret"):
                 raise errors.SessionExpired(f"Session {sid:#x} has expired.")
             self.idents[sid] = ident
+            self.disconnected.pop(sid, None)
             self.deadlines[sid] = time.monotonic() + session.timeout_ms / 1000
             for wid in list(self.session_watches.get(sid, ())):
                 self._drop_watch(wid, sid)          # the client registers them again
@@ -407,7 +444,8 @@ class CoordinatorServer:
             log.info("session opened", sid=sid, timeout_ms=timeout_ms)
         return protocol.encode_reply(req["id"], sid=sid, secret=session.secret,
                                      timeout_ms=session.timeout_ms, run=self.run_id,
-                                     zxid=self.state.zxid)
+                                     zxid=self.state.zxid,
+                                     disconnect_grace_ms=self.cfg["session.disconnect.grace.ms"])
 
     def _write(self, body: list):
         """Apply a write to the state and queue its record; raises ZbError when rejected."""
@@ -499,9 +537,44 @@ class CoordinatorServer:
             del self.watches_by_prefix[w.prefix]
 
     # --- sessions ---------------------------------------------------------------------------------
+    def _read_monitor(self, now: float) -> None:
+        """A connection closed: look for the sessions it carried soon (several closing at
+        once are looked for together)."""
+        while True:
+            try:
+                self._monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        if self._probe_due is None:
+            self._probe_due = now + PROBE_DELAY_S
+
+    def _find_closed_connections(self, now: float) -> None:
+        self._probe_due = None
+        grace = self.cfg["session.disconnect.grace.ms"] / 1000
+        router = self.router
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        try:
+            for sid, ident in self.idents.items():
+                if sid in self.disconnected:
+                    continue
+                try:
+                    router.send_multipart([ident, b""], zmq.NOBLOCK)
+                except zmq.ZMQError as e:
+                    if e.errno != zmq.EHOSTUNREACH:
+                        continue                # (a full pipe: connected)
+                    deadline = now + grace
+                    self.disconnected[sid] = deadline
+                    if deadline < self.deadlines.get(sid, deadline + 1):
+                        self.deadlines[sid] = deadline
+                    log.info("session's connection closed", sid=sid,
+                             expires_in_ms=round(grace * 1000))
+        finally:
+            router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+
     def _close_session(self, sid: int, reason: str) -> None:
         self._write(["close", sid])
         self.deadlines.pop(sid, None)
+        self.disconnected.pop(sid, None)
         for wid in list(self.session_watches.get(sid, ())):
             self._drop_watch(wid, sid)
         if reason != "expired":
@@ -512,6 +585,8 @@ class CoordinatorServer:
         """The loop fell behind (a stall, a flood): nobody's session expires for our delay."""
         for sid in self.deadlines:
             self.deadlines[sid] += late_s
+        for sid in self.disconnected:
+            self.disconnected[sid] += late_s
         log.warning("the loop fell behind; session deadlines moved out", seconds=round(late_s, 3))
 
     def _expire_sessions(self, now: float) -> None:
@@ -545,6 +620,12 @@ class CoordinatorServer:
         self.snapshot_jobs.put(None)
         self.snapshotter.join(30)
         self.txnlog.close()
+        if self._monitor is not None:
+            try:
+                self.router.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self._monitor.close(0)
         self.router.close(0)
         self.ctx.term()
         log.info("stopped", zxid=self.state.zxid, log_writes=self.log_writes,

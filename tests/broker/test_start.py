@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.procs import BrokerProc, free_port, wait_until
+from tests.procs import BrokerProc, CoordinatorProc, free_port, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -83,12 +83,16 @@ def test_help_lists_settings():
         assert key in out.stdout
 
 
-def test_a_restarted_broker_waits_for_its_earlier_registration_to_expire(procs, coordinator,
-                                                                          coordinator_client,
-                                                                          tmp_path):
+def test_a_restarted_broker_waits_for_its_earlier_registration_to_expire(procs, tmp_path):
     """Killed with kill -9 and started again at once on the same address, a broker finds the
     registration of its earlier life still held (by a session that is dead but has not expired
-    yet), waits for the coordinator to expire it, and only then registers with a new session."""
+    yet), waits for the coordinator to expire it, and only then registers with a new session.
+    (The coordinator here waits for session timeouts only, session.disconnect.grace.ms=-1, so
+    the restarted process surely looks before the expiry.)"""
+    from coordinator.client import CoordinatorClient
+    coordinator = CoordinatorProc(procs, tmp_path / "coordinator-data",
+                                  {"session.disconnect.grace.ms": "-1"}).start()
+    coordinator_client = CoordinatorClient(coordinator.address, session_timeout_ms=4000)
     session_s = 10.0        # long, so the restarted process surely looks before the expiry
     path = "/brokers/ids/1"
     b1 = BrokerProc(procs, 1, coordinator.address, tmp_path / "b1",
@@ -117,3 +121,22 @@ def test_a_restarted_broker_waits_for_its_earlier_registration_to_expire(procs, 
     assert second.ephemeral_owner != first.ephemeral_owner
     assert [b[0] for b in b1.metadata([])["brokers"]] == [1]
     assert b1.alive and "Traceback" not in b1.proc.log_path.read_text()
+    coordinator_client.close()
+
+
+def test_a_broker_killed_leaves_the_cluster_when_its_connection_closes(procs, coordinator,
+                                                                       coordinator_client,
+                                                                       tmp_path):
+    """With the coordinator's default session.disconnect.grace.ms, a broker killed with kill -9
+    is gone from /brokers/ids as soon as the grace after its connection closed has passed,
+    long before its (here 30 s) session timeout; started again, it registers anew."""
+    path = "/brokers/ids/1"
+    b1 = BrokerProc(procs, 1, coordinator.address, tmp_path / "b1",
+                    {"coordinator.session.timeout.ms": "30000"}).start()
+    gone = []
+    coordinator_client.watch(path, lambda e: e.type == "deleted" and gone.append(e))
+    b1.kill9()
+    wait_until(lambda: gone, 15, "the killed broker's registration to go")
+    b1.start()
+    _, stat = coordinator_client.get_with_stat(path)
+    assert stat.czxid > gone[0].zxid and b1.alive

@@ -225,3 +225,55 @@ def test_a_frozen_client_is_expired_and_told_so(coordinator, procs):
         assert time.monotonic() < deadline, holder.log_tail()
         time.sleep(0.05)
     watcher.close()
+
+
+def _holder(procs, coordinator, watcher, path, timeout_ms):
+    holder = procs.python("holder", "tests.coordinator.helper_client", coordinator.address,
+                          "ephemeral", path, str(timeout_ms))
+    deadline = time.monotonic() + 10
+    while watcher.exists(path) is None:
+        assert time.monotonic() < deadline and holder.popen.poll() is None, holder.log_tail()
+        time.sleep(0.02)
+    return holder
+
+
+def test_a_client_whose_connection_closes_is_expired_without_waiting_for_its_timeout(
+        coordinator, procs):
+    """kill -9 closes the client's connection: the session goes after
+    session.disconnect.grace.ms (500), not after its 60 s timeout."""
+    watcher = CoordinatorClient(coordinator.address)
+    gone = threading.Event()
+    watcher.watch("/killed", lambda ev: ev.type == "deleted" and gone.set())
+    holder = _holder(procs, coordinator, watcher, "/killed", 60000)
+    holder.kill9()
+    assert gone.wait(20), "the session outlived its closed connection"
+    watcher.close()
+
+
+def test_a_session_resumed_within_the_grace_and_a_frozen_client_keep_their_keys(
+        coordinator, procs):
+    """A connection reset under a live client: it reconnects at once and resumes its session,
+    so its key stays. A frozen client (SIGSTOP) keeps its connection open: it waits for its
+    session timeout, as before."""
+    import signal
+    import subprocess
+    watcher = CoordinatorClient(coordinator.address)
+    watcher.ensure_path("/kept")
+    events = []
+    watcher.watch("/kept", events.append)
+    cut = _holder(procs, coordinator, watcher, "/kept/cut", 60000)
+    frozen = _holder(procs, coordinator, watcher, "/kept/frozen", 60000)
+    port = coordinator.address.rsplit(":", 1)[1]
+    subprocess.run(["ss", "-K", "dst", "127.0.0.1", "dport", "=", port], capture_output=True)
+    deadline = time.monotonic() + 10
+    for h in (cut, frozen):             # both cut: SUSPENDED, then resumed
+        while "STATE CONNECTED" not in h.log_tail():
+            assert time.monotonic() < deadline, h.log_tail()
+            time.sleep(0.05)
+    frozen.popen.send_signal(signal.SIGSTOP)
+    time.sleep(1.5)                          # three times the grace
+    assert watcher.exists("/kept/cut") is not None, cut.log_tail()
+    assert watcher.exists("/kept/frozen") is not None
+    assert not [e for e in events if e.type == "deleted"], events
+    frozen.popen.send_signal(signal.SIGCONT)
+    watcher.close()

@@ -332,6 +332,11 @@ class BrokerServer:
                 # the session may expire a session timeout after that contact.
                 self._suspended_at = time.monotonic()
                 limit_at = client.last_contact_s + client.session_timeout_ms * 2 / 3000
+                if client.disconnect_grace_ms is not None:
+                    # the coordinator may expire a session whose connection closed this soon
+                    # after it saw the close (about when we did); leading stops within half
+                    limit_at = min(limit_at,
+                                   self._suspended_at + client.disconnect_grace_ms / 2000)
                 self._add_timer(max(0.0, limit_at - time.monotonic()), self._check_suspended,
                                 self._suspended_at)
         elif state == CONNECTED:
