@@ -19,7 +19,9 @@ measures:
 3. failover: a raw acks=all writer hammers one partition (RF=3); its leader is killed with
    kill -9; time until the first acknowledged acks=all write on that partition (new leader found
    through Metadata, request timeout 500 ms, retries every 20 ms), done BENCH_KILLS (3) times;
-4. controlled shutdown: SIGTERM to the partition's leader; time until another broker's Metadata
+4. the same with SIGSTOP instead of kill -9 (a hung leader, whose connections stay open: it
+   goes at its session timeout), once;
+5. controlled shutdown: SIGTERM to the partition's leader; time until another broker's Metadata
    names a new leader, and until the process has exited.
 
 Prints the figures last, as one line of name=value pairs. Clients and brokers share this
@@ -29,6 +31,7 @@ machine's cores.
 from __future__ import annotations
 
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -161,15 +164,19 @@ def leader_of(cluster: Cluster, topic: str) -> int:
         return -1
 
 
-def failover_once(cluster: Cluster, topic: str) -> float:
-    """Kill -9 the leader of topic-0 while writing; seconds to the first acks=all success."""
+def failover_once(cluster: Cluster, topic: str, freeze: bool = False) -> float:
+    """Kill -9 (or, with ``freeze``, SIGSTOP) the leader of topic-0 while writing; seconds to
+    the first acks=all success at another leader."""
     leader = leader_of(cluster, topic)
     victim = cluster.broker(leader)
     conn = Conn(victim.port)
     assert conn.produce(topic, 0, [batch([b"warm"])], acks=-1)[2] == 0
     conn.close()
     killed = time.monotonic()
-    victim.kill9()
+    if freeze:
+        victim.proc.popen.send_signal(signal.SIGSTOP)
+    else:
+        victim.kill9()
     while True:
         new = leader_of(cluster, topic)
         if new >= 0 and new != leader:
@@ -187,7 +194,10 @@ def failover_once(cluster: Cluster, topic: str) -> float:
         time.sleep(0.02)
         if time.monotonic() - killed > 60:
             raise RuntimeError("no acks=all write succeeded within 60 s of the kill")
-    victim.restart()
+    if freeze:
+        victim.proc.popen.send_signal(signal.SIGCONT)
+    else:
+        victim.restart()
     deadline = time.monotonic() + 60       # until it is back in the ISR
     while time.monotonic() < deadline:
         md = cluster.metadata([topic], allow_auto_create=False)
@@ -257,6 +267,10 @@ def main() -> None:
             for _ in range(KILLS):
                 times.append(failover_once(cluster, "fo"))
                 print(f"  first acks=all write {times[-1]:.2f} s after the kill", flush=True)
+            print("failover: SIGSTOP of the leader (a hung broker: its connection stays open) "
+                  "...", flush=True)
+            frozen = failover_once(cluster, "fo", freeze=True)
+            print(f"  first acks=all write {frozen:.2f} s after the SIGSTOP", flush=True)
             print("controlled shutdown of the leader ...", flush=True)
             moved, exited = controlled_shutdown(cluster, "fo")
             print(f"  leadership moved in {moved * 1000:.0f} ms, process exited after "
@@ -270,6 +284,7 @@ def main() -> None:
           f"e2e_latency_linger0_p50_ms={z50:.2f} e2e_latency_linger0_p99_ms={z99:.2f} "
           f"e2e_rate={RATE} zmq_send_spaced_us={spaced_us:.1f} zmq_send_burst_us={burst_us:.1f} "
           f"failover_s_median={statistics.median(times):.2f} failover_s_max={max(times):.2f} "
+          f"sigstop_failover_s={frozen:.2f} "
           f"session_timeout_ms={SESSION_MS} controlled_shutdown_move_ms={moved * 1000:.0f} "
           f"controlled_shutdown_exit_ms={exited * 1000:.0f} records={RECORDS} "
           f"record_bytes={RECORD_BYTES} replication_factor=3 partitions=3")
