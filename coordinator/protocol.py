@@ -172,9 +172,9 @@ def check_request(req: Any) -> dict:
     if not isinstance(req_id, int) or isinstance(req_id, bool):
         raise errors.InvalidRequest("The request has no integer correlation id.")
     api = req.get("api")
-    if api not in _SCHEMAS:
-        raise errors.InvalidRequest(f"Unknown operation {api!r}; known operations are "
-                                    f"{', '.join(sorted(OPS))}.")
+    if not isinstance(api, str) or api not in _SCHEMAS:
+        raise errors.InvalidRequest(f"Unknown operation {repr(api)[:80]}; known operations "
+                                    f"are {', '.join(sorted(OPS))}.")
     if req.get("v") != VERSION:
         raise errors.UnsupportedVersion(f"This coordinator speaks protocol version {VERSION}, "
                                         f"not {req.get('v')!r}.")

@@ -152,6 +152,7 @@ PARTS_PER_REQUEST_MAX = 10_000
 TOPICS_PER_REQUEST_MAX = 1000
 TOPIC_NAME_CHARS_MAX = 249                # Kafka's
 PARTITIONS_PER_TOPIC_MAX = 10_000
+REPLICAS_PER_PARTITION_MAX = 64
 FETCH_WAIT_MS_MAX = 60_000
 REQUEST_TIMEOUT_MS_MAX = 300_000
 
@@ -515,7 +516,7 @@ def decode_request(frames: list[bytes]) -> tuple[dict, list[bytes]]:
         api = header.get("api")
         schema = SCHEMAS.get(api) if isinstance(api, str) else None
         if schema is None:
-            raise errors.InvalidRequest(f"Unknown api {api!r}; this broker speaks "
+            raise errors.InvalidRequest(f"Unknown api {repr(api)[:80]}; this broker speaks "
                                         f"{', '.join(sorted(SCHEMAS))}.")
         if header.get("v") != VERSION:
             raise errors.UnsupportedVersion(f"This broker speaks version {VERSION} of {api}, "

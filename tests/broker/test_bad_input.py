@@ -71,3 +71,35 @@ def test_bad_requests_then_good_ones(cluster):
         assert conn.list_offset("t", 0, protocol.LATEST_TIMESTAMP)[3] == 1
     finally:
         conn.close()
+
+
+def test_create_topics_with_malformed_entries_never_moves_the_controller(cluster):
+    """Type-confused CreateTopics entries (assignment keys of mixed types, non-list replicas,
+    config of the wrong types, a huge partition number) get named errors per topic; the
+    controller neither steps down nor logs a traceback, and a good request then works."""
+    from coordinator.client import CoordinatorClient
+    c = cluster(1)
+    conn = Conn(c.brokers[0].port)
+    coord = CoordinatorClient(c.coordinator.address)
+    try:
+        _, before = coord.get_with_stat("/controller")
+        bad = [["m1", 2, 1, {}, {0: [1], "x": [1]}],          # keys of mixed types
+               ["m2", 1, 1, {}, {True: [1]}],                  # a bool for a partition
+               ["m3", 1, 1, {}, {0: "1"}],                     # replicas not a list
+               ["m4", 1, 1, {}, {0: [1.5]}],                   # a float for a broker
+               ["m5", 1, 1, {"retention.ms": 5}, None],        # a config value not a string
+               ["m6", 1, 1, {}, {1 << 40: [1]}]]               # a huge partition number
+        h, _ = conn.request("CreateTopics", topics=bad, timeout_ms=5000)
+        assert h["err"] == 0, h
+        codes = {name: code for name, code, _ in h["topics"]}
+        assert set(codes) == {e[0] for e in bad} and all(codes.values()), h["topics"]
+        h, _ = conn.request("CreateTopics", topics=[["good", 1, 1, {}, {0: [1]}]],
+                            timeout_ms=5000)
+        assert h["topics"] == [["good", 0, None]], h
+        _, after = coord.get_with_stat("/controller")
+        assert after.czxid == before.czxid          # the same controller, never re-elected
+        text = c.brokers[0].proc.log_path.read_text(errors="replace")
+        assert "Traceback" not in text and "stepping down" not in text
+    finally:
+        conn.close()
+        coord.close()

@@ -70,6 +70,8 @@ def test_garbage_gets_error_replies_and_changes_nothing(coordinator, raw):
         (req(api="get", id=12, sid=12345, path="/keep"), "SESSION_EXPIRED"),
         (req(api="create", id=13, sid=sid, path="/keep", value=True), "BAD_ARGUMENTS"),
         (req(api="get", id=14, sid=True, path="/keep"), "BAD_ARGUMENTS"),
+        (req(api=["get"], id=15, sid=sid, path="/keep"), "INVALID_REQUEST"),   # unhashable
+        (req(api={"a": 1}, id=16, sid=sid), "INVALID_REQUEST"),
     ]
     for frame, name in cases:
         reply = ask(raw, frame)
@@ -88,6 +90,8 @@ def test_garbage_gets_error_replies_and_changes_nothing(coordinator, raw):
     assert {r["id"] for r in got} == {53, None}
     assert [r for r in got if r["id"] is None][0]["err"] != 0
     good.close()
+    # a client's mistakes are answered, never logged as the server's own failure
+    assert "Traceback" not in coordinator.proc.log_path.read_text(errors="replace")
 
 
 def frame_of_size(size):

@@ -442,6 +442,11 @@ class Controller:
         except errors.ZbError as e:
             self.reply(ident, protocol.encode_error(req_id, e), None)
             return
+        except Exception as e:      # our bug, met by a request: answer it, keep the controller
+            log.exception("an admin request failed", api=api)
+            self.reply(ident, protocol.encode_error(req_id, errors.UnknownServerError(
+                f"The controller failed on this {api} request ({type(e).__name__}).")), None)
+            return
         frames = protocol.encode_response(req_id, topics=results)
         self.reply(ident, frames, (api, wait, header.get("timeout_ms", 30000)))
 
@@ -530,13 +535,15 @@ class Controller:
     def _check_assignment(self, assignment: dict, live) -> list[list[int]]:
         n = len(assignment)
         if not 1 <= n <= protocol.PARTITIONS_PER_TOPIC_MAX or \
+                not all(type(p) is int for p in assignment) or \
                 sorted(assignment) != list(range(n)):
             raise errors.InvalidPartitions("A replica assignment must name partitions 0..n-1.")
         replicas = [assignment[p] for p in range(n)]
         rf = None
         for reps in replicas:
             if not isinstance(reps, list) or not reps or \
-                    not all(isinstance(b, int) and not isinstance(b, bool) for b in reps):
+                    len(reps) > protocol.REPLICAS_PER_PARTITION_MAX or \
+                    not all(type(b) is int for b in reps):
                 raise errors.InvalidReplicationFactor(
                     "Each partition's replicas must be a non-empty list of broker ids.")
             if len(set(reps)) != len(reps):
