@@ -103,3 +103,40 @@ def test_create_topics_with_malformed_entries_never_moves_the_controller(cluster
     finally:
         conn.close()
         coord.close()
+
+
+def test_garbage_in_cluster_keys_is_ignored_and_the_cluster_keeps_serving(cluster):
+    """Anyone who can reach the coordinator may write its keys (until ACLs exist): garbage
+    registrations, topic records and partition states are ignored with a warning; no
+    controller steps down, no watcher stalls, no traceback is logged, and a topic created
+    afterwards works."""
+    from coordinator.client import CoordinatorClient
+    c = cluster(2)
+    c.create_topic("t", 1, 2)
+    coord = CoordinatorClient(c.coordinator.address)
+    try:
+        _, before = coord.get_with_stat("/controller")
+        coord.create("/brokers/ids/9", b"\xc1 not msgpack")
+        coord.create("/brokers/ids/8", msgpack.packb({"host": 5, "port": "x"}))
+        coord.create("/brokers/topics/junk", msgpack.packb({"replicas": "no"}))
+        coord.set("/brokers/topics/t/0", msgpack.packb({"leader": "one", "isr": None}))
+        c.create_topic("after", 1, 2)
+        conn = Conn(c.brokers[0].port)
+        try:
+            h, _ = conn.request("Metadata", topics=["after"])
+            leader = h["topics"][0][3][0][2]
+        finally:
+            conn.close()
+        conn = Conn(c.broker(leader).port)
+        try:
+            assert conn.produce("after", 0, batch([b"ok"]))[2] == 0
+        finally:
+            conn.close()
+        _, after = coord.get_with_stat("/controller")
+        assert after.czxid == before.czxid
+        for b in c.brokers:
+            assert b.alive
+            text = b.proc.log_path.read_text(errors="replace")
+            assert "Traceback" not in text and "stepping down" not in text, b.broker_id
+    finally:
+        coord.close()

@@ -161,6 +161,14 @@ def registered_after(st: md.PartitionState, live: dict) -> set:
 
 # --- the controller thread --------------------------------------------------------------------
 
+def _topic_record(name: str, raw: bytes):
+    try:
+        return md.decode_topic(raw)
+    except ValueError:
+        raise errors.UnknownServerError(f"The coordinator's record of the topic {name!r} is "
+                                        f"unreadable.") from None
+
+
 class Controller:
     def __init__(self, client: CoordinatorClient, broker_id: int, cfg,
                  reply: Callable[[bytes, list, object], None]):
@@ -335,7 +343,11 @@ class Controller:
                 raw, stat = self.client.get_with_stat(md.broker_path(int(c)))
             except NoNode:
                 continue
-            info = md.decode_registration(int(c), raw)
+            try:
+                info = md.decode_registration(int(c), raw)
+            except ValueError:
+                md.warn_once("broker registration", md.broker_path(int(c)), stat.mzxid)
+                continue        # not a broker: garbage someone wrote under /brokers/ids
             live[int(c)] = (info.rack, stat.czxid)
         return live
 
@@ -576,7 +588,7 @@ class Controller:
             raw, version = self.client.get(md.topic_path(name))
         except NoNode:
             raise errors.UnknownTopicOrPartition(f"The topic {name!r} does not exist.") from None
-        n = len(md.unpack(raw)["replicas"])
+        n = len(_topic_record(name, raw)[1])
         ops = [Op.delete(md.partition_path(name, p)) for p in range(n)
                if self.client.exists(md.partition_path(name, p)) is not None]
         # states first (chunked if many), then the topic record with its version check
@@ -603,8 +615,8 @@ class Controller:
             raw, version = self.client.get(md.topic_path(name))
         except NoNode:
             raise errors.UnknownTopicOrPartition(f"The topic {name!r} does not exist.") from None
-        rec = md.unpack(raw)
-        replicas = rec["replicas"]
+        rec, replicas = _topic_record(name, raw)
+        replicas = [list(r) for r in replicas]
         if total <= len(replicas):
             raise errors.InvalidPartitions(f"The topic {name!r} has {len(replicas)} partitions; "
                                            f"it can only grow, not to {total}.")

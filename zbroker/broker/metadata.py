@@ -33,6 +33,7 @@ from typing import Callable, NamedTuple
 import msgpack
 
 from coordinator.client import CoordinatorClient, NoNode, ZbError
+from zbroker import protocol
 from zbroker.logs import get_logger
 from zbroker.protocol import BrokerEntry, PartitionMetadataEntry, TopicMetadataEntry
 
@@ -106,8 +107,17 @@ def encode_registration(host: str, port: int, rack: str | None) -> bytes:
     return pack({"host": host, "port": port, "rack": rack or None})
 
 
+def _int(v) -> bool:
+    return type(v) is int
+
+
 def decode_registration(broker_id: int, raw: bytes, epoch: int = -1) -> BrokerInfo:
+    """ValueError for anything that is not a registration (anyone may write the key)."""
     d = unpack(raw)
+    if not isinstance(d, dict) or not isinstance(d.get("host"), str) or \
+            not _int(d.get("port")) or not 0 < d["port"] < 65536 or \
+            not isinstance(d.get("rack"), (str, type(None))):
+        raise ValueError(f"not a broker registration: {raw[:60]!r}")
     return BrokerInfo(broker_id, d["host"], d["port"], d.get("rack"), epoch)
 
 
@@ -123,8 +133,39 @@ def encode_state(leader: int, leader_epoch: int, isr: list[int], controller_epoc
 def decode_state(topic: str, partition: int, replicas, raw: bytes, version: int,
                  zxid: int = -1) -> PartitionState:
     d = unpack(raw)
+    if not isinstance(d, dict) or not _int(d.get("leader")) or not _int(d.get("leader_epoch")) \
+            or not _int(d.get("controller_epoch")) or not isinstance(d.get("isr"), list) or \
+            not all(_int(b) for b in d["isr"]) or d["leader_epoch"] < 0:
+        raise ValueError(f"not a partition state: {raw[:60]!r}")
     return PartitionState(topic, partition, tuple(replicas), d["leader"], d["leader_epoch"],
                           tuple(d["isr"]), d["controller_epoch"], version, zxid)
+
+
+def decode_topic(raw: bytes) -> tuple[dict, list[tuple[int, ...]]]:
+    """The topic record and its replica lists; ValueError for anything else."""
+    rec = unpack(raw)
+    if not isinstance(rec, dict) or not isinstance(rec.get("replicas"), list) or \
+            not 0 < len(rec["replicas"]) <= protocol.PARTITIONS_PER_TOPIC_MAX or \
+            not all(isinstance(r, list) and r and all(_int(b) for b in r)
+                    for r in rec["replicas"]) or \
+            not isinstance(rec.get("id", ""), str) or \
+            not isinstance(rec.get("config") or {}, dict) or \
+            not all(isinstance(k, str) and isinstance(v, str)
+                    for k, v in (rec.get("config") or {}).items()):
+        raise ValueError(f"not a topic record: {raw[:60]!r}")
+    return rec, [tuple(r) for r in rec["replicas"]]
+
+
+_warned: set = set()
+
+
+def warn_once(what: str, path: str, zxid: int) -> None:
+    """A key nobody should have written like that: say so once per version of it."""
+    if (path, zxid) not in _warned:
+        if len(_warned) > 10_000:
+            _warned.clear()
+        _warned.add((path, zxid))
+        log.warning(f"unreadable {what}; ignored", path=path)
 
 
 class ClusterImage:
@@ -221,7 +262,8 @@ def read_image(client: CoordinatorClient, timeout_s: float = 10.0) -> ClusterIma
     topic_names = children(TOPICS)
     shutting_down = frozenset(int(c) for c in children(SHUTDOWN) if c.isdigit())
     f_brokers = {b: client.get_with_stat_async(broker_path(b)) for b in broker_ids}
-    f_topics = {t: client.get_async(topic_path(t)) for t in topic_names}
+    f_topics = {t: client.get_async(topic_path(t)) for t in topic_names
+                if protocol.TOPIC_NAME_RE.match(t)}
     f_controller = client.get_async(CONTROLLER)
     f_epoch = client.get_async(CONTROLLER_EPOCH)
     f_cluster = client.get_async(CLUSTER_ID_PATH)
@@ -232,7 +274,7 @@ def read_image(client: CoordinatorClient, timeout_s: float = 10.0) -> ClusterIma
             try:
                 brokers[b] = decode_registration(b, got[0], got[1].czxid)
             except Exception:
-                log.warning("unreadable broker registration", broker=b)
+                warn_once("broker registration", broker_path(b), got[1].mzxid)
     topic_records = {}
     f_states = {}
     for t, fut in f_topics.items():
@@ -240,10 +282,9 @@ def read_image(client: CoordinatorClient, timeout_s: float = 10.0) -> ClusterIma
         if got is None:
             continue
         try:
-            rec = unpack(got[0])
-            replicas = [tuple(r) for r in rec["replicas"]]
+            rec, replicas = decode_topic(got[0])
         except Exception:
-            log.warning("unreadable topic record", topic=t)
+            warn_once("topic record", topic_path(t), -1)
             continue
         topic_records[t] = (rec, replicas, got[1])
         for p in range(len(replicas)):
@@ -258,8 +299,13 @@ def read_image(client: CoordinatorClient, timeout_s: float = 10.0) -> ClusterIma
         parts = []
         for p, reps in enumerate(replicas):
             got = states.get((t, p))
-            parts.append(decode_state(t, p, reps, got[0], got[1].version, got[1].mzxid)
-                         if got else None)
+            st = None
+            if got:
+                try:
+                    st = decode_state(t, p, reps, got[0], got[1].version, got[1].mzxid)
+                except Exception:      # as if not written yet: the controller leaves it be
+                    warn_once("partition state", partition_path(t, p), got[1].mzxid)
+            parts.append(st)
         topics[t] = TopicImage(t, rec.get("id", ""), tuple(parts), tuple(replicas),
                                rec.get("config") or {}, version)
     controller_id = -1
@@ -272,7 +318,7 @@ def read_image(client: CoordinatorClient, timeout_s: float = 10.0) -> ClusterIma
     got = result(f_epoch)
     controller_epoch = int(got[0]) if got is not None and got[0].isdigit() else 0
     got = result(f_cluster)
-    cluster_id = got[0].decode() if got is not None else None
+    cluster_id = got[0].decode(errors="replace") if got is not None else None
     return ClusterImage(brokers, topics, controller_id, controller_epoch, cluster_id,
                         shutting_down)
 
