@@ -140,3 +140,31 @@ def test_garbage_in_cluster_keys_is_ignored_and_the_cluster_keeps_serving(cluste
             assert "Traceback" not in text and "stepping down" not in text, b.broker_id
     finally:
         coord.close()
+
+
+def test_acks_all_produces_waiting_are_bounded(cluster):
+    """With its follower stopped, the leader holds acks=all produces until they replicate; past
+    delayed.produces.max the next one is refused (retriable) before anything is written."""
+    import signal
+    from tests.replication.helpers import partition_info, wait_isr
+    c = cluster(2, overrides={"delayed.produces.max": "2"})
+    c.create_topic("w", 1, 2, {"min.insync.replicas": "2"})
+    wait_isr(c, "w", 0, {1, 2})
+    leader, *_ = partition_info(c, "w", 0)
+    follower = c.broker(3 - leader)
+    conn = Conn(c.broker(leader).port)
+    follower.proc.popen.send_signal(signal.SIGSTOP)
+    try:
+        held = [conn.send("Produce", [batch([b"%d" % i])], acks=-1, timeout_ms=20000,
+                          parts=[["w", 0, -1]]) for i in range(2)]
+        refused_id = conn.send("Produce", [batch([b"refused"])], acks=-1, timeout_ms=20000,
+                               parts=[["w", 0, -1]])
+        h, _ = conn.recv(10)
+        assert h["id"] == refused_id and h["err"] == errors.RequestTimedOut.code, h
+        assert "delayed.produces.max" in h["msg"]
+    finally:
+        follower.proc.popen.send_signal(signal.SIGCONT)
+    got = {conn.recv(20)[0]["id"] for _ in held}
+    assert got == set(held)
+    assert conn.list_offset("w", 0, protocol.LATEST_TIMESTAMP)[3] == 2     # "refused" is not in
+    conn.close()

@@ -156,6 +156,9 @@ BROKER_CONFIG = ConfigDef([
             "is forgotten first (bounded memory).", min=1),
     Setting("requests.per.poll.max", int, 1000,
             "Messages handled per loop turn before timers run.", min=1),
+    Setting("delayed.produces.max", int, 10000,
+            "acks=all produces waiting for replication at once; more are refused with "
+            "REQUEST_TIMED_OUT (retriable) before anything is written.", min=1),
     Setting("delayed.fetches.max", int, 10000,
             "Fetches waiting for data at once; more are answered at once.", min=1),
     Setting("socket.send.buffer.messages", int, 100000,

@@ -119,12 +119,13 @@ class DelayedProduce:
     """An acks=all produce waiting for the high watermark of its partitions to pass its
     batches. ``out`` is the response's parts list; ``waiting`` maps an index of it to the
     partition whose state machine holds the wait (token ``(dp, index)``)."""
-    __slots__ = ("ident", "req_id", "out", "waiting", "done", "extra")
+    __slots__ = ("ident", "req_id", "out", "waiting", "done", "extra", "deadline")
 
     def __init__(self, ident, req_id, out, waiting, extra=None):
         self.ident, self.req_id, self.out, self.waiting = ident, req_id, out, waiting
         self.extra = extra or {}        # more response fields (batch_offsets)
         self.done = False
+        self.deadline = 0.0
 
 
 class PendingAdminReply:
@@ -161,6 +162,9 @@ class BrokerServer:
         self._timers: list = []
         self._timer_seq = itertools.count()
         self._delayed_fetches = 0
+        # acks=all produces not answered yet (answered ones leave at once, so an answered
+        # produce holds no memory until its deadline); swept by _expire_produces
+        self._delayed_produces: dict[int, DelayedProduce] = {}
         self.sessions = LeaderSessions(cfg["max.incremental.fetch.session.cache.slots"])
         self._pending_admin: list[PendingAdminReply] = []
         self._auto_create_asked: dict[str, float] = {}
@@ -500,6 +504,7 @@ class BrokerServer:
         self._periodic(max(lag_s / 4, 0.02), self._shrink_isrs)    # (Kafka: lag / 2)
         self._periodic(0.05, self.fetchers.check_timeouts)
         self._periodic(0.05, self.groups.tick)
+        self._periodic(0.05, self._expire_produces)
         self._periodic(0.05, self.peers.check_timeouts)
         self._periodic(self.cfg["log.retention.check.interval.ms"] / 1000, self._retention)
         self._periodic(self.cfg["producer.id.expiration.check.interval.ms"] / 1000,
@@ -735,6 +740,11 @@ class BrokerServer:
         acks = header["acks"]
         if acks not in (0, 1, -1):
             raise errors.InvalidRequiredAcks(f"acks must be 0, 1 or -1 (all), not {acks}.")
+        if acks == -1 and len(self._delayed_produces) >= self.cfg["delayed.produces.max"]:
+            raise errors.RequestTimedOut(
+                f"Broker {self.broker_id} holds delayed.produces.max "
+                f"({self.cfg['delayed.produces.max']}) acks=all produces waiting for "
+                f"replication; nothing of this one was written, retry.")
         parts = header["parts"]
         protocol.check_entries("Produce", "parts", parts, protocol.PRODUCE_PART)
         if len(blobs) != len(parts):
@@ -795,7 +805,8 @@ class BrokerServer:
             if not dp.done:
                 timeout_ms = min(max(header.get("timeout_ms", 30000), 0),
                                  protocol.REQUEST_TIMEOUT_MS_MAX)
-                self._add_timer(timeout_ms / 1000, self._expire_produce, dp)
+                dp.deadline = time.monotonic() + timeout_ms / 1000
+                self._delayed_produces[id(dp)] = dp
             return None
         return protocol.encode_response(header["id"], parts=out, **extra)
 
@@ -857,10 +868,17 @@ class BrokerServer:
             dp.out[i] = ProduceResult(part.topic, part.partition, err.code, -1, -1, -1, str(err))
         if not dp.waiting:
             dp.done = True
+            self._delayed_produces.pop(id(dp), None)
             self._send(dp.ident, protocol.encode_response(dp.req_id, parts=dp.out,
                                                           **dp.extra))
 
+    def _expire_produces(self) -> None:
+        now = time.monotonic()
+        for dp in [dp for dp in self._delayed_produces.values() if dp.deadline <= now]:
+            self._expire_produce(dp)
+
     def _expire_produce(self, dp: DelayedProduce) -> None:
+        self._delayed_produces.pop(id(dp), None)
         if dp.done:
             return
         err = errors.RequestTimedOut(
