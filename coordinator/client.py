@@ -459,14 +459,24 @@ class CoordinatorClient:
         self._out_frames.append(protocol.encode_request(api, req_id, self.session_id, **fields))
 
     def _flush_out(self) -> None:
-        """Send the frames queued this loop turn, many requests per message."""
+        """Send the frames queued this loop turn, many requests per message (a msgpack stream
+        in one frame), each frame within the coordinator's request and byte limits."""
         frames, self._out_frames = self._out_frames, []
-        step = protocol.REQUESTS_PER_MESSAGE_MAX
-        for i in range(0, len(frames), step):
-            try:            # one frame holding the requests back to back (a msgpack stream)
-                self._sock.send(b"".join(frames[i:i + step]), zmq.NOBLOCK)
-            except zmq.Again:
-                pass        # the queue to the coordinator is full: these requests time out
+        step, cap = protocol.REQUESTS_PER_MESSAGE_MAX, protocol.FRAME_BYTES_MAX
+        start, size = 0, 0
+        for i, f in enumerate(frames):
+            if i > start and (i - start >= step or size + len(f) > cap):
+                self._send_frame(b"".join(frames[start:i]))
+                start, size = i, 0
+            size += len(f)
+        if start < len(frames):
+            self._send_frame(b"".join(frames[start:]))
+
+    def _send_frame(self, frame: bytes) -> None:
+        try:
+            self._sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            pass            # the queue to the coordinator is full: these requests time out
 
     def _take_submissions(self) -> None:
         self._wake_pending = False
@@ -506,8 +516,15 @@ class CoordinatorClient:
             req.future.set_result(None)
             return
         req_id = next(self._ids)
+        frame = protocol.encode_request(req.api, req_id, self.session_id, **req.fields)
+        if len(frame) > protocol.FRAME_BYTES_MAX:
+            # the coordinator drops a connection that sends a frame this large: refuse it here
+            req.future.set_exception(errors.BadArguments(
+                f"The {req.api} request is {len(frame)} bytes; the coordinator takes at most "
+                f"{protocol.FRAME_BYTES_MAX} bytes in one request."))
+            return
         self._inflight[req_id] = req
-        self._send_raw(req.api, req_id, req.fields)
+        self._out_frames.append(frame)
 
     def _register_watch(self, w: _Watch, future: Future | None) -> None:
         if w.wid:

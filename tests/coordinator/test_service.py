@@ -277,3 +277,19 @@ def test_a_session_resumed_within_the_grace_and_a_frozen_client_keep_their_keys(
     assert not [e for e in events if e.type == "deleted"], events
     frozen.popen.send_signal(signal.SIGCONT)
     watcher.close()
+
+
+def test_pipelined_large_writes_are_split_within_the_frame_limit(coordinator):
+    """Requests queued together go out as several frames when they would pass the
+    coordinator's 4 MiB frame limit (one frame over it drops the connection); a single request
+    over it is refused by the client with a sentence and the session carries on."""
+    from coordinator import protocol as P
+    from coordinator.client import BadArguments, Op
+    c = CoordinatorClient(coordinator.address)
+    value = b"v" * (900 * 1024)
+    futs = [c.create_async(f"/big{i}", value) for i in range(8)]      # 7.2 MB together
+    assert [f.result(20) for f in futs] == [f"/big{i}" for i in range(8)]
+    with pytest.raises(BadArguments, match="at most"):
+        c.multi([Op.create(f"/huge{i}", b"x" * P.VALUE_BYTES_MAX) for i in range(5)])
+    assert c.get("/big7")[0] == value and c.state == "CONNECTED"
+    c.close()
