@@ -93,9 +93,15 @@ def test_create_topics_with_malformed_entries_never_moves_the_controller(cluster
         assert h["err"] == 0, h
         codes = {name: code for name, code, _ in h["topics"]}
         assert set(codes) == {e[0] for e in bad} and all(codes.values()), h["topics"]
+        # one request may not create more than PARTITIONS_PER_REQUEST_MAX partitions
+        h, _ = conn.request("CreateTopics", topics=[["big1", 6000, 1, {}, None],
+                                                    ["big2", 6000, 1, {}, None]],
+                            timeout_ms=5000)
+        assert h["err"] == errors.InvalidRequest.code and "at most" in h["msg"], h
         h, _ = conn.request("CreateTopics", topics=[["good", 1, 1, {}, {0: [1]}]],
                             timeout_ms=5000)
         assert h["topics"] == [["good", 0, None]], h
+        assert coord.exists("/brokers/topics/big1") is None
         _, after = coord.get_with_stat("/controller")
         assert after.czxid == before.czxid          # the same controller, never re-elected
         text = c.brokers[0].proc.log_path.read_text(errors="replace")

@@ -161,6 +161,16 @@ def registered_after(st: md.PartitionState, live: dict) -> set:
 
 # --- the controller thread --------------------------------------------------------------------
 
+def _check_request_size(api: str, partitions: int) -> None:
+    """One admin request creates at most PARTITIONS_PER_REQUEST_MAX partitions (as counted
+    before anything is written), so no single client request can make the controller write
+    millions of keys."""
+    if partitions > protocol.PARTITIONS_PER_REQUEST_MAX:
+        raise errors.InvalidRequest(
+            f"One {api} request may create at most {protocol.PARTITIONS_PER_REQUEST_MAX} "
+            f"partitions, not {partitions}; use several requests.")
+
+
 def _topic_record(name: str, raw: bytes):
     try:
         return md.decode_topic(raw)
@@ -483,6 +493,9 @@ class Controller:
     def _create_topics(self, header: dict):
         entries = header["topics"]
         protocol.check_entries("CreateTopics", "topics", entries, protocol.CREATE_TOPIC)
+        _check_request_size("CreateTopics", sum(
+            len(e[4]) if isinstance(e[4], dict) else
+            (e[1] if e[1] > 0 else self.cfg["num.partitions"]) for e in entries))
         validate_only = bool(header.get("validate_only", False))
         live = self._live_brokers()
         results, created = [], []
@@ -603,11 +616,13 @@ class Controller:
         protocol.check_entries("CreatePartitions", "topics", entries, protocol.CREATE_PARTITIONS)
         live = self._live_brokers()
         results, grown = [], []
+        budget = [protocol.PARTITIONS_PER_REQUEST_MAX]     # new partitions this request may add
         for name, total in entries:
-            results.append(self._write_one(lambda: self._grow(name, total, live), name, grown))
+            results.append(self._write_one(lambda: self._grow(name, total, live, budget), name,
+                                           grown))
         return results, grown
 
-    def _grow(self, name: str, total: int, live) -> None:
+    def _grow(self, name: str, total: int, live, budget: list) -> None:
         if name in protocol.INTERNAL_TOPICS:
             raise errors.InvalidPartitions(f"The topic {name} is internal; its partition count "
                                            f"is fixed.")
@@ -623,6 +638,11 @@ class Controller:
         if total > protocol.PARTITIONS_PER_TOPIC_MAX:
             raise errors.InvalidPartitions(f"A topic may have at most "
                                            f"{protocol.PARTITIONS_PER_TOPIC_MAX} partitions.")
+        if total - len(replicas) > budget[0]:
+            raise errors.InvalidPartitions(
+                f"One CreatePartitions request may add at most "
+                f"{protocol.PARTITIONS_PER_REQUEST_MAX} partitions; use several requests.")
+        budget[0] -= total - len(replicas)
         if not live:
             raise errors.BrokerNotAvailable("No broker is registered.")
         racks = {b: r for b, (r, _) in live.items()}
