@@ -91,6 +91,7 @@ AUTO_CREATE_RETRY_S = 1.0
 REGISTRATION_GRACE_S = 5.0
 PERIODIC_FLUSH_MS = 1000
 
+TIMERS_COMPACT_MIN = 4096      # timers held before answered fetches' are dropped from the heap
 API_VERSIONS = {api: [protocol.VERSION, protocol.VERSION] for api in protocol.SCHEMAS}
 ADMIN_APIS = ("CreateTopics", "DeleteTopics", "CreatePartitions")
 
@@ -160,6 +161,7 @@ class BrokerServer:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._timers: list = []
+        self._timers_compact_at = TIMERS_COMPACT_MIN
         self._timer_seq = itertools.count()
         self._delayed_fetches = 0
         # acks=all produces not answered yet (answered ones leave at once, so an answered
@@ -475,13 +477,25 @@ class BrokerServer:
 
     # --- timers ---------------------------------------------------------------------------------
     def _add_timer(self, delay_s: float, fn, *args) -> None:
-        heapq.heappush(self._timers, (time.monotonic() + delay_s, next(self._timer_seq), fn, args))
+        timers = self._timers
+        heapq.heappush(timers, (time.monotonic() + delay_s, next(self._timer_seq), fn, args))
+        if len(timers) > self._timers_compact_at:
+            self._compact_timers()
+
+    def _compact_timers(self) -> None:
+        """Drop the timers of fetches answered before their wait ended (each stayed in the heap
+        until its deadline): the heap stays within twice what is live, whatever a client's
+        fetches ask for."""
+        complete = self._complete_fetch
+        live = [t for t in self._timers if not (t[2] == complete and t[3][0].done)]
+        heapq.heapify(live)
+        self._timers = live
+        self._timers_compact_at = max(TIMERS_COMPACT_MIN, 2 * len(live))
 
     def _run_timers(self) -> None:
         now = time.monotonic()
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            _, _, fn, args = heapq.heappop(timers)
+        while self._timers and self._timers[0][0] <= now:     # (a callback may compact them)
+            _, _, fn, args = heapq.heappop(self._timers)
             try:
                 fn(*args)
             except Exception:
@@ -1197,6 +1211,7 @@ class BrokerServer:
         fetch.partitions = set()
         meta, data, _, _ = self._read_fetch(fetch)
         self._send(fetch.ident, self._fetch_response(fetch, meta, data))
+        fetch.parts = ()                # (its timer may hold it until the wait's end)
 
     def _offset_for_leader_epoch(self, ident, header, blobs):
         """A follower asks where its latest epoch ends in our log (we must lead in the epoch it
