@@ -44,6 +44,7 @@ LAG_MAX_S = 1.0
 FETCH_WAIT_S = 0.05
 REQUEST_TIMEOUT_S = 0.5
 PRODUCE_TIMEOUT_S = 1.0
+PRODUCE_AFTER_HEAL_S = 3.0
 CLIENT_TIMEOUT_S = 0.4          # the producer resends what got no answer (a lost message)
 COORDINATOR = 0
 CLIENT = -1
@@ -168,7 +169,9 @@ class Sim:
                 b.resume()
             if not b.up:
                 b.start()
-        self.producer.stopping = True
+        # the producer goes on a little in the healed cluster (so every seed has a healthy
+        # stretch to acknowledge in), then stops, and the replicas must converge
+        self.at(PRODUCE_AFTER_HEAL_S, lambda: setattr(self.producer, "stopping", True))
 
 
 class Coordinator:
