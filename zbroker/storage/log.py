@@ -133,6 +133,12 @@ def snapshot_name(offset: int) -> str:
     return f"{offset:020d}{SNAPSHOT_SUFFIX}"
 
 
+def _snapshot_offsets_in(names) -> list[int]:
+    """The offsets of the producer snapshots among a directory's file names, ascending."""
+    return sorted(int(n[:-len(SNAPSHOT_SUFFIX)]) for n in names
+                  if n.endswith(SNAPSHOT_SUFFIX) and n[:-len(SNAPSHOT_SUFFIX)].isdigit())
+
+
 class PartitionLog:
     def __init__(self, directory: str, config: Config | dict | None = None, *,
                  clock_ms: Callable[[], int] = _wall_clock_ms, checkpoint_writer=None,
@@ -186,7 +192,7 @@ class PartitionLog:
         return seg
 
     def _load(self) -> None:
-        bases, stray, snapshots = [], [], []
+        bases, stray = [], []
         names = os.listdir(self.dir)
         for name in names:
             if name.endswith(DELETED_SUFFIX) or name.endswith(".tmp"):
@@ -195,8 +201,6 @@ class PartitionLog:
                 stem = name[:-len(LOG_SUFFIX)]
                 if stem.isdigit():
                     bases.append(int(stem))
-            elif name.endswith(SNAPSHOT_SUFFIX) and name[:-len(SNAPSHOT_SUFFIX)].isdigit():
-                snapshots.append(int(name[:-len(SNAPSHOT_SUFFIX)]))
         bases.sort()
         known = set(bases)
         for name in names:
@@ -231,7 +235,8 @@ class PartitionLog:
         cache.truncate_from_start(self._log_start_offset)
         hw = self._hw_file.read(0)
         self._high_watermark_checkpoint = min(max(hw, self._log_start_offset), self._next_offset)
-        self._load_producer_state(clean=marker is not None, snapshots=sorted(snapshots))
+        self._load_producer_state(clean=marker is not None,
+                                  snapshots=_snapshot_offsets_in(names))
         log.debug("partition_log_opened", dir=self.dir, segments=len(self._segments),
                   log_start_offset=self._log_start_offset, log_end_offset=self._next_offset,
                   clean=marker is not None)
@@ -455,11 +460,7 @@ class PartitionLog:
     # --- producer state -------------------------------------------------------------------------
 
     def _snapshot_offsets(self) -> list[int]:
-        out = []
-        for name in os.listdir(self.dir):
-            if name.endswith(SNAPSHOT_SUFFIX) and name[:-len(SNAPSHOT_SUFFIX)].isdigit():
-                out.append(int(name[:-len(SNAPSHOT_SUFFIX)]))
-        return sorted(out)
+        return _snapshot_offsets_in(os.listdir(self.dir))
 
     def _write_producer_snapshot(self, offset: int) -> int:
         """Write the producer state (everything below ``offset``) as ``<offset>.snapshot``
