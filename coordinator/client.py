@@ -56,6 +56,8 @@ __all__ = ["CoordinatorClient", "Stat", "WatchEvent", "Op", "ZbError", "NoNode",
 
 log = get_logger("coordinator.client")
 
+MOVE_PAUSE_S = 0.02         # before trying the next ensemble member after one that does not lead
+
 CONNECTING, CONNECTED, SUSPENDED, LOST, CLOSED = "CONNECTING", "CONNECTED", "SUSPENDED", \
     "LOST", "CLOSED"
 
@@ -188,6 +190,7 @@ class CoordinatorClient:
         self._connect_id = 0
         self._ever_connected = False
         self._reconnect_reason: str | None = None   # set while reading; acted on by the loop
+        self._moved = False         # the reason is that the member does not lead the ensemble
         self._startup_error: ZbError | None = None
         self._cb_thread = threading.Thread(target=self._callback_main, daemon=True,
                                            name="coordinator-callbacks")
@@ -249,6 +252,12 @@ class CoordinatorClient:
 
     def multi_async(self, ops: list[list]) -> Future:
         return self._submit("multi", lambda r: r["results"], ops=list(ops))
+
+    def describe_quorum(self) -> dict:
+        """The ensemble as its leader sees it: leader, term, high_watermark (the commit index),
+        voters, and per member id, log_end, lag, last_fetch_ms and status."""
+        return self._wait(self._submit("quorum", lambda r: {k: v for k, v in r.items()
+                                                             if k not in ("id", "err")}))
 
     def ensure_path(self, path: str) -> None:
         """Create ``path`` and its missing parents as persistent keys (like kazoo's)."""
@@ -406,8 +415,12 @@ class CoordinatorClient:
                     (failed or lost or now > attempt_deadline):
                 self._close_socket()
                 self._host_index = (self._host_index + 1) % len(self.hosts)
-                time.sleep(min(backoff_s, 1.0))
-                backoff_s = min(backoff_s * 2, 1.0)
+                if self._moved:         # a member that does not lead: try the next at once
+                    self._moved = False
+                    time.sleep(MOVE_PAUSE_S)
+                else:
+                    time.sleep(min(backoff_s, 1.0))
+                    backoff_s = min(backoff_s * 2, 1.0)
             self._expire_requests(now)
             if self.state == CONNECTED and self._waiting:
                 pending, self._waiting = self._waiting, collections.deque()
@@ -421,7 +434,10 @@ class CoordinatorClient:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.RCVHWM, 100_000)
-        self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        events = zmq.EVENT_DISCONNECTED
+        if len(self.hosts) > 1:     # an ensemble: a member that refuses us is down, move on
+            events |= zmq.EVENT_CONNECT_RETRIED
+        self._monitor = sock.get_monitor_socket(events)
         sock.connect(self.hosts[self._host_index])
         self._sock = sock
         self._poller = zmq.Poller()
@@ -452,7 +468,8 @@ class CoordinatorClient:
                 msg = recv_monitor_message(self._monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return said
-            if msg["event"] == zmq.EVENT_DISCONNECTED:
+            if msg["event"] == zmq.EVENT_DISCONNECTED or (
+                    msg["event"] == zmq.EVENT_CONNECT_RETRIED and self.state != CONNECTED):
                 said = True
 
     def _send_raw(self, api: str, req_id: int, fields: dict) -> None:
@@ -602,6 +619,17 @@ class CoordinatorClient:
                 if w is not None and seq > w.last_seq:
                     self._register_watch(w, None)       # missed the tail: catch up
         req = self._inflight.pop(req_id, None)
+        if isinstance(err, errors.NotQuorumLeader):
+            # an ensemble member that does not lead applied nothing: resume the session at
+            # another member and send the request again there
+            self._reconnect_reason = "the coordinator is not the ensemble's leader"
+            self._moved = True
+            if req is not None and req.api != "watch":
+                self._waiting.append(req)
+            elif req is not None:
+                req.future.set_exception(ConnectionLoss("The coordinator moved; the watch is "
+                                                        "registered again."))
+            return
         if req is None:
             return
         if err is not None:
@@ -626,6 +654,9 @@ class CoordinatorClient:
         if err is not None:
             if isinstance(err, SessionExpired):
                 self._session_expired()
+            elif isinstance(err, errors.NotQuorumLeader):
+                self._reconnect_reason = "the coordinator is not the ensemble's leader"
+                self._moved = True
             elif err.retriable or self._ever_connected:
                 self._reconnect_reason = f"the coordinator refused the connection ({err})"
             else:                   # a first connect the coordinator will never accept
@@ -651,6 +682,12 @@ class CoordinatorClient:
     def _on_event(self, msg: dict) -> None:
         if msg["ev"] == "expired":
             self._session_expired()
+            return
+        if msg["ev"] == "not_leader":       # the ensemble's leader was deposed: move on
+            self._reconnect_reason = "the coordinator is no longer the ensemble's leader"
+            self._moved = True
+            return
+        if msg["ev"] != "watch":
             return
         w = self._watches.get(msg["wid"])
         if w is None or not w.active:

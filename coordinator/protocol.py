@@ -44,6 +44,13 @@ session from any other connection gets SESSION_MOVED.
     watch     prefix, since_zxid (-1 = from now) -> wid, zxid, [resync: True when history from
                                             since_zxid is no longer kept]
     unwatch   wid
+    quorum                               -> leader, term, high_watermark, voters, members:
+                                            [{id, log_end, lag, last_fetch_ms, status}]
+                                            (the ensemble as this member sees it)
+
+In an ensemble only the leader serves requests; the others answer NOT_QUORUM_LEADER (nothing
+was applied: send it to another member), and a leader that is deposed sends its clients a
+``{"ev": "not_leader"}`` event.
 
 A stat is [version, czxid, mzxid, ctime_ms, mtime_ms, ephemeral_owner, num_children].
 Multi ops are lists: ["check", path, version], ["create", path, value, ephemeral, sequential],
@@ -103,6 +110,7 @@ _SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "multi": {"ops": (_LIST, True)},
     "watch": {"prefix": (_STR, True), "since_zxid": (_INT, False)},
     "unwatch": {"wid": (_INT, True)},
+    "quorum": {},
 }
 OPS = frozenset(_SCHEMAS)
 WRITE_OPS = frozenset({"create", "set", "delete", "multi"})
@@ -271,6 +279,11 @@ def encode_watch_event(wid: int, seq: int, zxid: int, type_: str, path: str, ver
 
 def encode_expired_event(sid: int) -> bytes:
     return pack({"ev": "expired", "sid": sid})
+
+
+def encode_not_leader_event() -> bytes:
+    """To a deposed leader's clients: resume the session at the new leader."""
+    return pack({"ev": "not_leader"})
 
 
 def prefix_matches(prefix: str, path: str) -> bool:

@@ -266,6 +266,20 @@ class RaftCore:
         self._release_reads(out)        # (a single member is its own majority)
         return out
 
+    def peer_lost(self, peer: int, now: float) -> list:
+        """The transport saw its connection to ``peer`` close (the process died, the kernel
+        reset it). When that is our leader, stop counting it as heard from and stand for
+        election after a short random delay instead of a whole election timeout. Safe when the
+        leader is in fact alive: a pre-vote changes no term and needs a majority that no longer
+        hears the leader either."""
+        if self.role is Role.FOLLOWER and peer == self.leader:
+            self.leader = None
+            self._last_heard = now - self.election_timeout_s
+            self._election_at = min(self._election_at,
+                                    now + self.heartbeat_s * (1 + 2 * self.rng.random()))
+            return [RoleChanged(self.role, self.term, None)]
+        return []
+
     def compacted(self, index: int, term: int) -> None:
         """The transport took a snapshot of the state up to ``index`` (committed)."""
         if index <= self.snapshot_index:

@@ -37,6 +37,7 @@ import errno
 import fcntl
 import os
 import queue
+import re
 import signal
 import sys
 import threading
@@ -48,7 +49,8 @@ from coordinator import protocol
 from coordinator.state import Change, CoordinatorState
 from coordinator.txnlog import RecoveryError, TxnLog, encode_record
 from zbroker import errors
-from zbroker.config import ConfigDef, ConfigError, Setting, server_arg_parser
+from zbroker.config import (ConfigDef, ConfigError, Setting, load_properties, parse_overrides,
+                            server_arg_parser)
 from zbroker.logs import configure_logging, get_logger
 
 log = get_logger("coordinator")
@@ -78,6 +80,14 @@ CONFIG = ConfigDef([
     Setting("requests.per.poll.max", int, 16,
             "Requests handled per loop turn; their log records go out in one write and their "
             "replies right after it.", min=1),
+    Setting("coordinator.id", int, 1,
+            "This member's id in the ensemble: N of its server.N line.", min=0, max=255),
+    Setting("election.timeout.ms", int, 500,
+            "Ensemble: a follower that hears nothing from the leader for a random time between "
+            "this and twice this stands for election.", min=30, max=60000),
+    Setting("heartbeat.interval.ms", int, 50,
+            "Ensemble: how often the leader tells the followers it is alive; at most a third of "
+            "election.timeout.ms.", min=5, max=20000),
     Setting("log.level", str, "INFO", "Log level.",
             choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 ])
@@ -164,6 +174,17 @@ class CoordinatorServer:
                 raise StartupError(f"Cannot listen on {endpoint}: {e.strerror}.")
         if self.cfg["session.disconnect.grace.ms"] >= 0:
             self._monitor = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._bind_peers()
+        self._recover(data_dir)
+        self.snapshotter = threading.Thread(target=self._snapshot_main, name="snapshotter",
+                                            daemon=True)
+        self.snapshotter.start()
+        log.info("listening", listeners=self.cfg["listeners"], data_dir=data_dir)
+
+    def _bind_peers(self) -> None:
+        """An ensemble member listens on its peer port here (a single coordinator has none)."""
+
+    def _recover(self, data_dir: str) -> None:
         self.txnlog = TxnLog(data_dir, self.cfg["snap.retain.count"])
         started = time.monotonic()
         try:
@@ -186,10 +207,6 @@ class CoordinatorServer:
         log.info("recovered", zxid=self.state.zxid, txns_replayed=self.txnlog.recovered_txns,
                  torn_bytes_cut=self.txnlog.truncated_bytes, sessions=len(self.state.sessions),
                  keys=len(self.state.nodes), seconds=round(time.monotonic() - started, 3))
-        self.snapshotter = threading.Thread(target=self._snapshot_main, name="snapshotter",
-                                            daemon=True)
-        self.snapshotter.start()
-        log.info("listening", listeners=self.cfg["listeners"], data_dir=data_dir)
 
     # --- the log ----------------------------------------------------------------------------------
     def _sync_log(self) -> None:
@@ -214,6 +231,12 @@ class CoordinatorServer:
                 log.info("snapshot written", zxid=zxid)
             except OSError as e:
                 log.error("snapshot failed; the log still holds everything", error=str(e))
+                self._snapshot_done(zxid, snapshot, False)
+            else:
+                self._snapshot_done(zxid, snapshot, True)
+
+    def _snapshot_done(self, zxid: int, snapshot: dict, ok: bool) -> None:
+        """Called on the snapshot thread once a snapshot is written (or failed)."""
 
     # --- the loop ---------------------------------------------------------------------------------
     def serve_forever(self) -> int:
@@ -332,15 +355,18 @@ class CoordinatorServer:
         current state holds (at once when it already is, or when ``now``: pings)."""
         needed = self.state.zxid
         if now or (needed <= self.durable_zxid and not self.outbox):
-            if watch is not None:
-                watch.sent_seq = seq
-            frames = self.ready.get(ident)
-            if frames is None:
-                self.ready[ident] = [frame]
-            else:
-                frames.append(frame)
+            self._send_now(ident, frame, watch, seq)
         else:
             self.outbox.append((needed, ident, frame, watch, seq))
+
+    def _send_now(self, ident: bytes, frame: bytes, watch: Watch | None, seq: int) -> None:
+        if watch is not None:
+            watch.sent_seq = seq
+        frames = self.ready.get(ident)
+        if frames is None:
+            self.ready[ident] = [frame]
+        else:
+            frames.append(frame)
 
     # --- requests ---------------------------------------------------------------------------------
     def _handle(self, ident: bytes, request) -> None:
@@ -367,16 +393,7 @@ class CoordinatorServer:
         api, req_id, sid = req["api"], req["id"], req.get("sid", 0)
         if api == "connect":
             return self._connect(ident, req)
-        session = self.state.sessions.get(sid)
-        if session is None:
-            raise errors.SessionExpired(f"Session {sid:#x} has expired or never existed.")
-        if self.idents.get(sid) != ident:
-            # Only the connection that opened or resumed the session (with its secret) speaks
-            # for it; anyone else must resume first.
-            raise errors.SessionMoved()
-        if sid not in self.disconnected:    # (a request left in the pipe of a closed connection
-            # does not bring its session back)
-            self.deadlines[sid] = time.monotonic() + session.timeout_ms / 1000
+        self._session_for(ident, sid)
         st = self.state
         if api == "ping":
             # answered at once (an overloaded coordinator must not starve heartbeats); it reports
@@ -417,7 +434,31 @@ class CoordinatorServer:
         if api == "close":
             self._close_session(sid, "closed")
             return protocol.encode_reply(req_id)
+        if api == "quorum":
+            return protocol.encode_reply(req_id, **self.quorum_status())
         raise AssertionError(api)
+
+    def _session_for(self, ident: bytes, sid: int):
+        """The session a request speaks for, its deadline moved on; raises when the session is
+        gone or bound to another connection."""
+        session = self.state.sessions.get(sid)
+        if session is None:
+            raise errors.SessionExpired(f"Session {sid:#x} has expired or never existed.")
+        if self.idents.get(sid) != ident:
+            # Only the connection that opened or resumed the session (with its secret) speaks
+            # for it; anyone else must resume first.
+            raise errors.SessionMoved()
+        if sid not in self.disconnected:    # (a request left in the pipe of a closed connection
+            # does not bring its session back)
+            self.deadlines[sid] = time.monotonic() + session.timeout_ms / 1000
+        return session
+
+    def quorum_status(self) -> dict:
+        """The answer to ``quorum``: a single coordinator is its own leader."""
+        me = self.cfg["coordinator.id"]
+        return {"leader": me, "term": 0, "high_watermark": self.durable_zxid, "voters": [me],
+                "members": [{"id": me, "log_end": self.state.zxid, "lag": 0,
+                             "last_fetch_ms": int(time.time() * 1000), "status": "Leader"}]}
 
     def _connect(self, ident: bytes, req: dict) -> bytes:
         sid = req.get("sid", 0)
@@ -571,8 +612,8 @@ class CoordinatorServer:
         finally:
             router.setsockopt(zmq.ROUTER_MANDATORY, 0)
 
-    def _close_session(self, sid: int, reason: str) -> None:
-        self._write(["close", sid])
+    def _close_session(self, sid: int, reason: str):
+        written = self._write(["close", sid])
         self.deadlines.pop(sid, None)
         self.disconnected.pop(sid, None)
         for wid in list(self.session_watches.get(sid, ())):
@@ -580,6 +621,7 @@ class CoordinatorServer:
         if reason != "expired":
             self.idents.pop(sid, None)
         log.info("session ended", sid=sid, reason=reason)
+        return written
 
     def _forgive(self, late_s: float) -> None:
         """The loop fell behind (a stall, a flood): nobody's session expires for our delay."""
@@ -632,6 +674,37 @@ class CoordinatorServer:
                  log_records=self.log_records)
 
 
+_SERVER_KEY = re.compile(r"server\.(\d{1,3})$")
+
+
+def load_config(path: str | None, overrides) -> tuple:
+    """(settings, {member id: "host:peer_port"}) from a properties file and overrides. The
+    ``server.N`` lines, as in ZooKeeper's zoo.cfg, list the ensemble; none means a single
+    coordinator."""
+    props = load_properties(path) if path else {}
+    props.update(parse_overrides(overrides))
+    servers: dict[int, str] = {}
+    for key in [k for k in props if k.startswith("server.")]:
+        m = _SERVER_KEY.match(key)
+        if not m:
+            raise ConfigError(f"Unknown setting {key!r}; an ensemble member is given as "
+                              f"server.N=host:peer_port.")
+        value = props.pop(key).strip()
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"The setting {key} must be host:peer_port, not {value!r}.")
+        servers[int(m.group(1))] = f"{host}:{int(port)}"
+    cfg = CONFIG.parse(props)
+    if servers and cfg["coordinator.id"] not in servers:
+        raise ConfigError(f"coordinator.id={cfg['coordinator.id']} has no server."
+                          f"{cfg['coordinator.id']} line; the members are "
+                          f"{', '.join(map(str, sorted(servers)))}.")
+    if servers and cfg["heartbeat.interval.ms"] * 3 > cfg["election.timeout.ms"]:
+        raise ConfigError("heartbeat.interval.ms must be at most a third of "
+                          "election.timeout.ms.")
+    return cfg, servers
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     return server_arg_parser("zb-coordinator-start",
                              "Start a zbroker coordinator (the cluster's metadata service).",
@@ -641,13 +714,17 @@ def build_arg_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     try:
-        cfg = CONFIG.load(args.config, args.override)
+        cfg, servers = load_config(args.config, args.override)
     except ConfigError as e:
         print(f"zb-coordinator-start: {e}", file=sys.stderr)
         return 2
     configure_logging(cfg["log.level"], process="coordinator")
     try:
-        server = CoordinatorServer(cfg)
+        if servers:
+            from coordinator.ensemble import EnsembleServer
+            server = EnsembleServer(cfg, servers)
+        else:
+            server = CoordinatorServer(cfg)
         server.open()
     except StartupError as e:
         print(f"zb-coordinator-start: {e}", file=sys.stderr)

@@ -15,6 +15,10 @@ Kinds:
     ["set", path, value, version]
     ["delete", path, version]
     ["multi", sid, ops]                       ops as in coordinator.protocol, all or nothing
+    ["leader", term]                          an ensemble's new leader starts its term (no change)
+
+In an ensemble (``coordinator.ensemble``) the zxid is the Raft log index, and an entry that is
+rejected when it is applied still uses its zxid: ``skip`` moves past it.
 """
 
 from __future__ import annotations
@@ -119,7 +123,16 @@ class CoordinatorState:
             (sid,) = args
             self._close(sid, zxid, changes, undo)
             return None
+        if kind == "leader":
+            return None
         raise AssertionError(f"unknown transaction kind {kind!r}")
+
+    def skip(self, zxid: int) -> None:
+        """Move past a logged transaction that changes nothing (rejected, or a leader's
+        marker)."""
+        if zxid != self.zxid + 1:
+            raise AssertionError(f"transaction {zxid} skipped after {self.zxid}")
+        self.zxid = zxid
 
     # --- reads (no transaction) ---------------------------------------------------------------
     def get(self, path: str) -> Node:

@@ -133,22 +133,26 @@ class TxnLog:
                 if on_change is not None:
                     for ch in changes:
                         on_change(ch)
-            padding = data.count(0, good_end) == len(data) - good_end
-            if not padding:
-                if not is_last:
-                    raise RecoveryError(f"The transaction log {path} is damaged at byte "
-                                        f"{good_end}, and it is not the newest log file.")
-                self.truncated_bytes = len(data) - good_end
+            self._cut_tail(path, data, good_end, is_last)
             if is_last:
-                if not padding:         # zero the torn tail so nothing of it can come back
-                    with open(path, "r+b") as f:
-                        f.truncate(good_end)
-                        f.flush()
-                        os.fsync(f.fileno())
                 self._open(path, good_end)
         if not logs:
             self._open(os.path.join(self.data_dir, _name(LOG_PREFIX, state.zxid + 1)), 0)
         return state
+
+    def _cut_tail(self, path: str, data: bytes, good_end: int, is_last: bool) -> None:
+        """After the last intact record: zero padding, or a torn tail (cut off, so nothing of
+        it can come back) in the newest file only; damage anywhere else stops the start."""
+        if data.count(0, good_end) == len(data) - good_end:
+            return
+        if not is_last:
+            raise RecoveryError(f"The transaction log {path} is damaged at byte "
+                                f"{good_end}, and it is not the newest log file.")
+        self.truncated_bytes = len(data) - good_end
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+            f.flush()
+            os.fsync(f.fileno())
 
     def _load_snapshot(self) -> CoordinatorState:
         for zxid, path in reversed(_list(self.data_dir, SNAP_PREFIX)):

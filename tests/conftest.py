@@ -31,8 +31,8 @@ def coordinator_client(coordinator):
 
 @pytest.fixture
 def cluster(procs, tmp_path):
-    """A factory: ``cluster(n_brokers=3, racks=None, overrides=None, **settings)`` starts a
-    coordinator and brokers 1..n (real processes, killed at teardown) and returns a
+    """A factory: ``cluster(n_brokers=3, racks=None, overrides=None, coordinators=1,
+    **settings)`` starts a coordinator (an ensemble of ``coordinators`` members) and brokers 1..n (real processes, killed at teardown) and returns a
     ``tests.procs.Cluster`` (.coordinator, .brokers, .bootstrap, .broker(id), .metadata(),
     .controller_id(), .create_topic(), .wait_for()) once every broker sees every other and a
     controller. Broker settings come from ``overrides`` ({"num.partitions": "3"}) and keyword
@@ -41,9 +41,13 @@ def cluster(procs, tmp_path):
     made = []
 
     def make(n_brokers: int = 3, racks: list | None = None, overrides: dict | None = None,
-             **settings) -> Cluster:
+             coordinators: int = 1, **settings) -> Cluster:
         k = len(made)
-        coord = CoordinatorProc(procs, tmp_path / f"cluster{k}-coordinator").start()
+        if coordinators > 1:        # an ensemble: .coordinator is a tests.procs.Ensemble
+            from tests.procs import Ensemble
+            coord = Ensemble(procs, tmp_path / f"cluster{k}-ensemble", coordinators).start()
+        else:
+            coord = CoordinatorProc(procs, tmp_path / f"cluster{k}-coordinator").start()
         common = {key.replace("_", "."): str(v).lower() if isinstance(v, bool) else str(v)
                   for key, v in settings.items()}
         common.update(overrides or {})

@@ -318,6 +318,53 @@ class CoordinatorProc(_Server):
         return self.start()
 
 
+class Ensemble:
+    """``n`` coordinator processes forming one ensemble on loopback (``coordinator.id`` and
+    ``server.N`` lines with free peer ports), each restartable on its own data dir and ports."""
+
+    def __init__(self, procs: Procs, tmp: Path, n: int = 3, overrides: dict | None = None):
+        peer_ports = {i: free_port() for i in range(1, n + 1)}
+        servers = {f"server.{i}": f"127.0.0.1:{p}" for i, p in peer_ports.items()}
+        self.members = {i: CoordinatorProc(procs, tmp / f"coordinator-{i}", {
+            "coordinator.id": str(i), **servers, **(overrides or {})})
+            for i in range(1, n + 1)}
+        self.peer_ports = peer_ports
+
+    def start(self) -> "Ensemble":
+        for m in self.members.values():
+            m.start()
+        return self
+
+    @property
+    def address(self) -> str:
+        return ",".join(m.address for m in self.members.values())
+
+    def member(self, i: int) -> CoordinatorProc:
+        return self.members[i]
+
+    def leader_id(self, timeout_s: float = 15.0) -> int:
+        """The member that leads, from the members' own logs ('serving as leader' in the
+        newest term); waits until one serves."""
+        import json
+
+        def find():
+            best = None
+            for i, m in self.members.items():
+                if m.proc is None or m.proc.popen.poll() is not None:
+                    continue
+                for line in m.proc.log_path.read_text(errors="replace").splitlines():
+                    if '"serving as leader"' not in line:
+                        continue
+                    try:
+                        term = json.loads(line)["term"]
+                    except (ValueError, KeyError):
+                        continue
+                    if best is None or term > best[0]:
+                        best = (term, i)
+            return best
+        return wait_until(find, timeout_s, "an ensemble leader")[1]
+
+
 def broker_request(port: int, api: str, timeout_s: float = 5.0, blobs: list | None = None,
                    **fields) -> tuple[dict, list[bytes]]:
     """One request to a broker over a fresh DEALER socket; returns (header, blobs)."""

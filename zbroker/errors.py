@@ -426,5 +426,12 @@ class SessionMoved(ZbError):
                "secret to move it here.")
 
 
+@_register
+class NotQuorumLeader(ZbError):
+    code, name, retriable = 1013, "NOT_QUORUM_LEADER", True
+    message = ("This coordinator is not the ensemble's leader (or is still catching up); the "
+               "request was not applied: send it to the leader.")
+
+
 __all__ = [n for n, v in list(globals().items()) if isinstance(v, type) and issubclass(v, ZbError)]
 __all__ += ["error_for_code", "make_error"]
