@@ -41,7 +41,7 @@ import time
 import zmq
 
 from coordinator import peer_protocol, protocol
-from coordinator.raft import (AppendLog, Committed, InstallSnapshot, NotLeader, Persist,
+from coordinator.raft import (Append, AppendLog, Committed, InstallSnapshot, NotLeader, Persist,
                               RaftBug, RaftCore, ReadFailed, ReadReady, RestoreSnapshot, Role,
                               RoleChanged, Send, SendSnapshot)
 from coordinator.raftlog import RaftLog, check_snapshot_bytes
@@ -85,6 +85,7 @@ class EnsembleServer(CoordinatorServer):
         self.refused: set[str] = set()
         self.compactions: queue.Queue = queue.Queue()
         self.snapshotting = False
+        self.proposed = False                   # proposals this turn, not yet replicated
 
     # --- start-up -------------------------------------------------------------------------------
     def _bind_peers(self) -> None:
@@ -264,9 +265,13 @@ class EnsembleServer(CoordinatorServer):
         """Disk first (term and vote, log entries, a received snapshot: one durable write for
         the entries), then what may only happen once they are durable: messages, applying
         committed entries, answering confirmed reads."""
+        if self.proposed:
+            self.proposed = False
+            self.effects += self.core.replicate(now)
         while self.effects:
             effects, self.effects = self.effects, []
             rl = self.raftlog
+            early = self._send_appends_early(effects)
             for e in effects:
                 if isinstance(e, AppendLog):
                     rl.truncate_from(e.first_index)
@@ -281,8 +286,9 @@ class EnsembleServer(CoordinatorServer):
                 self.log_writes += 1
             for e in effects:
                 if isinstance(e, Send):
-                    self.peer_out.append((e.to, peer_protocol.encode(self.ensemble, self.me,
-                                                                      e.message)))
+                    if id(e) not in early:
+                        self.peer_out.append((e.to, peer_protocol.encode(
+                            self.ensemble, self.me, e.message)))
                 elif isinstance(e, Committed):
                     self._apply_to(e.index, now)
                 elif isinstance(e, ReadReady):
@@ -296,6 +302,25 @@ class EnsembleServer(CoordinatorServer):
                 elif isinstance(e, SendSnapshot):
                     self._send_snapshot(e.to)
             self._serve_reads()
+
+    def _send_appends_early(self, effects: list) -> set:
+        """Send the leader's Append messages before its own log write, so the followers write
+        theirs at the same time (Raft section 10.2.1): a leader counts itself toward a commit
+        only once the entries are on its own disk, and here that is so before any answer to
+        these messages is read, since the write below finishes within this loop turn. Votes and
+        answers still leave only after the disk (they promise what is on it)."""
+        early = set()
+        for e in effects:
+            if isinstance(e, Persist):
+                break
+            if isinstance(e, Send) and isinstance(e.message, Append):
+                try:
+                    self.dealers[e.to].send(peer_protocol.encode(self.ensemble, self.me,
+                                                                 e.message), zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+                early.add(id(e))
+        return early
 
     def _send_snapshot(self, member: int) -> None:
         core = self.core
@@ -480,10 +505,11 @@ class EnsembleServer(CoordinatorServer):
         """Propose a write; it is applied (and answered) once committed. Returns its index."""
         try:
             proposal, effects = self.core.propose([int(time.time() * 1000), *body],
-                                                  time.monotonic())
+                                                  time.monotonic(), replicate=False)
         except NotLeader:
             raise self._not_leader() from None
         self.effects += effects
+        self.proposed = True        # replicated once for the whole turn, in _carry_out
         return proposal.index
 
     def _open_session(self, ident: bytes, req: dict) -> None:

@@ -244,15 +244,27 @@ class RaftCore:
             self._start_pre_vote(out, now)
         return out
 
-    def propose(self, data, now: float) -> tuple[Proposal, list]:
-        """Append ``data`` as the leader; raises NotLeader otherwise."""
+    def propose(self, data, now: float, replicate: bool = True) -> tuple[Proposal, list]:
+        """Append ``data`` as the leader; raises NotLeader otherwise. With ``replicate=False``
+        nothing is sent yet: the transport proposes a batch, then calls ``replicate`` once, so
+        the batch travels in one Append per follower."""
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader)
         out: list = []
         index = self._append_own(out, data)
+        if replicate:
+            self._replicate_all(out, now)
+            self._advance_commit(out)
+        return Proposal(index, self.term), out
+
+    def replicate(self, now: float) -> list:
+        """Send the followers what they lack (after proposals made with replicate=False)."""
+        if self.role is not Role.LEADER:
+            return []
+        out: list = []
         self._replicate_all(out, now)
         self._advance_commit(out)
-        return Proposal(index, self.term), out
+        return out
 
     def read(self, token, now: float) -> list:
         """A linearizable read: ReadReady(token, index) once it is safe; ReadFailed when this

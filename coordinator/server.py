@@ -706,9 +706,13 @@ def load_config(path: str | None, overrides) -> tuple:
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
-    return server_arg_parser("zb-coordinator-start",
-                             "Start a zbroker coordinator (the cluster's metadata service).",
-                             CONFIG)
+    p = server_arg_parser("zb-coordinator-start",
+                          "Start a zbroker coordinator (the cluster's metadata service).",
+                          CONFIG)
+    p.epilog += ("\n  server.N=host:peer_port (one per member, the same on every member): run "
+                 "as one member of an ensemble\n    replicating one log with Raft; this member "
+                 "is coordinator.id. Without them the coordinator runs alone.")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:

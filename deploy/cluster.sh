@@ -6,7 +6,8 @@
 #   deploy/cluster.sh stop   CLUSTER_FILE      # brokers first (clean shutdown), then the coordinator
 #
 # CLUSTER_FILE lists one process a line (see deploy/cluster.example):
-#   coordinator HOST ADDRESS
+#   coordinator HOST ADDRESS         (several lines: one ensemble, member ids 1, 2, ... in order;
+#                                     use 3 or 5, and list them in the same order every time)
 #   broker      HOST ADDRESS BROKER_ID [RACK]
 # HOST is how to reach the machine (for ssh), ADDRESS the IP or name the others use for it.
 # Every machine needs zbroker installed at the same path (deploy/local-cluster.sh installs it
@@ -14,16 +15,18 @@
 #
 # Environment: ZB_REMOTE, ZB_HOME (the path on every machine; default this repository),
 # ZB_BIN (default $ZB_HOME/.venv/bin), ZB_DATA (default $ZB_HOME/data),
-# COORDINATOR_PORT (default 2181), BROKER_PORT (default 9092).
+# COORDINATOR_PORT (default 2181), COORDINATOR_PEER_PORT (the ensemble's, default 2888),
+# BROKER_PORT (default 9092).
 set -euo pipefail
 ZB_REMOTE=${ZB_REMOTE:-ssh -o BatchMode=yes}
 ZB_HOME=${ZB_HOME:-$(cd "$(dirname "$0")/.." && pwd)}
 ZB_BIN=${ZB_BIN:-$ZB_HOME/.venv/bin}
 ZB_DATA=${ZB_DATA:-$ZB_HOME/data}
 COORDINATOR_PORT=${COORDINATOR_PORT:-2181}
+COORDINATOR_PEER_PORT=${COORDINATOR_PEER_PORT:-2888}
 BROKER_PORT=${BROKER_PORT:-9092}
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
 
 remote() {   # host script: the script goes on standard input, so ssh and others quote nothing
   # shellcheck disable=SC2086
@@ -44,6 +47,12 @@ read_cluster() {
   [ ${#COORDINATORS[@]} -ge 1 ] || { echo "$1 names no coordinator." >&2; exit 2; }
   CONNECT=$(for c in "${COORDINATORS[@]}"; do set -- $c; printf '%s:%s,' "$2" "$COORDINATOR_PORT"; done)
   CONNECT=${CONNECT%,}
+}
+
+# coordinator_name I: "coordinator" alone, "coordinator-I" for member I of an ensemble (its
+# pid file and data directory, so members sharing a filesystem keep apart)
+coordinator_name() {
+  if [ ${#COORDINATORS[@]} -gt 1 ]; then echo "coordinator-$1"; else echo coordinator; fi
 }
 
 # start_on HOST NAME PORT COMMAND...: start COMMAND in the background on HOST, wait until PORT
@@ -107,12 +116,23 @@ read_cluster "$2"
 
 case "$command" in
   start)
+    members=(); i=0
+    if [ ${#COORDINATORS[@]} -gt 1 ]; then     # several coordinator lines: one ensemble
+      for c in "${COORDINATORS[@]}"; do
+        set -- $c; i=$((i + 1))
+        members+=(--override "server.$i=$2:$COORDINATOR_PEER_PORT")
+      done
+    fi
+    i=0
     for c in "${COORDINATORS[@]}"; do
-      set -- $c
-      start_on "$1" coordinator "$COORDINATOR_PORT" "$ZB_BIN/zb-coordinator-start" \
+      set -- $c; i=$((i + 1))
+      ensemble=()
+      [ ${#members[@]} -eq 0 ] || ensemble=(--override "coordinator.id=$i" "${members[@]}")
+      name=$(coordinator_name $i)
+      start_on "$1" "$name" "$COORDINATOR_PORT" "$ZB_BIN/zb-coordinator-start" \
         config/coordinator.properties \
         --override "listeners=tcp://0.0.0.0:$COORDINATOR_PORT" \
-        --override "data.dir=$ZB_DATA/coordinator"
+        --override "data.dir=$ZB_DATA/$name" ${ensemble[@]+"${ensemble[@]}"}
     done
     for b in "${BROKER_LINES[@]}"; do
       set -- $b
@@ -128,10 +148,12 @@ case "$command" in
     ;;
   stop)
     for b in "${BROKER_LINES[@]}"; do set -- $b; stop_on "$1" "broker-$3"; done
-    for c in "${COORDINATORS[@]}"; do set -- $c; stop_on "$1" coordinator; done
+    i=0
+    for c in "${COORDINATORS[@]}"; do set -- $c; i=$((i + 1)); stop_on "$1" "$(coordinator_name $i)"; done
     ;;
   status)
-    for c in "${COORDINATORS[@]}"; do set -- $c; status_on "$1" coordinator; done
+    i=0
+    for c in "${COORDINATORS[@]}"; do set -- $c; i=$((i + 1)); status_on "$1" "$(coordinator_name $i)"; done
     for b in "${BROKER_LINES[@]}"; do set -- $b; status_on "$1" "broker-$3"; done
     ;;
 esac

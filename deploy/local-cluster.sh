@@ -5,16 +5,21 @@
 #   deploy/local-cluster.sh status
 #   deploy/local-cluster.sh stop     # SIGTERM (clean shutdown), then wait
 #
-# It starts one coordinator (config/coordinator.properties, port 2181) and BROKERS brokers
-# (config/server.properties, ports 9092, 9093, ...), with their data under ./data/.
+# It starts one coordinator (config/coordinator.properties, port 2181), or with ZB_COORDINATORS=3
+# an ensemble of 3 (client ports 2181, 2182, 2183; peer ports 2888, 2889, 2890), and BROKERS
+# brokers (config/server.properties, ports 9092, 9093, ...), with their data under ./data/.
 # Environment: ZB_HOME (default: the repository root), ZB_DATA (default $ZB_HOME/data),
 # ZB_BIN (where the zb-* commands are; default: $ZB_HOME/.venv/bin, installed there if needed),
-# COORDINATOR_PORT (default 2181), BROKERS (default 3), BROKER_PORT (first broker, default 9092).
+# ZB_COORDINATORS (1, 3 or 5; default 1), COORDINATOR_PORT (first one, default 2181),
+# COORDINATOR_PEER_PORT (first one, default 2888), BROKERS (default 3), BROKER_PORT (first
+# broker, default 9092).
 set -euo pipefail
 ZB_HOME=${ZB_HOME:-$(cd "$(dirname "$0")/.." && pwd)}
 ZB_DATA=${ZB_DATA:-$ZB_HOME/data}
 RUN_DIR="$ZB_DATA/run"
 COORDINATOR_PORT=${COORDINATOR_PORT:-2181}
+COORDINATOR_PEER_PORT=${COORDINATOR_PEER_PORT:-2888}
+ZB_COORDINATORS=${ZB_COORDINATORS:-1}
 BROKERS=${BROKERS:-3}
 BROKER_PORT=${BROKER_PORT:-9092}
 cd "$ZB_HOME"
@@ -67,10 +72,34 @@ launch() {   # name command...
 start() {
   install
   mkdir -p "$RUN_DIR"
-  if launch coordinator "$ZB_BIN/zb-coordinator-start" config/coordinator.properties \
-      --override "listeners=tcp://0.0.0.0:$COORDINATOR_PORT" \
-      --override "data.dir=$ZB_DATA/coordinator"; then
-    wait_listening coordinator "$COORDINATOR_PORT"
+  case "$ZB_COORDINATORS" in
+    1|3|5) ;;
+    *) echo "ZB_COORDINATORS must be 1, 3 or 5, not '$ZB_COORDINATORS'." >&2; exit 2 ;;
+  esac
+  connect=""
+  if [ "$ZB_COORDINATORS" = 1 ]; then
+    if launch coordinator "$ZB_BIN/zb-coordinator-start" config/coordinator.properties \
+        --override "listeners=tcp://0.0.0.0:$COORDINATOR_PORT" \
+        --override "data.dir=$ZB_DATA/coordinator"; then
+      wait_listening coordinator "$COORDINATOR_PORT"
+    fi
+    connect="127.0.0.1:$COORDINATOR_PORT"
+  else
+    members=()
+    for i in $(seq "$ZB_COORDINATORS"); do
+      members+=(--override "server.$i=127.0.0.1:$((COORDINATOR_PEER_PORT + i - 1))")
+      connect="$connect,127.0.0.1:$((COORDINATOR_PORT + i - 1))"
+    done
+    connect=${connect#,}
+    for i in $(seq "$ZB_COORDINATORS"); do
+      port=$((COORDINATOR_PORT + i - 1))
+      if launch "coordinator-$i" "$ZB_BIN/zb-coordinator-start" config/coordinator.properties \
+          --override "coordinator.id=$i" "${members[@]}" \
+          --override "listeners=tcp://0.0.0.0:$port" \
+          --override "data.dir=$ZB_DATA/coordinator-$i"; then
+        wait_listening "coordinator-$i" "$port"
+      fi
+    done
   fi
   for i in $(seq "$BROKERS"); do
     port=$((BROKER_PORT + i - 1))
@@ -78,16 +107,17 @@ start() {
         --override "broker.id=$i" \
         --override "listeners=tcp://0.0.0.0:$port" \
         --override "log.dirs=$ZB_DATA/broker-$i" \
-        --override "coordinator.connect=127.0.0.1:$COORDINATOR_PORT"; then
+        --override "coordinator.connect=$connect"; then
       wait_listening "broker-$i" "$port"
     fi
   done
+  echo "Coordinators: $connect"
   echo "Bootstrap servers: $(for i in $(seq "$BROKERS"); do printf '127.0.0.1:%s,' $((BROKER_PORT + i - 1)); done | sed 's/,$//')"
 }
 
 stop() {
   # brokers first (a clean shutdown talks to the coordinator), the coordinator last
-  for pidfile in $(ls "$RUN_DIR"/broker-*.pid 2>/dev/null) "$RUN_DIR/coordinator.pid"; do
+  for pidfile in $(ls "$RUN_DIR"/broker-*.pid "$RUN_DIR"/coordinator*.pid 2>/dev/null); do
     [ -e "$pidfile" ] || continue
     name=$(basename "$pidfile" .pid)
     if running "$pidfile"; then
@@ -116,6 +146,6 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
-  -h|--help|help|"") sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h|--help|help|"") sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) echo "Unknown command '$1'; use start, stop or status." >&2; exit 2 ;;
 esac

@@ -395,3 +395,29 @@ def test_entries_of_an_earlier_term_commit_only_through_one_of_the_leaders():
     assert a.commit_index == 0
     out = a.receive(raft.AppendResponse(4, 2, True, 3, 0, 0), 10.0)
     assert a.commit_index == 3 and Committed(3) in out
+
+
+def test_a_closed_connection_to_the_leader_starts_an_election_soon_but_safely():
+    """peer_lost: the follower stops counting the leader as heard from and stands within a few
+    heartbeats, not a whole election timeout; while another member still hears the leader,
+    the pre-vote fails and no term moves."""
+    b = RaftCore(2, [1, 2, 3], rng=random.Random(1), election_timeout_s=0.3, heartbeat_s=0.05)
+    b.receive(Append(5, 1, 0, 0, (), 0, 0), 0.0)
+    assert b.tick(0.1) == []                                     # hears its leader
+    out = b.peer_lost(3, 0.1)                                    # not the leader: nothing
+    assert out == [] and b.leader == 1
+    out = b.peer_lost(1, 0.1)
+    assert b.leader is None and b.term == 5
+    out = b.tick(0.26)                                           # within 3 heartbeats
+    asks = [e.message for e in out if isinstance(e, Send)]
+    assert asks and all(m.pre_vote and m.term == 6 for m in asks) and b.term == 5
+    # member 3 still hears leader 1, so it refuses the pre-vote: term 5 stands
+    c = RaftCore(3, [1, 2, 3], rng=random.Random(2))
+    c.receive(Append(5, 1, 0, 0, (), 0, 0), 0.2)
+    answer = [e.message for e in c.receive(asks[0], 0.26) if isinstance(e, Send)]
+    assert answer == [raft.VoteResponse(5, 3, False, True)]
+    b.receive(answer[0], 0.27)
+    assert b.term == 5 and b.role is not Role.LEADER
+    # and the leader's next heartbeat brings it back
+    b.receive(Append(5, 1, 0, 0, (), 0, 0), 0.3)
+    assert b.role is Role.FOLLOWER and b.leader == 1

@@ -88,3 +88,46 @@ def test_cluster_over_three_hosts(netns_hosts, tmp_path):
         assert run("status").stdout.count("not running") == 3
     finally:
         kill_and_wait(tmp_path / "data" / "run")       # only our own processes, until gone
+
+
+def test_three_coordinator_lines_form_one_ensemble_that_survives_its_leader_cut_off(
+        netns_hosts, tmp_path):
+    hosts = netns_hosts(3)
+    cluster = tmp_path / "cluster.conf"
+    cluster.write_text(
+        "".join(f"coordinator {hosts.names[i]} {hosts.address(i)}\n" for i in range(3)) +
+        f"broker {hosts.names[1]} {hosts.address(1)} 1\n"
+        f"broker {hosts.names[2]} {hosts.address(2)} 2\n")
+    env = dict(os.environ, ZB_REMOTE="ip netns exec", ZB_DATA=str(tmp_path / "data"),
+               ZB_BIN=str(Path(sys.executable).parent))
+    members = ",".join(f"{hosts.address(i)}:2181" for i in range(3))
+
+    def run(*args):
+        return subprocess.run(["bash", str(ROOT / "deploy" / "cluster.sh"), *args, str(cluster)],
+                              env=env, capture_output=True, text=True, timeout=90)
+
+    def quorum(i):
+        r = subprocess.run(hosts.python(i, "clients.cli.metadata_quorum", "--coordinator",
+                                        members, "--timeout-ms", "8000", "describe", "--status"),
+                           capture_output=True, text=True, timeout=30, cwd=ROOT)
+        return r.stdout if r.returncode == 0 else None
+    try:
+        started = run("start")
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert run("status").stdout.count(": running") == 5
+        status = wait_until(lambda: quorum(1), 30, "the ensemble's leader")
+        assert "CurrentVoters:          [1,2,3]" in status, status
+        leader = int(status.split("LeaderId:", 1)[1].split()[0])
+        term = int(status.split("LeaderEpoch:", 1)[1].split()[0])
+        # the leader's host drops off the network: the other two elect one of themselves
+        hosts.disconnect(leader - 1)
+        seen_from = next(i for i in range(3) if i != leader - 1)
+        after = wait_until(lambda: (lambda s: s if s and int(s.split("LeaderId:", 1)[1].split()[0])
+                                    != leader else None)(quorum(seen_from)), 30,
+                           "a new leader among the other two")
+        assert int(after.split("LeaderEpoch:", 1)[1].split()[0]) > term
+        hosts.reconnect(leader - 1)
+        stopped = run("stop")
+        assert stopped.returncode == 0 and stopped.stdout.count("Stopped") == 5, stopped.stdout
+    finally:
+        kill_and_wait(tmp_path / "data" / "run")

@@ -67,8 +67,10 @@ class LocalCluster:
         return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
     def start(self, timeout_s: float = 90) -> subprocess.CompletedProcess:
+        members = int(self.env.get("ZB_COORDINATORS", "1"))
         for _ in range(PORT_ATTEMPTS):
-            self.env["COORDINATOR_PORT"] = str(free_port())
+            self.env["COORDINATOR_PORT"] = str(free_port(members))
+            self.env["COORDINATOR_PEER_PORT"] = str(free_port(members))
             self.env["BROKER_PORT"] = str(free_port(self.brokers))
             r = self.run("start", timeout_s=timeout_s)
             if r.returncode == 0 or ADDRESS_IN_USE not in r.stdout + r.stderr:
@@ -201,5 +203,41 @@ def test_start_installs_into_a_fresh_venv_and_runs_from_it(tmp_path):
         assert again.returncode == 0 and "Installing" not in again.stdout, again.stdout
         assert lc.run("stop").stdout.count("Stopped") == 3
         assert not [p for p in running if alive(p)]
+    finally:
+        lc.cleanup()
+
+
+def test_local_cluster_on_a_three_member_ensemble(tmp_path):
+    lc = LocalCluster(tmp_path / "data", ZB_COORDINATORS="3")
+    try:
+        started = lc.start()
+        assert started.returncode == 0, started.stdout + started.stderr
+        for i in (1, 2, 3):
+            assert f"coordinator-{i} listening" in started.stdout
+        first = int(lc.env["COORDINATOR_PORT"])
+        members = ",".join(f"127.0.0.1:{first + i}" for i in range(3))
+        assert f"Coordinators: {members}" in started.stdout
+        assert len(ours(lc.run_dir)) == 5
+        quorum = subprocess.run([str(BIN / "zb-metadata-quorum"), "--coordinator", members,
+                                 "describe", "--status"], capture_output=True, text=True,
+                                timeout=30)
+        assert quorum.returncode == 0, quorum.stderr
+        assert "CurrentVoters:          [1,2,3]" in quorum.stdout, quorum.stdout
+        leader = int(quorum.stdout.split("LeaderId:", 1)[1].split()[0])
+        assert leader in (1, 2, 3)
+        replication = subprocess.run([str(BIN / "zb-metadata-quorum"), "--coordinator",
+                                      members, "describe", "--replication"],
+                                     capture_output=True, text=True, timeout=30)
+        lines = replication.stdout.splitlines()
+        assert lines[0].split() == ["NodeId", "LogEndOffset", "Lag", "LastFetchTimestamp",
+                                    "Status"]
+        assert lines[1].split()[0] == str(leader) and lines[1].split()[-1] == "Leader"
+        assert sorted(line.split()[-1] for line in lines[1:]) == ["Follower", "Follower",
+                                                                  "Leader"]
+        ids = subprocess.run([str(BIN / "zb-coordinator-shell"), "--coordinator", members,
+                              "ls", "/brokers/ids"], capture_output=True, text=True, timeout=30)
+        assert ids.stdout.strip() == "[1, 2]", ids.stdout + ids.stderr
+        stopped = lc.run("stop")
+        assert stopped.returncode == 0 and stopped.stdout.count("Stopped") == 5, stopped.stdout
     finally:
         lc.cleanup()
