@@ -577,7 +577,7 @@ class CoordinatorClient:
                     w.pending = False
             future.add_done_callback(on_done)
         req_id = next(self._ids)
-        self._inflight[req_id] = _Request("watch", {}, future, parse, self._deadline())
+        self._inflight[req_id] = _Request("watch", {"w": w}, future, parse, self._deadline())
         self._send_raw("watch", req_id, {"prefix": w.prefix, "since_zxid": since})
 
     def _read_replies(self) -> None:
@@ -626,9 +626,13 @@ class CoordinatorClient:
             self._moved = True
             if req is not None and req.api != "watch":
                 self._waiting.append(req)
-            elif req is not None:
-                req.future.set_exception(ConnectionLoss("The coordinator moved; the watch is "
-                                                        "registered again."))
+            elif req is not None:       # a watch registration: made again at the leader
+                w = req.fields["w"]
+                w.pending = False
+                if w in self._all_watches:
+                    self._all_watches.remove(w)
+                self._waiting.append(_Request("__watch__", {"watch": w}, req.future, None,
+                                              req.deadline))
             return
         if req is None:
             return

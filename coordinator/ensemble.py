@@ -114,6 +114,7 @@ class EnsembleServer(CoordinatorServer):
             d.setsockopt(zmq.RECONNECT_IVL, 100)
             d.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
             d.setsockopt(zmq.RCVHWM, 1)
+            d.setsockopt(zmq.IDENTITY, peer_protocol.identity(self.me))
             self.peer_monitors[d.get_monitor_socket(zmq.EVENT_DISCONNECTED)] = member
             d.connect(f"tcp://{address}")
             self.dealers[member] = d
@@ -231,6 +232,10 @@ class EnsembleServer(CoordinatorServer):
             except peer_protocol.PeerError as e:
                 self._refuse(str(e))
                 continue
+            if frames[0] != peer_protocol.identity(sender):
+                self._refuse(f"a message claiming to come from member {sender} arrived on "
+                             f"another connection than that member's")
+                continue
             if isinstance(msg, InstallSnapshot):
                 snap = check_snapshot_bytes(msg.data)
                 if snap is None or snap["zxid"] != msg.last_index:
@@ -241,6 +246,7 @@ class EnsembleServer(CoordinatorServer):
                 effects = self.core.receive(msg, now)
             except RaftBug as e:
                 self._refuse(f"member {sender} sent a message Raft cannot accept ({e})")
+                self.effects += e.effects       # (a newer term it took must still be saved)
                 continue
             self.effects += effects
             if any(isinstance(e, RestoreSnapshot) for e in effects):
@@ -372,16 +378,39 @@ class EnsembleServer(CoordinatorServer):
             pending = self.pending.pop(i, None)
             if pending is not None:
                 p_term, ident, req_id, make = pending
-                if p_term != term:
+                if ident is None:
+                    pass
+                elif p_term != term:
                     self._send(ident, protocol.encode_error(req_id, errors.ConnectionLoss()))
                 elif err is not None:
-                    fields = {"index": err.index} if hasattr(err, "index") else {}
-                    self._send(ident, protocol.encode_error(req_id, err, **fields))
+                    if req_id is not None:
+                        fields = {"index": err.index} if hasattr(err, "index") else {}
+                        self._send(ident, protocol.encode_error(req_id, err, **fields))
                 else:
-                    self._send(ident, make(result, i))
+                    frame = make(result, i)
+                    if frame is not None:
+                        self._send(ident, frame)
         self.durable_zxid = st.zxid
         if core.role is Role.LEADER and not self.serving and st.zxid >= self.leader_start:
             self._start_serving(now)
+
+    def _expire_sessions(self, now: float) -> None:
+        """The leader writes an expiry to the log; the client hears of it, and its watches go,
+        only once that is committed (a close a new leader never got did not happen)."""
+        expired = [sid for sid, deadline in self.deadlines.items() if deadline < now]
+        for sid in expired:
+            self.deadlines.pop(sid, None)
+            self.disconnected.pop(sid, None)
+            index = self._write(["close", sid])
+            ident = self.idents.get(sid)
+            log.info("session expiring", sid=sid)
+
+            def tell(result, zxid, sid=sid, ident=ident):
+                if ident is not None and self.idents.get(sid) == ident:
+                    self.idents.pop(sid, None)
+                    return protocol.encode_expired_event(sid)
+                return None
+            self.pending[index] = (self.core.term, ident, None, tell)
 
     def _applied_session_change(self, index: int, body: list, now: float) -> None:
         kind = body[1]
@@ -417,6 +446,8 @@ class EnsembleServer(CoordinatorServer):
     def _deposed(self) -> None:
         self.serving = False
         for _, ident, req_id, _ in self.pending.values():
+            if ident is None or req_id is None:
+                continue            # (an expiry: nobody asked)
             self._send(ident, protocol.encode_error(req_id, errors.ConnectionLoss(
                 "The coordinator lost its leadership while the request was in flight; its "
                 "outcome is unknown.")))

@@ -1,6 +1,8 @@
 """The ensemble's peer protocol: Raft messages between coordinators, on the peer port.
 
-One message is one ZeroMQ frame, msgpack ``[MAGIC, ensemble, sender, kind, *fields]``:
+One message is one ZeroMQ frame, msgpack ``[MAGIC, ensemble, sender, kind, *fields]``, sent from
+a DEALER whose identity is ``identity(sender)`` (a ROUTER gives a second connection with an
+identity in use a random one, so a stranger cannot speak as a member that is connected):
 ``ensemble`` is a fingerprint of the member list (``server.N`` lines), so a member started with
 another list, or a stranger, is told apart from a member; ``sender`` is the sending member's
 ``coordinator.id``; ``kind`` and the fields are one of ``coordinator.raft``'s messages, fields in
@@ -23,6 +25,8 @@ from coordinator import raft
 MAGIC = "zbraft1"
 PEER_FRAME_BYTES_MAX = 1024 * 1024 * 1024   # a snapshot travels in one frame
 ENTRIES_PER_MESSAGE_MAX = raft.APPEND_ENTRIES_MAX
+FIELD_INT_MAX = 2 ** 53         # terms, indexes and rounds: far beyond any real one, and a term
+# one past it still encodes (a forged huge term must not make a member's next term unwritable)
 
 _KINDS = {raft.VoteRequest: 1, raft.VoteResponse: 2, raft.Append: 3, raft.AppendResponse: 4,
           raft.InstallSnapshot: 5, raft.SnapshotResponse: 6}
@@ -45,6 +49,10 @@ _FIELDS = {
 
 class PeerError(Exception):
     """A peer message that is not believed; the text says why, for the log."""
+
+
+def identity(member: int) -> bytes:
+    return f"member-{member}".encode()
 
 
 def fingerprint(servers: dict[int, str]) -> str:
@@ -86,7 +94,7 @@ def decode(frame: bytes, ensemble: str, me: int, members: tuple) -> tuple[int, o
     out = []
     for (name, kind), v in zip(spec, values):
         if kind == _I:
-            ok = _is_int(v) and v >= 0
+            ok = _is_int(v) and 0 <= v <= FIELD_INT_MAX
         elif kind == _B:
             ok = isinstance(v, bool)
         elif kind == "member":
@@ -111,7 +119,8 @@ def _entries(v):
         return None
     out = []
     for e in v:
-        if not (isinstance(e, list) and len(e) == 2 and _is_int(e[0]) and e[0] >= 0):
+        if not (isinstance(e, list) and len(e) == 2 and _is_int(e[0])
+                and 0 <= e[0] <= FIELD_INT_MAX):
             return None
         body = e[1]
         if body is not None and not (isinstance(body, list) and len(body) >= 2

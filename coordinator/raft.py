@@ -31,6 +31,10 @@ etcd/raft has them):
 - Snapshots: ``compacted(index, term)`` drops the log up to a snapshot the transport took; a
   follower that needs what was dropped gets ``SendSnapshot`` (the transport sends the
   snapshot's bytes as an ``InstallSnapshot``) and, on receiving one, ``RestoreSnapshot``.
+- CheckQuorum: a leader that has not heard an answer from a majority for an election timeout
+  steps down (its term unchanged), so a leader cut off from its peers stops holding clients.
+- Answers that claim what this leader never sent (a probe round not yet started, an index past
+  its log) are ignored.
 - Membership is static (``members``): changing it is a rolling restart with the new list.
 
 Log indexes start at 1; index 0 term 0 is the empty log.
@@ -51,7 +55,10 @@ class Role(enum.Enum):
 
 
 class RaftBug(AssertionError):
-    """An impossible state (two leaders in one term): our bug; stop loudly."""
+    """An impossible state (two leaders in one term): our bug, or a faulty peer's. ``effects``
+    holds what the event had already produced (a Persist of a newer term, say): the transport
+    must still carry them out."""
+    effects: list = []
 
 
 # --- messages --------------------------------------------------------------------------------
@@ -206,6 +213,8 @@ class RaftCore:
         self._heartbeat_at = 0.0
         self._probe = 0                     # heartbeat round, for ReadIndex
         self._acked_probe: dict[int, int] = {}
+        self._heard_from: dict[int, float] = {}     # when each follower last answered
+        self._leader_since = 0.0
         self._reads: list[tuple[object, int, int]] = []     # (token, index, probe)
         self._snapshot_sent: dict[int, float] = {}
 
@@ -237,6 +246,15 @@ class RaftCore:
     def tick(self, now: float) -> list:
         out: list = []
         if self.role is Role.LEADER:
+            if self._lost_quorum(now):
+                # CheckQuorum: a leader that has not heard from a majority for an election
+                # timeout steps down, so its clients move on instead of waiting on it forever
+                self.role = Role.FOLLOWER
+                self.leader = None
+                self._election_at = now + self._random_timeout()
+                self._fail_reads(out)
+                out.append(RoleChanged(self.role, self.term, None))
+                return out
             if now >= self._heartbeat_at:
                 self._broadcast(out, now)
             return out
@@ -303,11 +321,19 @@ class RaftCore:
 
     def receive(self, msg, now: float) -> list:
         out: list = []
+        try:
+            self._receive(out, msg, now)
+        except RaftBug as e:
+            e.effects = out
+            raise
+        return out
+
+    def _receive(self, out: list, msg, now: float) -> None:
         term = msg.term
         if isinstance(msg, VoteRequest) and msg.pre_vote:
             # a pre-vote never changes our term (that is its point)
             out.append(Send(msg.candidate, self._answer_pre_vote(msg, now)))
-            return out
+            return
         if isinstance(msg, VoteResponse) and msg.pre_vote:
             if self.role is Role.PRE_CANDIDATE and term == self.term + 1 and msg.granted:
                 self._votes.add(msg.voter)
@@ -315,13 +341,13 @@ class RaftCore:
                     self._become_candidate(out, now)
             elif term > self.term + 1 or (not msg.granted and term > self.term):
                 self._step_down(out, term, None, now)   # someone is further along
-            return out
+            return
         if term > self.term:
             leader = msg.leader if isinstance(msg, (Append, InstallSnapshot)) else None
             self._step_down(out, term, leader, now)
         elif term < self.term:
             self._answer_stale(out, msg)
-            return out
+            return
         if isinstance(msg, VoteRequest):
             self._on_vote_request(out, msg, now)
         elif isinstance(msg, VoteResponse):
@@ -337,8 +363,9 @@ class RaftCore:
         elif isinstance(msg, InstallSnapshot):
             self._on_install_snapshot(out, msg, now)
         elif isinstance(msg, SnapshotResponse):
-            if self.role is Role.LEADER:
+            if self.role is Role.LEADER and msg.last_index <= self.last_index:
                 self._snapshot_sent.pop(msg.follower, None)
+                self._heard_from[msg.follower] = now
                 if msg.last_index > self.match_index.get(msg.follower, 0):
                     self.match_index[msg.follower] = msg.last_index
                 self.next_index[msg.follower] = max(self.next_index.get(msg.follower, 1),
@@ -347,7 +374,13 @@ class RaftCore:
                 self._advance_commit(out)
         else:
             raise TypeError(f"not a Raft message: {msg!r}")
-        return out
+
+    def _lost_quorum(self, now: float) -> bool:
+        if now - self._leader_since < self.election_timeout_s:
+            return False
+        heard = 1 + sum(1 for p in self.peers
+                        if now - self._heard_from.get(p, -1e18) < self.election_timeout_s)
+        return heard < self.quorum
 
     # --- elections ----------------------------------------------------------------------------
     def _log_ok(self, last_index: int, last_term: int) -> bool:
@@ -407,6 +440,8 @@ class RaftCore:
         self.match_index = {p: 0 for p in self.peers}
         self._acked_probe = {}
         self._snapshot_sent = {}
+        self._heard_from = {}
+        self._leader_since = now
         out.append(RoleChanged(self.role, self.term, self.me))
         self._append_own(out, None)          # the no-op of this term
         self._broadcast(out, now)
@@ -551,6 +586,9 @@ class RaftCore:
 
     def _on_append_response(self, out: list, msg: AppendResponse, now: float) -> None:
         peer = msg.follower
+        if msg.probe > self._probe or msg.match_index > self.last_index:
+            return          # claims what was never sent: not an answer of this leader's
+        self._heard_from[peer] = now
         if msg.probe > self._acked_probe.get(peer, 0):
             self._acked_probe[peer] = msg.probe
         if msg.success:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 
 import msgpack
 import xxhash
@@ -67,9 +68,17 @@ def check_snapshot_bytes(data: bytes):
     return snap
 
 
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 class RaftLog(TxnLog):
     def __init__(self, data_dir: str, snap_retain_count: int = 3):
         super().__init__(data_dir, snap_retain_count)
+        self.files_lock = threading.Lock()
         self.snapshot_term = 0
         self._path = ""
         self._first = 1             # the index of _where[0]
@@ -112,6 +121,13 @@ class RaftLog(TxnLog):
                 os.unlink(os.path.join(self.data_dir, name))
         state = self._load_snapshot()
         self.snapshot_term = self._snapshot_term
+        for name in os.listdir(self.data_dir):      # a snapshot install that was under way
+            if name.startswith(LOG_PREFIX) and name.endswith(".tmp"):
+                path = os.path.join(self.data_dir, name)
+                if name == _name(LOG_PREFIX, state.zxid + 1) + ".tmp":
+                    self._finish_restore(path[:-len(".tmp")])
+                else:
+                    os.unlink(path)
         expected = state.zxid + 1
         self._first = expected
         term = self.snapshot_term
@@ -247,25 +263,55 @@ class RaftLog(TxnLog):
 
     def restore(self, data: bytes, last_index: int, keep: list) -> None:
         """Install a snapshot received from the leader (checked by ``check_snapshot_bytes``) and
-        start the log after it with the entries ``keep`` [(term, body)] that follow it."""
+        start the log after it with the entries ``keep`` [(term, body)] that follow it.
+
+        Crash-safe in three steps: (1) the new log, ``keep`` only, is written and fsynced as
+        ``txlog.<last_index + 1>.tmp``; (2) the snapshot is renamed into place, the point of no
+        return; (3) every other log file goes and the new one takes its name. A recovery that
+        finds a ``.tmp`` log beside the newest snapshot just before it finishes step 3 (so the
+        old files, whose entries after the snapshot are not the leader's, are never read);
+        one that finds it without that snapshot drops it (the install never happened)."""
+        new_log = os.path.join(self.data_dir, _name(LOG_PREFIX, last_index + 1))
+        with open(new_log + ".tmp", "wb") as f:
+            f.write(b"".join(entry_record(last_index + 1 + i, term, body)
+                             for i, (term, body) in enumerate(keep)))
+            f.flush()
+            os.fsync(f.fileno())
         final = os.path.join(self.data_dir, _name(SNAP_PREFIX, last_index))
         with open(final + ".tmp", "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(final + ".tmp", final)
-        _fsync_dir(self.data_dir)
-        os.close(self._fd)
-        self._fd = None
-        for _, p in _list(self.data_dir, LOG_PREFIX):
-            os.unlink(p)
+        with self.files_lock:
+            os.replace(final + ".tmp", final)
+            _fsync_dir(self.data_dir)
+            os.close(self._fd)
+            self._fd = None
+            self._finish_restore(new_log)
         self._ends.clear()
         self._staged, self._staged_bytes = [], 0
-        self._where = []
         self._first = last_index + 1
+        self._where = []
         self.snapshot_zxid = last_index
-        self._open(os.path.join(self.data_dir, _name(LOG_PREFIX, last_index + 1)), 0)
-        for i, (term, body) in enumerate(keep):
-            self.stage(last_index + 1 + i, term, body)
-        self.flush()
+        pos = 0
+        with open(new_log, "rb") as f:
+            for end, _ in iter_records(f.read()):
+                self._where.append((new_log, pos))
+                pos = end
+        self._open(new_log, pos)
         self._purge()
+
+    def _finish_restore(self, new_log: str) -> None:
+        """Step 3 of ``restore``: only the new log file remains, under its own name."""
+        for _, p in _list(self.data_dir, LOG_PREFIX):
+            if p != new_log:
+                _unlink(p)
+        os.replace(new_log + ".tmp", new_log)
+        _fsync_dir(self.data_dir)
+
+    def _purge(self) -> None:
+        with self.files_lock:       # (the snapshot thread and the loop's restore both delete)
+            try:
+                super()._purge()
+            except FileNotFoundError:
+                pass

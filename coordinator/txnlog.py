@@ -17,7 +17,9 @@ log durable, rolls it to a new file, and hands the state to a background thread,
 newest ``retain`` snapshots.
 
 Recovery loads the newest snapshot whose checksum holds, replays every later record through
-``CoordinatorState.apply``, and cuts the newest log file at its first torn or corrupt record (an
+``CoordinatorState.apply`` (a log an ensemble member wrote, which has ``leader`` markers, may
+hold writes that were rejected when applied: they are skipped again; and its tail may hold
+entries the ensemble never committed, which a single coordinator then applies), and cuts the newest log file at its first torn or corrupt record (an
 unacknowledged write that was being written when the process died). Damage anywhere else, or a
 gap in transaction ids, stops the start with a sentence saying which file is damaged.
 """
@@ -32,6 +34,7 @@ import msgpack
 import xxhash
 
 from coordinator.state import CoordinatorState
+from zbroker import errors
 
 RECORD_HEADER = struct.Struct(">II")
 SNAP_MAGIC = b"ZBSN"
@@ -110,6 +113,7 @@ class TxnLog:
                 os.unlink(os.path.join(self.data_dir, name))
         state = self._load_snapshot()
         logs = _list(self.data_dir, LOG_PREFIX)
+        from_ensemble = False
         for i, (first_zxid, path) in enumerate(logs):
             is_last = i == len(logs) - 1
             if not is_last and logs[i + 1][0] <= state.zxid + 1:
@@ -124,8 +128,16 @@ class TxnLog:
                 if txn[0] != state.zxid + 1:
                     raise RecoveryError(f"The transaction log {path} jumps from transaction "
                                         f"{state.zxid} to {txn[0]}; transactions are missing.")
+                if len(txn) > 2 and txn[2] == "leader":
+                    from_ensemble = True    # an ensemble member's log: see below
                 try:
                     _, changes = state.apply(txn)
+                except errors.ZbError as e:
+                    if not from_ensemble:
+                        raise RecoveryError(f"Transaction {txn[0]} in {path} cannot be replayed "
+                                            f"({e}); the data directory is inconsistent.") from None
+                    state.skip(txn[0])      # an ensemble logs writes it then rejects
+                    changes = []
                 except Exception as e:
                     raise RecoveryError(f"Transaction {txn[0]} in {path} cannot be replayed "
                                         f"({e}); the data directory is inconsistent.") from None

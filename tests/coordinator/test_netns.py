@@ -78,3 +78,68 @@ def test_partitioned_client_loses_its_session_and_a_short_blip_does_not(netns_ho
     hosts.reconnect(1)
     wait_until(lambda: "STATE LOST" in holder.log_tail(), 20,
                "the remote client to learn its session expired")
+
+
+@pytest.mark.timeout(150)
+def test_ensemble_stays_linearizable_while_its_leader_is_cut_off_again_and_again(
+        netns_hosts, procs, tmp_path):
+    """Three members on three hosts, clients on a fourth; the leader's host is cut off the
+    network and put back, three times. The clients' history is linearizable, terms only grow,
+    and at most one member leads any term."""
+    import random
+    from tests.coordinator.history import INITIAL, from_json
+    from tests.coordinator.linearizability import check
+    hosts = netns_hosts(4)
+    servers = [f"server.{i + 1}={hosts.address(i)}:2888" for i in range(3)]
+    members = {}
+    for i in range(3):
+        args = ["--override", "listeners=tcp://0.0.0.0:2181", "--override",
+                f"data.dir={tmp_path / f'm{i + 1}'}", "--override", "tick.ms=100",
+                "--override", f"coordinator.id={i + 1}", "--override", "election.timeout.ms=300"]
+        for s in servers:
+            args += ["--override", s]
+        members[i + 1] = procs.start(f"member-{i + 1}", hosts.python(i, "coordinator.server",
+                                                                      *args))
+    address = ",".join(f"{hosts.address(i)}:2181" for i in range(3))
+
+    def leader_and_term():
+        best = None
+        for i, m in members.items():
+            for line in m.log_path.read_text(errors="replace").splitlines():
+                if '"serving as leader"' in line:
+                    term = json.loads(line)["term"]
+                    if best is None or term > best[1]:
+                        best = (i, term)
+        return best
+    wait_until(leader_and_term, 30, "a leader")
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    print(f"seed={seed}")
+    out = tmp_path / "history.json"
+    clients = procs.start("clients", hosts.python(3, "tests.coordinator.history", address,
+                                                   "14", str(seed), str(out)))
+    terms = []
+    time.sleep(2.0)
+    for k in range(3):
+        leader, term = leader_and_term()
+        terms.append(term)
+        hosts.disconnect(leader - 1)
+        wait_until(lambda: leader_and_term()[1] > term, 20, "a new leader elsewhere")
+        time.sleep(rng.uniform(0.5, 1.5))
+        hosts.reconnect(leader - 1)
+        print(f"cut off leader {leader} (term {term})")
+        time.sleep(rng.uniform(0.5, 1.0))
+    assert clients.popen.wait(60) == 0, clients.log_tail()
+    terms.append(leader_and_term()[1])
+    history = from_json(out.read_text())
+    acked = sum(1 for op in history if op.ret is not None and op.kind != "read")
+    print(f"{len(history)} operations, {acked} acknowledged writes, terms {terms}")
+    assert acked > 50 and terms == sorted(set(terms))
+    ok, why = check(history, INITIAL)
+    assert ok, f"seed={seed}: {why}"
+    leaders: dict = {}
+    for i, m in members.items():
+        for line in m.log_path.read_text(errors="replace").splitlines():
+            if '"elected leader"' in line:
+                leaders.setdefault(json.loads(line)["term"], set()).add(i)
+    assert all(len(v) == 1 for v in leaders.values()), leaders

@@ -421,3 +421,46 @@ def test_a_closed_connection_to_the_leader_starts_an_election_soon_but_safely():
     # and the leader's next heartbeat brings it back
     b.receive(Append(5, 1, 0, 0, (), 0, 0), 0.3)
     assert b.role is Role.FOLLOWER and b.leader == 1
+
+
+def test_a_leader_that_hears_no_majority_steps_down():
+    """CheckQuorum: cut off from both followers for an election timeout, the leader steps
+    down (term unchanged) and fails its reads; one answering follower keeps it leading."""
+    a = RaftCore(1, [1, 2, 3], rng=random.Random(1), election_timeout_s=0.3, heartbeat_s=0.05)
+    elect(a, 10.0)
+    term = a.term
+    a.receive(raft.AppendResponse(term, 2, True, a.last_index, 0, 1), 10.05)
+    for t in (10.1, 10.2, 10.3):
+        a.tick(t)
+    assert a.role is Role.LEADER            # follower 2 answered within the timeout
+    a.read("r", 10.3)
+    out = a.tick(10.4)                      # nobody has answered for 0.35 s
+    assert a.role is Role.FOLLOWER and a.term == term and a.leader is None
+    assert ReadFailed("r", None) in out
+
+
+def test_answers_claiming_what_was_never_sent_are_ignored():
+    a = RaftCore(1, [1, 2, 3], rng=random.Random(1))
+    elect(a, 10.0)
+    last = a.last_index
+    a.receive(raft.AppendResponse(a.term, 2, True, last + 1000, 0, 0), 10.0)
+    assert a.match_index[2] == 0 and a.commit_index == 0
+    a.read("r", 10.0)
+    out = a.receive(raft.AppendResponse(a.term, 2, True, 0, 0, a._probe + 50), 10.0)
+    assert not [e for e in out if isinstance(e, ReadReady)]
+    out = a.receive(raft.AppendResponse(a.term, 2, True, last, 0, a._probe), 10.0)
+    assert a.commit_index == last and [e for e in out if isinstance(e, ReadReady)]
+
+
+def test_a_raft_bug_keeps_the_effects_already_produced():
+    """A faulty leader of a newer term asks to overwrite a committed entry: the member refuses
+    (RaftBug), but the newer term it already took is handed back to be persisted."""
+    b = RaftCore(2, [1, 2, 3], rng=random.Random(1))
+    b.receive(Append(1, 1, 0, 0, ((1, "a"), (1, "b")), 2, 0), 0.0)
+    assert b.commit_index == 2
+    try:
+        b.receive(Append(3, 3, 0, 0, ((3, "x"),), 0, 0), 0.1)
+    except raft.RaftBug as e:
+        assert Persist(3, None) in e.effects
+    else:
+        raise AssertionError("no RaftBug")
