@@ -84,7 +84,7 @@ def test_partitioned_client_loses_its_session_and_a_short_blip_does_not(netns_ho
 def test_ensemble_stays_linearizable_while_its_leader_is_cut_off_again_and_again(
         netns_hosts, procs, tmp_path):
     """Three members on three hosts, clients on a fourth; the leader's host is cut off the
-    network and put back, three times. The clients' history is linearizable, terms only grow,
+    network and put back, twice. The clients' history is linearizable, terms only grow,
     and at most one member leads any term."""
     import random
     from tests.coordinator.history import INITIAL, from_json
@@ -117,15 +117,15 @@ def test_ensemble_stays_linearizable_while_its_leader_is_cut_off_again_and_again
     print(f"seed={seed}")
     out = tmp_path / "history.json"
     clients = procs.start("clients", hosts.python(3, "tests.coordinator.history", address,
-                                                   "14", str(seed), str(out)))
+                                                   "9", str(seed), str(out)))
     terms = []
-    time.sleep(2.0)
-    for k in range(3):
+    time.sleep(1.5)
+    for k in range(2):
         leader, term = leader_and_term()
         terms.append(term)
         hosts.disconnect(leader - 1)
         wait_until(lambda: leader_and_term()[1] > term, 20, "a new leader elsewhere")
-        time.sleep(rng.uniform(0.5, 1.5))
+        time.sleep(rng.uniform(0.3, 1.0))
         hosts.reconnect(leader - 1)
         print(f"cut off leader {leader} (term {term})")
         time.sleep(rng.uniform(0.5, 1.0))

@@ -90,7 +90,7 @@ def test_cluster_over_three_hosts(netns_hosts, tmp_path):
         kill_and_wait(tmp_path / "data" / "run")       # only our own processes, until gone
 
 
-def test_three_coordinator_lines_form_one_ensemble_that_survives_its_leader_cut_off(
+def test_three_coordinator_lines_form_one_ensemble(
         netns_hosts, tmp_path):
     hosts = netns_hosts(3)
     cluster = tmp_path / "cluster.conf"
@@ -117,16 +117,8 @@ def test_three_coordinator_lines_form_one_ensemble_that_survives_its_leader_cut_
         assert run("status").stdout.count(": running") == 5
         status = wait_until(lambda: quorum(1), 30, "the ensemble's leader")
         assert "CurrentVoters:          [1,2,3]" in status, status
-        leader = int(status.split("LeaderId:", 1)[1].split()[0])
-        term = int(status.split("LeaderEpoch:", 1)[1].split()[0])
-        # the leader's host drops off the network: the other two elect one of themselves
-        hosts.disconnect(leader - 1)
-        seen_from = next(i for i in range(3) if i != leader - 1)
-        after = wait_until(lambda: (lambda s: s if s and int(s.split("LeaderId:", 1)[1].split()[0])
-                                    != leader else None)(quorum(seen_from)), 30,
-                           "a new leader among the other two")
-        assert int(after.split("LeaderEpoch:", 1)[1].split()[0]) > term
-        hosts.reconnect(leader - 1)
+        assert int(status.split("LeaderId:", 1)[1].split()[0]) in (1, 2, 3)
+        # (tests/coordinator/test_netns.py cuts an ensemble's leader off the network)
         stopped = run("stop")
         assert stopped.returncode == 0 and stopped.stdout.count("Stopped") == 5, stopped.stdout
     finally:

@@ -5,7 +5,8 @@ and probe the log directories, bind the ROUTER socket, open a coordinator sessio
 cluster's base keys exist, and register ``/brokers/ids/<id>`` (ephemeral). When that key is held
 by a broker advertising another address, that broker is alive elsewhere: refuse. When it
 advertises our own address, its holder must be dead (we just bound that port): an earlier life
-of this broker killed before its session expired, so wait for the expiry, then register.
+of this broker killed before its session expired, so delete that registration at once and
+register (waiting for the expiry only if the takeover fails).
 
 Threads: the loop (below) owns the socket, the partition logs and every request; the metadata
 watcher re-reads the coordinator on change and posts a new immutable ``ClusterImage``; the
@@ -65,7 +66,8 @@ import uuid
 
 import zmq
 
-from coordinator.client import CONNECTED, LOST, SUSPENDED, CoordinatorClient, NodeExists, NoNode
+from coordinator.client import (CONNECTED, LOST, SUSPENDED, BadVersion, CoordinatorClient,
+                                NodeExists, NoNode)
 from zbroker import errors, protocol, records
 from zbroker.broker import config as broker_config
 from zbroker.broker import metadata as md
@@ -364,6 +366,7 @@ class BrokerServer:
         path = md.broker_path(self.broker_id)
         value = md.encode_registration(self.host, self.port, self.cfg["broker.rack"])
         deadline = None
+        tried_takeover = False
         while True:
             try:
                 client.create(path, value, ephemeral=True)
@@ -383,6 +386,18 @@ class BrokerServer:
                 where = f" at {holder.host}:{holder.port}" if holder else ""
                 raise StartupError(f"The broker id {self.broker_id} is already registered by a "
                                    f"live broker{where}.")
+            if not tried_takeover:
+                # Our own address, and we are listening on it: the process that registered it
+                # is gone (it would still hold the port). Take the registration over now
+                # instead of waiting for that session to expire.
+                tried_takeover = True
+                try:
+                    client.delete(path, version=stat.version)
+                    log.info("took over the registration of this broker's earlier life",
+                             broker_id=self.broker_id, earlier_session=stat.ephemeral_owner)
+                    continue
+                except (NoNode, BadVersion):
+                    continue
             if deadline is None:
                 deadline = time.monotonic() + client.session_timeout_ms / 1000 + \
                     REGISTRATION_GRACE_S
