@@ -22,7 +22,7 @@ BROKER_CONFIG = ConfigDef([
             "Directories holding partition logs (comma-separated); new partitions go to the "
             "one with fewest partitions."),
     Setting("coordinator.connect", str, "127.0.0.1:2181",
-            "Coordinator addresses, host:port[,host:port...]."),
+            "Coordinator addresses, host:port[,host:port...]: every member of an ensemble."),
     Setting("coordinator.session.timeout.ms", int, 6000,
             "Coordinator session timeout: how long a dead broker keeps its registration, so "
             "about how long its partitions wait for a new leader after a crash (heartbeats go "
