@@ -49,6 +49,8 @@ from zbroker import errors
 from zbroker.errors import (BadArguments, BadVersion, ConnectionLoss, FencedEpoch, NoNode,
                             NodeExists, NotEmpty, SessionExpired, SessionMoved, ZbError)
 from zbroker.logs import get_logger
+from zbroker.security import (HANDSHAKE_FAILED_EVENTS, ClientSecurity, SecurityError,
+                              handshake_failure)
 
 __all__ = ["CoordinatorClient", "Stat", "WatchEvent", "Op", "ZbError", "NoNode", "NodeExists",
            "BadVersion", "NotEmpty", "SessionExpired", "ConnectionLoss", "FencedEpoch",
@@ -153,8 +155,19 @@ class _Watch:
 
 class CoordinatorClient:
     def __init__(self, hosts: str, session_timeout_ms: int = 10000,
-                 request_timeout_ms: int | None = None, connect_timeout_ms: int | None = None):
+                 request_timeout_ms: int | None = None, connect_timeout_ms: int | None = None,
+                 security_protocol: str | None = None, curve_secret_key_file: str | None = None,
+                 curve_server_key_file: str | None = None):
+        """``security_protocol="CURVE"`` with ``curve_secret_key_file`` (our key pair) and
+        ``curve_server_key_file`` (the coordinator's public key) talks CurveZMQ; a coordinator
+        that refuses the handshake is an AuthenticationFailed naming the address and why."""
         self.hosts = parse_hosts(hosts)
+        try:
+            self._security = ClientSecurity.from_settings(
+                security_protocol, curve_secret_key_file, curve_server_key_file)
+        except SecurityError as e:
+            raise BadArguments(str(e)) from None
+        self._handshake_failed: dict[str, str] = {}     # host -> why, until we connect
         self.requested_timeout_ms = session_timeout_ms
         self.session_timeout_ms = session_timeout_ms
         self.request_timeout_ms = request_timeout_ms or session_timeout_ms
@@ -434,10 +447,11 @@ class CoordinatorClient:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.RCVHWM, 100_000)
-        events = zmq.EVENT_DISCONNECTED
+        events = zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED_EVENTS
         if len(self.hosts) > 1:     # an ensemble: a member that refuses us is down, move on
             events |= zmq.EVENT_CONNECT_RETRIED
         self._monitor = sock.get_monitor_socket(events)
+        self._security.apply(sock)
         sock.connect(self.hosts[self._host_index])
         self._sock = sock
         self._poller = zmq.Poller()
@@ -468,9 +482,26 @@ class CoordinatorClient:
                 msg = recv_monitor_message(self._monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return said
-            if msg["event"] == zmq.EVENT_DISCONNECTED or (
+            if msg["event"] & HANDSHAKE_FAILED_EVENTS:
+                self._on_handshake_failed(msg["event"])
+                said = True
+            elif msg["event"] == zmq.EVENT_DISCONNECTED or (
                     msg["event"] == zmq.EVENT_CONNECT_RETRIED and self.state != CONNECTED):
                 said = True
+
+    def _on_handshake_failed(self, event: int) -> None:
+        host = self.hosts[self._host_index]
+        why = handshake_failure(event, host.replace("tcp://", ""), self._security.curve)
+        if self._ever_connected:
+            if host not in self._handshake_failed:
+                log.warning("the coordinator refused the handshake", reason=why)
+            self._handshake_failed[host] = why
+            return
+        self._handshake_failed[host] = why
+        if len(self._handshake_failed) >= len(self.hosts):     # every member says no
+            self._startup_error = errors.AuthenticationFailed(why)
+            self._closing = True
+            self._connected.set()
 
     def _send_raw(self, api: str, req_id: int, fields: dict) -> None:
         self._out_frames.append(protocol.encode_request(api, req_id, self.session_id, **fields))

@@ -50,6 +50,7 @@ from coordinator.state import CoordinatorState
 from coordinator.txnlog import RecoveryError
 from zbroker import errors
 from zbroker.logs import get_logger
+from zbroker.security import ClientSecurity, SecurityError
 
 log = get_logger("coordinator.ensemble")
 
@@ -91,6 +92,7 @@ class EnsembleServer(CoordinatorServer):
     def _bind_peers(self) -> None:
         sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
+        self.security.apply(sock)
         sock.setsockopt(zmq.MAXMSGSIZE, peer_protocol.PEER_FRAME_BYTES_MAX)
         sock.setsockopt(zmq.RCVHWM, PEER_SEND_QUEUE_MAX)
         endpoint = f"tcp://{self.servers[self.me]}"
@@ -104,6 +106,9 @@ class EnsembleServer(CoordinatorServer):
             raise StartupError(f"Cannot listen on the peer address {endpoint} "
                                f"(server.{self.me}): {e.strerror}.")
         self.peer_router = sock
+        own = self.cfg["curve.client.secret.key.file"] or self.cfg["curve.server.secret.key.file"]
+        as_client = ClientSecurity(self.security.protocol, own,
+                                   self.cfg["curve.server.secret.key.file"])
         for member, address in sorted(self.servers.items()):
             if member == self.me:
                 continue
@@ -115,6 +120,10 @@ class EnsembleServer(CoordinatorServer):
             d.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
             d.setsockopt(zmq.RCVHWM, 1)
             d.setsockopt(zmq.IDENTITY, peer_protocol.identity(self.me))
+            try:
+                as_client.apply(d)
+            except SecurityError as e:
+                raise StartupError(str(e))
             self.peer_monitors[d.get_monitor_socket(zmq.EVENT_DISCONNECTED)] = member
             d.connect(f"tcp://{address}")
             self.dealers[member] = d

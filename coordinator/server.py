@@ -52,6 +52,7 @@ from zbroker import errors
 from zbroker.config import (ConfigDef, ConfigError, Setting, load_properties, parse_overrides,
                             server_arg_parser)
 from zbroker.logs import configure_logging, get_logger
+from zbroker.security import SecurityError, ServerSecurity
 
 log = get_logger("coordinator")
 
@@ -80,6 +81,18 @@ CONFIG = ConfigDef([
     Setting("requests.per.poll.max", int, 16,
             "Requests handled per loop turn; their log records go out in one write and their "
             "replies right after it.", min=1),
+    Setting("security.protocol", str, "PLAINTEXT",
+            "PLAINTEXT, or CURVE: only clients whose public key is in curve.authorized.keys.dir "
+            "get past the handshake (on the client port and, in an ensemble, the peer port).",
+            choices=("PLAINTEXT", "CURVE")),
+    Setting("curve.server.secret.key.file", str, "",
+            "CURVE: the server key pair (NAME.key_secret from zb-keys); clients check its "
+            "public key."),
+    Setting("curve.authorized.keys.dir", str, "",
+            "CURVE: the public keys (*.key) allowed to connect; a file's name is its principal."),
+    Setting("curve.client.secret.key.file", str, "",
+            "CURVE in an ensemble: this member's own key pair toward the other members (default: "
+            "the server key pair); its public key must be authorized."),
     Setting("coordinator.id", int, 1,
             "This member's id in the ensemble: N of its server.N line.", min=0, max=255),
     Setting("election.timeout.ms", int, 500,
@@ -142,6 +155,8 @@ class CoordinatorServer:
         self.log_records = 0
         self.stopping = False
         self._lock_fd: int | None = None
+        self.security: ServerSecurity | None = None
+        self.authorizer = None
 
     # --- start-up -------------------------------------------------------------------------------
     def open(self) -> None:
@@ -158,8 +173,14 @@ class CoordinatorServer:
                                f"{data_dir}.")
         if not os.access(data_dir, os.W_OK):
             raise StartupError(f"The data directory {data_dir} is not writable.")
+        try:
+            self.security = ServerSecurity.from_config(self.cfg)
+        except SecurityError as e:
+            raise StartupError(str(e))
+        self.authorizer = self.security.start(self.ctx)
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
+        self.security.apply(self.router)
         self.router.setsockopt(zmq.MAXMSGSIZE, protocol.FRAME_BYTES_MAX)
         self.router.setsockopt(zmq.SNDHWM, 100_000)
         self.router.setsockopt(zmq.RCVHWM, 100_000)
@@ -669,6 +690,8 @@ class CoordinatorServer:
                 pass
             self._monitor.close(0)
         self.router.close(0)
+        if self.authorizer is not None:
+            self.authorizer.stop()
         self.ctx.term()
         log.info("stopped", zxid=self.state.zxid, log_writes=self.log_writes,
                  log_records=self.log_records)

@@ -13,6 +13,7 @@ import time
 
 from coordinator.client import CoordinatorClient, Stat
 from zbroker.errors import ZbError
+from zbroker.security import SecurityError, command_config
 
 HELP = """Commands:
   ls PATH                      list the children of PATH
@@ -90,12 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--coordinator", default="127.0.0.1:2181", metavar="HOST:PORT[,...]",
                    help="coordinator address(es) (default 127.0.0.1:2181)")
     p.add_argument("--session-timeout-ms", type=int, default=10000)
+    p.add_argument("--command-config", metavar="FILE",
+                   help="client settings (security.protocol, curve.secret.key.file, "
+                        "curve.server.key.file) as in Kafka's tools")
     p.add_argument("command", nargs=argparse.REMAINDER,
                    help="a command to run instead of the interactive shell")
     args = p.parse_args(argv)
     try:
         c = CoordinatorClient(args.coordinator, session_timeout_ms=args.session_timeout_ms,
-                              connect_timeout_ms=5000)
+                              connect_timeout_ms=5000, **command_config(args.command_config))
+    except SecurityError as e:
+        print(f"zb-coordinator-shell: {e}", file=sys.stderr)
+        return 2
     except ZbError as e:
         print(f"zb-coordinator-shell: {e}", file=sys.stderr)
         return 1

@@ -433,5 +433,11 @@ class NotQuorumLeader(ZbError):
                "request was not applied: send it to the leader.")
 
 
+@_register
+class AuthenticationFailed(ZbError):
+    code, name = 1014, "AUTHENTICATION_FAILED"
+    message = "The server refused our credentials during the handshake."
+
+
 __all__ = [n for n, v in list(globals().items()) if isinstance(v, type) and issubclass(v, ZbError)]
 __all__ += ["error_for_code", "make_error"]

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import time
 
-from clients.cli._common import ArgumentParser, run
+from clients.cli._common import ArgumentParser, UsageError, run
 from coordinator.client import CoordinatorClient
+from zbroker.security import SecurityError, command_config
 
 PROG = "zb-metadata-quorum"
 
@@ -25,6 +26,9 @@ def build_parser() -> ArgumentParser:
                        "(leader, term, commit index, and each member's replication).")
     p.add_argument("--coordinator", required=True, metavar="HOST:PORT[,HOST:PORT...]",
                    help="the coordinator members' client addresses")
+    p.add_argument("--command-config", metavar="FILE",
+                   help="client settings (security.protocol, curve.secret.key.file, "
+                        "curve.server.key.file) as in Kafka's tools")
     p.add_argument("--timeout-ms", type=int, default=10000,
                    help="how long to look for the leader (default 10000)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -59,8 +63,12 @@ def replication_lines(q: dict) -> list[str]:
 
 
 def _body(args) -> int:
+    try:
+        security = command_config(args.command_config)
+    except SecurityError as e:
+        raise UsageError(str(e)) from None
     with CoordinatorClient(args.coordinator, session_timeout_ms=max(2000, args.timeout_ms),
-                           connect_timeout_ms=args.timeout_ms) as c:
+                           connect_timeout_ms=args.timeout_ms, **security) as c:
         q = c.describe_quorum()
     lines = status_lines(q, int(time.time() * 1000)) if args.status else replication_lines(q)
     print("\n".join(lines))

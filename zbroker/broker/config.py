@@ -28,6 +28,12 @@ BROKER_CONFIG = ConfigDef([
             "about how long its partitions wait for a new leader after a crash (heartbeats go "
             "every third of it). 6 s suits a LAN; Kafka's ZooKeeper default is 18 s.",
             min=100),
+    Setting("curve.client.secret.key.file", str, "",
+            "CURVE: this broker's own key pair (NAME.key_secret from zb-keys), presented to "
+            "the coordinator (and, with security.protocol=CURVE, to other brokers)."),
+    Setting("coordinator.curve.server.key.file", str, "",
+            "The coordinator's public key (its server NAME.key): set it to talk CURVE to a "
+            "coordinator with security.protocol=CURVE."),
     Setting("coordinator.connection.timeout.ms", int, 10000,
             "How long start-up waits for the coordinator.", min=100),
     Setting("num.partitions", int, 1, "Partitions of an auto-created topic (and of CreateTopics "

@@ -229,9 +229,13 @@ class BrokerServer:
         renewal runs it on a thread of its own."""
         connect = self.cfg["coordinator.connect"]
         try:
+            curve = bool(self.cfg["coordinator.curve.server.key.file"])
             client = CoordinatorClient(
                 connect, session_timeout_ms=self.cfg["coordinator.session.timeout.ms"],
-                connect_timeout_ms=self.cfg["coordinator.connection.timeout.ms"])
+                connect_timeout_ms=self.cfg["coordinator.connection.timeout.ms"],
+                security_protocol="CURVE" if curve else "PLAINTEXT",
+                curve_secret_key_file=self.cfg["curve.client.secret.key.file"],
+                curve_server_key_file=self.cfg["coordinator.curve.server.key.file"])
         except errors.ZbError as e:
             raise StartupError(f"Could not open a session with the coordinator at {connect}: "
                                f"{str(e).rstrip('.')}.")
