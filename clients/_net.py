@@ -25,6 +25,8 @@ from clients.errors import BrokerConnectionError, RequestTimedOut, ZbError
 from clients.structs import BrokerMetadata, PartitionMetadata
 from zbroker import errors, protocol
 from zbroker.logs import get_logger
+from zbroker.security import (HANDSHAKE_FAILED_EVENTS, ClientSecurity, SecurityError,
+                              handshake_failure)
 
 log = get_logger("clients.net")
 
@@ -33,6 +35,15 @@ SOCKET_HWM = 10_000              # messages queued per socket either way
 
 # handler(header, blobs, error): exactly one of (header, error) is not None
 Handler = Callable[[dict | None, list | None, ZbError | None], None]
+
+
+def client_security(protocol, secret_key_file, server_key_file) -> ClientSecurity:
+    """The ``security_protocol``, ``curve_secret_key_file`` and ``curve_server_key_file``
+    arguments of Producer, Consumer and AdminClient; a bad one is a ValueError sentence."""
+    try:
+        return ClientSecurity.from_settings(protocol, secret_key_file, server_key_file)
+    except SecurityError as e:
+        raise ValueError(str(e)) from None
 
 
 def parse_bootstrap(servers) -> list[str]:
@@ -133,8 +144,11 @@ class _Conn:
 
 
 class NetworkClient:
-    def __init__(self, bootstrap_servers, *, request_timeout_ms: int = 30000):
+    def __init__(self, bootstrap_servers, *, request_timeout_ms: int = 30000,
+                 security: ClientSecurity | None = None):
         self.bootstrap = parse_bootstrap(bootstrap_servers)
+        self.security = security or ClientSecurity()
+        self._refused: set[str] = set()         # addresses whose refusal was logged
         self.bootstrap_text = ",".join(self.bootstrap)
         self.request_timeout_ms = request_timeout_ms
         self.cluster = Cluster.empty()
@@ -191,7 +205,9 @@ class NetworkClient:
         sock.setsockopt(zmq.RCVHWM, SOCKET_HWM)
         sock.setsockopt(zmq.RECONNECT_IVL, 50)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self.security.apply(sock)
+        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED |
+                                          HANDSHAKE_FAILED_EVENTS)
         sock.connect("tcp://" + address)
         conn = _Conn(node_id, address, sock, monitor)
         self._conns[node_id] = conn
@@ -309,6 +325,15 @@ class NetworkClient:
                 return
             if msg["event"] == zmq.EVENT_CONNECTED:
                 conn.connected = True
+            elif msg["event"] & HANDSHAKE_FAILED_EVENTS:
+                # refused during the handshake: no request of ours was read; retrying with
+                # the same keys cannot help, so the requests fail with the reason
+                why = handshake_failure(msg["event"], conn.address, self.security.curve)
+                if conn.address not in self._refused:
+                    self._refused.add(conn.address)
+                    log.warning("broker refused the handshake", node=conn.node_id, reason=why)
+                self._close_conn(conn, errors.AuthenticationFailed(why))
+                return
             elif msg["event"] == zmq.EVENT_DISCONNECTED:
                 log.info("broker connection lost", node=conn.node_id, address=conn.address)
                 self._close_conn(conn, BrokerConnectionError(

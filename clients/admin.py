@@ -36,7 +36,7 @@ import threading
 import time
 
 from clients._group import COORDINATOR_MOVED
-from clients._net import NetworkClient, topic_error
+from clients._net import NetworkClient, client_security, topic_error
 from clients.errors import (NoBrokersAvailable, NotController, RequestTimedOut,
                             UnknownTopicOrPartition, ZbError)
 from clients.structs import (BrokerMetadata, ConsumerGroupDescription, GroupListing,
@@ -58,11 +58,16 @@ class AdminClient:
 
     def __init__(self, bootstrap_servers: str = "localhost:9092", *, client_id: str | None = None,
                  request_timeout_ms: int = 30000, retry_backoff_ms: int = 100,
-                 bootstrap_timeout_ms: int = 10000):
+                 bootstrap_timeout_ms: int = 10000,
+                 security_protocol: str | None = None, curve_secret_key_file: str | None = None,
+                 curve_server_key_file: str | None = None):
         self.client_id = client_id
         self.request_timeout_ms = min(request_timeout_ms, protocol.REQUEST_TIMEOUT_MS_MAX)
         self.retry_backoff_s = retry_backoff_ms / 1000
-        self._net = NetworkClient(bootstrap_servers, request_timeout_ms=self.request_timeout_ms)
+        self._net = NetworkClient(bootstrap_servers, request_timeout_ms=self.request_timeout_ms,
+                                  security=client_security(security_protocol,
+                                                           curve_secret_key_file,
+                                                           curve_server_key_file))
         self.bootstrap_servers = self._net.bootstrap_text
         self._lock = threading.Lock()
         self._closed = False
@@ -388,6 +393,8 @@ class AdminClient:
                 return self._net.cluster
             if box:
                 last = box[0]
+                if isinstance(last, errors.AuthenticationFailed):
+                    raise last          # every broker has the same keys: asking again won't do
             if _monotonic() >= deadline:
                 if last is not None and not isinstance(last, RequestTimedOut):
                     raise last

@@ -56,7 +56,7 @@ import threading
 import time
 
 from clients._group import GroupIO, Membership, State, Task
-from clients._net import NetworkClient, topic_error
+from clients._net import NetworkClient, client_security, topic_error
 from clients.errors import (CorruptMessage, IllegalStateError, NoBrokersAvailable,
                             OffsetOutOfRange, RequestTimedOut, ZbError)
 from clients.structs import (ConsumerRecord, OffsetAndMetadata, OffsetAndTimestamp,
@@ -209,7 +209,9 @@ class Consumer:
                  heartbeat_interval_ms: int | None = None, max_poll_interval_ms: int = 300000,
                  group_instance_id: str | None = None, group_remote_assignor: str = "uniform",
                  client_rack: str | None = None, default_api_timeout_ms: int = 60000,
-                 allow_auto_create_topics: bool = False):
+                 allow_auto_create_topics: bool = False,
+                 security_protocol: str | None = None, curve_secret_key_file: str | None = None,
+                 curve_server_key_file: str | None = None):
         if group_id is not None:
             protocol.check_group_id(group_id)
         elif group_instance_id is not None:
@@ -246,7 +248,10 @@ class Consumer:
         self.check_crcs = check_crcs
         self.allow_auto_create_topics = allow_auto_create_topics
 
-        self._net = NetworkClient(bootstrap_servers, request_timeout_ms=self.request_timeout_ms)
+        self._net = NetworkClient(bootstrap_servers, request_timeout_ms=self.request_timeout_ms,
+                                  security=client_security(security_protocol,
+                                                           curve_secret_key_file,
+                                                           curve_server_key_file))
         self.bootstrap_servers = self._net.bootstrap_text
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -281,6 +286,7 @@ class Consumer:
         self._metadata_due = 0.0
         self._metadata_next_refresh = 0.0
         self._bootstrapped = threading.Event()
+        self._bootstrap_error: ZbError | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -299,7 +305,10 @@ class Consumer:
         self._thread = threading.Thread(target=self._fetcher_main, daemon=True,
                                         name="zb-consumer-fetcher")
         self._thread.start()
-        if not self._bootstrapped.wait(bootstrap_timeout_ms / 1000):
+        if self._bootstrapped.wait(bootstrap_timeout_ms / 1000) and self._bootstrap_error:
+            self.close()
+            raise self._bootstrap_error
+        if not self._bootstrapped.is_set():
             self.close()
             raise NoBrokersAvailable(f"No broker answered at {self.bootstrap_servers} within "
                                      f"{bootstrap_timeout_ms / 1000:g} seconds.")
@@ -1210,6 +1219,10 @@ class Consumer:
 
     def _on_metadata(self, error: ZbError | None) -> None:
         self._metadata_in_flight = False
+        if isinstance(error, errors.AuthenticationFailed) and not self._bootstrapped.is_set():
+            self._bootstrap_error = error       # no broker will let us in: say so now
+            self._bootstrapped.set()
+            return
         if error is not None:
             log.debug("metadata request failed", error=str(error))
             self._need_metadata = True

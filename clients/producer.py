@@ -48,7 +48,7 @@ import threading
 import time
 
 from clients import partitioner
-from clients._net import NetworkClient, topic_error
+from clients._net import NetworkClient, client_security, topic_error
 from clients.errors import (BrokerConnectionError, IllegalStateError, MessageTooLarge,
                             NoBrokersAvailable, RequestTimedOut, UnknownServerError,
                             UnknownTopicOrPartition, ZbError)
@@ -250,7 +250,9 @@ class Producer:
                  max_request_size: int = 1048576, buffer_memory: int = 33554432,
                  max_block_ms: int = 60000, metadata_max_age_ms: int = 300000,
                  unknown_topic_wait_ms: int = 2000, bootstrap_timeout_ms: int = 10000,
-                 allow_auto_create_topics: bool = False):
+                 allow_auto_create_topics: bool = False,
+                 security_protocol: str | None = None, curve_secret_key_file: str | None = None,
+                 curve_server_key_file: str | None = None):
         self.acks = _acks(acks)
         self.allow_auto_create_topics = allow_auto_create_topics
         if max_in_flight_requests_per_connection is not None:
@@ -291,7 +293,10 @@ class Producer:
         self.metadata_max_age_s = metadata_max_age_ms / 1000
         self.unknown_topic_wait_s = unknown_topic_wait_ms / 1000
 
-        self._net = NetworkClient(bootstrap_servers, request_timeout_ms=self.request_timeout_ms)
+        self._net = NetworkClient(bootstrap_servers, request_timeout_ms=self.request_timeout_ms,
+                                  security=client_security(security_protocol,
+                                                           curve_secret_key_file,
+                                                           curve_server_key_file))
         self.bootstrap_servers = self._net.bootstrap_text
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -333,6 +338,7 @@ class Producer:
         self._bump_wanted = False
         self._produce_in_flight = 0
         self._bootstrapped = threading.Event()
+        self._bootstrap_error: ZbError | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -340,7 +346,10 @@ class Producer:
         self._io_thread = threading.Thread(target=self._io_main, daemon=True,
                                            name="zb-producer-io")
         self._io_thread.start()
-        if not self._bootstrapped.wait(bootstrap_timeout_ms / 1000):
+        if self._bootstrapped.wait(bootstrap_timeout_ms / 1000) and self._bootstrap_error:
+            self.close(0)
+            raise self._bootstrap_error
+        if not self._bootstrapped.is_set():
             self.close(0)
             raise NoBrokersAvailable(f"No broker answered at {self.bootstrap_servers} within "
                                      f"{bootstrap_timeout_ms / 1000:g} seconds.")
@@ -704,6 +713,10 @@ class Producer:
 
     def _on_metadata(self, error: ZbError | None) -> None:
         self._metadata_in_flight = False
+        if isinstance(error, errors.AuthenticationFailed) and not self._bootstrapped.is_set():
+            self._bootstrap_error = error       # no broker will let us in: say so now
+            self._bootstrapped.set()
+            return
         now = _monotonic()
         if error is not None:
             log.debug("metadata request failed", error=str(error))

@@ -366,14 +366,17 @@ class Ensemble:
 
 
 def broker_request(port: int, api: str, timeout_s: float = 5.0, blobs: list | None = None,
-                   **fields) -> tuple[dict, list[bytes]]:
-    """One request to a broker over a fresh DEALER socket; returns (header, blobs)."""
+                   security=None, **fields) -> tuple[dict, list[bytes]]:
+    """One request to a broker over a fresh DEALER socket (with ``security``, a
+    zbroker.security.ClientSecurity, for a CURVE broker); returns (header, blobs)."""
     import zmq
 
     from zbroker import protocol
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if security is not None:
+        security.apply(sock)
     try:
         sock.connect(f"tcp://127.0.0.1:{port}")
         sock.send_multipart(protocol.encode_request(api, 1, blobs, **fields))
@@ -397,6 +400,7 @@ class BrokerProc(_Server):
         self.log_dir = Path(log_dir)
         self.overrides = {"coordinator.session.timeout.ms": "2000", **(overrides or {})}
         self.proc: Proc | None = None
+        self.security = None        # a ClientSecurity for the tests' own requests (CURVE)
 
     def argv(self) -> list[str]:
         settings = {"broker.id": str(self.broker_id),
@@ -436,7 +440,8 @@ class BrokerProc(_Server):
             if self.proc.popen.poll() is not None:
                 raise ProcessExited(f"exited with {self.proc.popen.returncode}")
             try:
-                header, _ = broker_request(self.port, "Metadata", timeout_s=1.0, topics=[])
+                header, _ = broker_request(self.port, "Metadata", timeout_s=1.0, topics=[],
+                                           security=self.security)
                 if any(b[0] == self.broker_id for b in header.get("brokers", ())) and \
                         header.get("controller_id", -1) >= 0:
                     return
@@ -447,7 +452,8 @@ class BrokerProc(_Server):
             time.sleep(0.05)
 
     def metadata(self, topics: list | None = None, **fields) -> dict:
-        header, _ = broker_request(self.port, "Metadata", topics=topics, **fields)
+        header, _ = broker_request(self.port, "Metadata", topics=topics,
+                                   security=self.security, **fields)
         return header
 
     @property
@@ -544,6 +550,7 @@ class Cluster:
             if cid < 0:
                 return None
             header, _ = broker_request(self.broker(cid).port, "CreateTopics",
+                                       security=self.broker(cid).security,
                                        topics=[[name, partitions, replication_factor,
                                                 config or {}, None]], timeout_ms=10000)
             if header["err"]:

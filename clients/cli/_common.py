@@ -25,6 +25,21 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {sentence}\n")
 
 
+def add_command_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--command-config", metavar="FILE",
+                        help="client settings in a .properties file: security.protocol, "
+                             "curve.secret.key.file, curve.server.key.file (Kafka's flag)")
+
+
+def command_config_kwargs(args) -> dict:
+    """The client keyword arguments ``--command-config`` names (none without it)."""
+    from zbroker.security import SecurityError, command_config
+    try:
+        return command_config(getattr(args, "command_config", None))
+    except SecurityError as e:
+        raise UsageError(str(e)) from None
+
+
 def parse_properties(items: list[str] | None, flag: str) -> dict[str, str]:
     """``["k=v", ...]`` -> dict (the value may hold '=' and spaces)."""
     out: dict[str, str] = {}

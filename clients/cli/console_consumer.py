@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clients.cli._common import UsageError, parse_properties, run, truthy, unescape
+from clients.cli._common import (UsageError, add_command_config, command_config_kwargs,
+                                  parse_properties, run, truthy, unescape)
 from clients.consumer import Consumer
 from clients.structs import TopicPartition
 
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "output.")
     p.add_argument("--bootstrap-server", required=True, metavar="HOST:PORT[,...]",
                    help="brokers to connect to")
+    add_command_config(p)
     p.add_argument("--topic", required=True, help="the topic to read")
     p.add_argument("--from-beginning", action="store_true",
                    help="start at the earliest record (default: only new records)")
@@ -70,6 +72,7 @@ def _body(args) -> int:
     live = sys.stdout.isatty()
     count = 0
     consumer = Consumer(bootstrap_servers=args.bootstrap_server, auto_offset_reset=reset,
+                        **command_config_kwargs(args),
                         consumer_timeout_ms=timeout, group_id=args.group)
     try:
         if args.partition is not None:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clients.cli._common import UsageError, parse_properties, run, truthy, unescape
+from clients.cli._common import (UsageError, add_command_config, command_config_kwargs,
+                                  parse_properties, run, truthy, unescape)
 from clients.producer import Producer
 
 PROG = "zb-console-producer"
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "a record to a topic.")
     p.add_argument("--bootstrap-server", "--broker-list", required=True,
                    metavar="HOST:PORT[,...]", help="brokers to connect to")
+    add_command_config(p)
     p.add_argument("--topic", required=True, help="the topic to produce to")
     p.add_argument("--acks", "--request-required-acks", default="all",
                    choices=["all", "-1", "1", "0"], help="acknowledgements (default all)")
@@ -99,6 +101,7 @@ def _body(args) -> int:
     settings.setdefault("bootstrap_servers", args.bootstrap_server)
     failures: list[BaseException] = []
     interactive = sys.stdin.isatty()
+    settings.update(command_config_kwargs(args))
     with Producer(**settings) as producer:
         stdin = sys.stdin.buffer
         line_no = 0

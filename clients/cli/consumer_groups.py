@@ -31,7 +31,8 @@ import time
 from importlib import metadata
 
 from clients.admin import AdminClient
-from clients.cli._common import ArgumentParser, UsageError, run
+from clients.cli._common import (ArgumentParser, UsageError, add_command_config,
+                                  command_config_kwargs, run)
 from clients.structs import ConsumerGroupDescription, TopicPartition
 from zbroker import errors, protocol
 
@@ -61,6 +62,7 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description="This tool helps to list all consumer groups, "
                        "describe a consumer group, delete consumer group info, or reset "
                        "consumer group offsets.")
+    add_command_config(p)
     p.add_argument("--bootstrap-server", required=True, metavar="HOST:PORT[,...]",
                    help="REQUIRED: the server(s) to connect to")
     p.add_argument("--group", action="append", metavar="GROUP",
@@ -605,6 +607,7 @@ def _delete_offsets(admin: AdminClient, args) -> int:
 def _body(args) -> int:
     action = _check(args)
     with AdminClient(args.bootstrap_server, request_timeout_ms=args.timeout,
+                     **command_config_kwargs(args),
                      bootstrap_timeout_ms=args.timeout) as admin:
         return {"list": _list, "describe": _describe, "delete": _delete,
                 "reset_offsets": _reset, "delete_offsets": _delete_offsets}[action](admin, args)

@@ -17,7 +17,7 @@ import argparse
 import datetime
 import time
 
-from clients.cli._common import UsageError, run
+from clients.cli._common import UsageError, add_command_config, command_config_kwargs, run
 from clients.cli._stats import Stats
 from clients.consumer import Consumer
 
@@ -26,6 +26,7 @@ PROG = "zb-consumer-perf-test"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Measure consumer throughput.")
+    add_command_config(p)
     p.add_argument("--bootstrap-server", "--broker-list", required=True,
                    metavar="HOST:PORT[,...]", help="brokers to connect to")
     p.add_argument("--topic", required=True, help="the topic to read")
@@ -60,7 +61,7 @@ def _body(args) -> int:
             if not assigned_at:
                 assigned_at.append(time.monotonic())
 
-    with Consumer(bootstrap_servers=args.bootstrap_server,
+    with Consumer(bootstrap_servers=args.bootstrap_server, **command_config_kwargs(args),
                   auto_offset_reset="latest" if args.from_latest else "earliest",
                   max_partition_fetch_bytes=args.fetch_size, group_id=args.group,
                   max_poll_records=args.max_poll_records) as consumer:

@@ -16,7 +16,8 @@ import argparse
 import os
 import time
 
-from clients.cli._common import UsageError, parse_properties, run
+from clients.cli._common import (UsageError, add_command_config, command_config_kwargs,
+                                  parse_properties, run)
 from clients.cli._stats import Stats
 from clients.cli.console_producer import producer_settings
 from clients.producer import Producer
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Measure producer throughput and "
                                 "latency.")
     p.add_argument("--topic", required=True, help="the topic to produce to")
+    add_command_config(p)
     p.add_argument("--num-records", type=int, required=True, help="records to send")
     p.add_argument("--record-size", type=int, help="bytes of each record's value")
     p.add_argument("--payload-file", help="take values from this file, one per line")
@@ -79,6 +81,7 @@ def _body(args) -> int:
     every = max(1, n // LATENCY_SAMPLES)
     stats = Stats("sent", args.reporting_interval / 1000)
     failures: list[BaseException] = []
+    settings.update(command_config_kwargs(args))
     with Producer(**settings) as producer:
         send, topic = producer.send, args.topic
         monotonic = time.monotonic

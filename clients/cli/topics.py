@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 
 from clients.admin import AdminClient
-from clients.cli._common import UsageError, parse_properties, run
+from clients.cli._common import (UsageError, add_command_config, command_config_kwargs,
+                                  parse_properties, run)
 from clients.errors import TopicAlreadyExists, UnknownTopicOrPartition
 
 PROG = "zb-topics"
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--delete", action="store_true", help="delete a topic")
     action.add_argument("--alter", action="store_true",
                         help="grow a topic to --partitions partitions")
+    add_command_config(p)
     p.add_argument("--bootstrap-server", required=True, metavar="HOST:PORT[,...]",
                    help="brokers to connect to")
     p.add_argument("--topic", help="the topic")
@@ -77,6 +79,7 @@ def _body(args) -> int:
         raise UsageError("--alter needs --partitions.")
     config = parse_properties(args.config, "--config")
     with AdminClient(args.bootstrap_server, request_timeout_ms=args.timeout_ms,
+                     **command_config_kwargs(args),
                      bootstrap_timeout_ms=min(args.timeout_ms, 10000)) as admin:
         if args.create:
             try:

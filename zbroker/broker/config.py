@@ -28,6 +28,16 @@ BROKER_CONFIG = ConfigDef([
             "about how long its partitions wait for a new leader after a crash (heartbeats go "
             "every third of it). 6 s suits a LAN; Kafka's ZooKeeper default is 18 s.",
             min=100),
+    Setting("security.protocol", str, "PLAINTEXT",
+            "PLAINTEXT, or CURVE: only clients whose public key is in curve.authorized.keys.dir "
+            "get past the handshake; replication and controller traffic to other brokers use "
+            "curve.client.secret.key.file.", choices=("PLAINTEXT", "CURVE")),
+    Setting("curve.server.secret.key.file", str, "",
+            "CURVE: the cluster's server key pair (NAME.key_secret from zb-keys), the same on "
+            "every broker, so clients need one public key."),
+    Setting("curve.authorized.keys.dir", str, "",
+            "CURVE: the public keys (*.key) allowed to connect; a file's name is its principal "
+            "(alice.key is User:alice). Every broker's own key belongs here too."),
     Setting("curve.client.secret.key.file", str, "",
             "CURVE: this broker's own key pair (NAME.key_secret from zb-keys), presented to "
             "the coordinator (and, with security.protocol=CURVE, to other brokers)."),

@@ -51,6 +51,7 @@ class ReplicaFetcher:
     def _open(self) -> None:
         s = self.manager.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
+        self.manager.server.peer_security.apply(s)
         s.setsockopt(zmq.MAXMSGSIZE, protocol.FRAME_BYTES_MAX)
         s.connect(self.endpoint)
         self.sock = s

@@ -75,6 +75,7 @@ class PeerClient:
             self._close(peer)
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        self.server.peer_security.apply(sock)
         sock.setsockopt(zmq.MAXMSGSIZE, protocol.FRAME_BYTES_MAX)
         sock.connect(endpoint)
         self.poller.register(sock, zmq.POLLIN)

@@ -83,6 +83,7 @@ from zbroker.replication import (HighWatermarkMoved, ProduceDone, ReplicationBug
                                  WriteIsr)
 from zbroker.config import ConfigError, server_arg_parser
 from zbroker.logs import configure_logging, get_logger
+from zbroker.security import ClientSecurity, SecurityError, ServerSecurity
 
 log = get_logger("zbroker.broker")
 
@@ -151,6 +152,8 @@ class BrokerServer:
         self._image_watcher = None      # the watcher whose image was applied last
         self.ctx = zmq.Context()
         self.router: zmq.Socket | None = None
+        self.authorizer = None
+        self.peer_security = ClientSecurity()
         self.poller = zmq.Poller()
         self.fetchers = FetcherManager(self, self.ctx, self.poller)
         self.peers = PeerClient(self, self.ctx, self.poller)
@@ -202,8 +205,17 @@ class BrokerServer:
     def open(self) -> None:
         self.replicas.lock_dirs()
         self.replicas.start_preload()       # while we register (and maybe wait to)
+        try:
+            self.security = ServerSecurity.from_config(self.cfg)
+            self.peer_security = ClientSecurity.from_settings(
+                self.cfg["security.protocol"], self.cfg["curve.client.secret.key.file"],
+                self.cfg["curve.server.secret.key.file"])
+        except SecurityError as e:
+            raise StartupError(str(e))
+        self.authorizer = self.security.start(self.ctx)
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
+        self.security.apply(self.router)
         self.router.setsockopt(zmq.MAXMSGSIZE, protocol.FRAME_BYTES_MAX)
         self.router.setsockopt(zmq.SNDHWM, self.cfg["socket.send.buffer.messages"])
         self.router.setsockopt(zmq.RCVHWM, self.cfg["socket.receive.buffer.messages"])
@@ -1374,6 +1386,8 @@ class BrokerServer:
             self.client.close()          # the registration goes at once
         if self.router is not None:
             self.router.close(0)
+        if self.authorizer is not None:
+            self.authorizer.stop()
         self.ctx.term()
         log.info("stopped", broker_id=self.broker_id)
 
