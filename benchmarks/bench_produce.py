@@ -85,7 +85,8 @@ def curve_figures(procs: Procs, tmp: Path, coord, plain_broker) -> tuple[float, 
     authorized.mkdir(parents=True)
     create_keys(str(keys), "server")
     create_keys(str(authorized), "bench")
-    curve_broker = BrokerProc(procs, 2, coord.address, tmp / "broker-curve", {
+    curve_coord = CoordinatorProc(procs, tmp / "coordinator-curve").start()   # its own cluster
+    curve_broker = BrokerProc(procs, 1, curve_coord.address, tmp / "broker-curve", {
         "log.level": "WARNING", "security.protocol": "CURVE",
         "curve.server.secret.key.file": str(keys / "server.key_secret"),
         "curve.authorized.keys.dir": str(authorized),
