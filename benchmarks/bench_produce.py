@@ -9,7 +9,8 @@ Kafka's) calls ``send()`` once per record for BENCH_RECORDS records (default 2,0
 flushes; a consumer reads them all back from the beginning. Then the same producer with
 acks=all, idempotence off and on in turn, BENCH_ROUNDS (3) times each, each into a fresh topic;
 the figures are the medians. Then acks=1 against a second broker with security.protocol=CURVE
-beside the plaintext one, in turn (half the records, medians of BENCH_ROUNDS). Stops everything and
+beside the plaintext one, in turn (half the records, medians of BENCH_ROUNDS), and the same
+against a broker serving Prometheus metrics (metrics.listener). Stops everything and
 prints the figures last, as one line of name=value pairs. Client and broker share this
 machine's cores, as they would in the quick start.
 """
@@ -76,46 +77,59 @@ def consume(bootstrap: str, topic: str) -> tuple[float, float]:
     return (total - 1) / elapsed, elapsed
 
 
-def curve_figures(procs: Procs, tmp: Path, coord, plain_broker) -> tuple[float, float]:
-    """acks=1 records/s to a broker with security.protocol=CURVE against the plaintext one,
-    in turn, BENCH_ROUNDS times each (half the records), each into a fresh topic: medians."""
-    from zbroker.security import create_keys
+def side_by_side(procs: Procs, tmp: Path, name: str, plain_broker, settings: dict,
+                 client: dict, security=None) -> tuple[float, float]:
+    """acks=1 records/s to a broker started with ``settings`` (in a cluster of its own) against
+    the plain one, in turn, BENCH_ROUNDS times each (half the records), each into a fresh topic:
+    the medians (with, without)."""
+    coord = CoordinatorProc(procs, tmp / f"coordinator-{name}").start()
+    other = BrokerProc(procs, 1, coord.address, tmp / f"broker-{name}",
+                       {"log.level": "WARNING", **settings})
+    other.security = security
+    other.start()
+    global RECORDS
+    full, RECORDS = RECORDS, RECORDS // 2
+    print(f"producer, acks=1, {RECORDS:,} records, {name} off and on in turn, {ROUNDS} times ...",
+          flush=True)
+    rates = {False: [], True: []}
+    try:
+        for r in range(ROUNDS):
+            for on in (False, True):
+                b, kw = (other, client) if on else (plain_broker, {})
+                topic = f"{name}-{'on' if on else 'off'}-{r}"
+                with AdminClient(b.address, **kw) as admin:
+                    admin.create_topic(topic, 1, 1)
+                rate, _ = produce(b.address, topic, **kw)
+                rates[on].append(rate)
+                print(f"  {name} {'on ' if on else 'off'}: {rate:,.0f} records/s", flush=True)
+    finally:
+        RECORDS = full
+    return statistics.median(rates[True]), statistics.median(rates[False])
+
+
+def curve_figures(procs: Procs, tmp: Path, plain_broker) -> tuple[float, float]:
+    from zbroker.security import ClientSecurity, create_keys
     keys = tmp / "keys"
     authorized = keys / "authorized"
     authorized.mkdir(parents=True)
     create_keys(str(keys), "server")
     create_keys(str(authorized), "bench")
-    curve_coord = CoordinatorProc(procs, tmp / "coordinator-curve").start()   # its own cluster
-    curve_broker = BrokerProc(procs, 1, curve_coord.address, tmp / "broker-curve", {
-        "log.level": "WARNING", "security.protocol": "CURVE",
-        "curve.server.secret.key.file": str(keys / "server.key_secret"),
-        "curve.authorized.keys.dir": str(authorized),
-        "curve.client.secret.key.file": str(authorized / "bench.key_secret")})
-    from zbroker.security import ClientSecurity
-    curve_broker.security = ClientSecurity("CURVE", str(authorized / "bench.key_secret"),
-                                           str(keys / "server.key"))
-    curve_broker.start()
     client = dict(security_protocol="CURVE",
                   curve_secret_key_file=str(authorized / "bench.key_secret"),
                   curve_server_key_file=str(keys / "server.key"))
-    global RECORDS
-    full, RECORDS = RECORDS, RECORDS // 2
-    print(f"producer, acks=1, {RECORDS:,} records, CURVE off and on in turn, {ROUNDS} times ...",
-          flush=True)
-    rates = {False: [], True: []}
-    try:
-        for r in range(ROUNDS):
-            for curve in (False, True):
-                b, kw = (curve_broker, client) if curve else (plain_broker, {})
-                topic = f"curve-{'on' if curve else 'off'}-{r}"
-                with AdminClient(b.address, **kw) as admin:
-                    admin.create_topic(topic, 1, 1)
-                rate, _ = produce(b.address, topic, **kw)
-                rates[curve].append(rate)
-                print(f"  CURVE {'on ' if curve else 'off'}: {rate:,.0f} records/s", flush=True)
-    finally:
-        RECORDS = full
-    return statistics.median(rates[True]), statistics.median(rates[False])
+    return side_by_side(procs, tmp, "CURVE", plain_broker, {
+        "security.protocol": "CURVE",
+        "curve.server.secret.key.file": str(keys / "server.key_secret"),
+        "curve.authorized.keys.dir": str(authorized),
+        "curve.client.secret.key.file": str(authorized / "bench.key_secret")}, client,
+        ClientSecurity("CURVE", client["curve_secret_key_file"],
+                       client["curve_server_key_file"]))
+
+
+def metrics_figures(procs: Procs, tmp: Path, plain_broker) -> tuple[float, float]:
+    from tests.procs import free_port
+    return side_by_side(procs, tmp, "metrics", plain_broker,
+                        {"metrics.listener": f"http://127.0.0.1:{free_port()}"}, {})
 
 
 def main() -> None:
@@ -150,7 +164,8 @@ def main() -> None:
                         print(f"  idempotence {'on ' if idem else 'off'}: {rate:,.0f} "
                               f"records/s", flush=True)
             idem_on, idem_off = statistics.median(rates[True]), statistics.median(rates[False])
-            curve_on, curve_off = curve_figures(procs, Path(tmp), coord, broker)
+            curve_on, curve_off = curve_figures(procs, Path(tmp), broker)
+            metrics_on, metrics_off = metrics_figures(procs, Path(tmp), broker)
         finally:
             procs.cleanup()
     print(f"producer_records_per_s={p_rate:.0f} producer_mb_per_s={p_rate * RECORD_BYTES / 1e6:.1f}"
@@ -160,7 +175,9 @@ def main() -> None:
           f"acks_all_records_per_s={idem_off:.0f} idempotent_records_per_s={idem_on:.0f} "
           f"idempotence_cost_pct={(1 - idem_on / idem_off) * 100:.1f} "
           f"curve_off_records_per_s={curve_off:.0f} curve_on_records_per_s={curve_on:.0f} "
-          f"curve_kept_pct={curve_on / curve_off * 100:.1f}")
+          f"curve_kept_pct={curve_on / curve_off * 100:.1f} "
+          f"metrics_off_records_per_s={metrics_off:.0f} metrics_on_records_per_s={metrics_on:.0f} "
+          f"metrics_cost_pct={(1 - metrics_on / metrics_off) * 100:.1f}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ import queue
 import time
 
 import zmq
+from prometheus_client.core import GaugeMetricFamily
 
 from coordinator import peer_protocol, protocol
 from coordinator.raft import (Append, AppendLog, Committed, InstallSnapshot, NotLeader, Persist,
@@ -297,8 +298,12 @@ class EnsembleServer(CoordinatorServer):
                     rl.save_vote(e.term, e.voted_for)
                 elif isinstance(e, RestoreSnapshot):
                     self._restore(e)
-            if rl.flush():
+            started = time.monotonic()
+            written = rl.flush()
+            if written:
                 self.log_writes += 1
+                self.log_records += written
+                self.sync_times.request_done("log", time.monotonic() - started, False)
             for e in effects:
                 if isinstance(e, Send):
                     if id(e) not in early:
@@ -602,6 +607,24 @@ class EnsembleServer(CoordinatorServer):
                 if reply is not None:
                     self._send(ident, reply)
         self.ready_reads = keep
+
+    def _collect_quorum_metrics(self):
+        from zbroker.metrics import gauge
+        core = self.core
+        yield gauge("zbroker_coordinator_raft_leader", "1 while this member leads.",
+                    1 if core.role is Role.LEADER else 0)
+        yield gauge("zbroker_coordinator_raft_term", "The member's Raft term.", core.term)
+        yield gauge("zbroker_coordinator_raft_commit_index", "The commit index.",
+                    core.commit_index)
+        yield gauge("zbroker_coordinator_raft_log_end", "The last index in this member's log.",
+                    core.last_index)
+        if core.role is Role.LEADER:
+            lag = GaugeMetricFamily("zbroker_coordinator_raft_follower_lag",
+                                    "Entries each follower lacks (on the leader).",
+                                    labels=["member"])
+            for m, match in sorted(dict(core.match_index).items()):
+                lag.add_metric([str(m)], core.last_index - match)
+            yield lag
 
     def quorum_status(self) -> dict:
         core = self.core

@@ -52,6 +52,8 @@ from zbroker import errors
 from zbroker.config import (ConfigDef, ConfigError, Setting, load_properties, parse_overrides,
                             server_arg_parser)
 from zbroker.logs import configure_logging, get_logger
+from zbroker import metrics
+from zbroker.metrics import Counts
 from zbroker.security import SecurityError, ServerSecurity
 
 log = get_logger("coordinator")
@@ -81,6 +83,8 @@ CONFIG = ConfigDef([
     Setting("requests.per.poll.max", int, 16,
             "Requests handled per loop turn; their log records go out in one write and their "
             "replies right after it.", min=1),
+    Setting("metrics.listener", str, "",
+            "Serve Prometheus metrics over HTTP here (http://0.0.0.0:9405); empty: off."),
     Setting("security.protocol", str, "PLAINTEXT",
             "PLAINTEXT, or CURVE: only clients whose public key is in curve.authorized.keys.dir "
             "get past the handshake (on the client port and, in an ensemble, the peer port).",
@@ -156,6 +160,8 @@ class CoordinatorServer:
         self.stopping = False
         self._lock_fd: int | None = None
         self.security: ServerSecurity | None = None
+        self.sync_times = Counts()          # "log" -> durable-write latency buckets
+        self.metrics_server = None
         self.authorizer = None
 
     # --- start-up -------------------------------------------------------------------------------
@@ -197,6 +203,11 @@ class CoordinatorServer:
             self._monitor = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._bind_peers()
         self._recover(data_dir)
+        try:
+            self.metrics_server = metrics.serve(self.cfg["metrics.listener"],
+                                                self._collect_metrics)
+        except metrics.MetricsError as e:
+            raise StartupError(str(e))
         self.snapshotter = threading.Thread(target=self._snapshot_main, name="snapshotter",
                                             daemon=True)
         self.snapshotter.start()
@@ -237,7 +248,9 @@ class CoordinatorServer:
             self.log_writes += 1
             self.log_records += len(self.pending_records)
             self.pending_records = []
+            started = time.monotonic()
             self.txnlog.append_and_sync(data)
+            self.sync_times.request_done("log", time.monotonic() - started, False)
             self.durable_zxid = self.pending_zxid
             self._release_outbox()
 
@@ -474,6 +487,30 @@ class CoordinatorServer:
             self.deadlines[sid] = time.monotonic() + session.timeout_ms / 1000
         return session
 
+    def _collect_metrics(self):
+        """For prometheus_client's HTTP thread: counters and sizes the loop keeps."""
+        from zbroker.metrics import gauge, histogram
+        from prometheus_client.core import CounterMetricFamily
+        yield gauge("zbroker_coordinator_sessions", "Open sessions.", len(self.state.sessions))
+        yield gauge("zbroker_coordinator_watches", "Registered watches.", len(self.watches))
+        yield gauge("zbroker_coordinator_keys", "Keys in the tree.", len(self.state.nodes))
+        yield gauge("zbroker_coordinator_zxid", "The last applied transaction.", self.state.zxid)
+        yield CounterMetricFamily("zbroker_coordinator_log_records",
+                                  "Records written to the transaction log.",
+                                  value=self.log_records)
+        yield CounterMetricFamily("zbroker_coordinator_log_syncs",
+                                  "Durable writes of the transaction log (group commits).",
+                                  value=self.log_writes)
+        yield histogram("zbroker_coordinator_log_sync_seconds",
+                        "Time of one durable write of the transaction log.", "log",
+                        self.sync_times)
+        yield gauge("zbroker_coordinator_log_size_bytes", "Bytes in the current log file.",
+                    getattr(self.txnlog, "_pos", 0))
+        yield from self._collect_quorum_metrics()
+
+    def _collect_quorum_metrics(self):
+        return ()
+
     def quorum_status(self) -> dict:
         """The answer to ``quorum``: a single coordinator is its own leader."""
         me = self.cfg["coordinator.id"]
@@ -692,6 +729,8 @@ class CoordinatorServer:
         self.router.close(0)
         if self.authorizer is not None:
             self.authorizer.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
         self.ctx.term()
         log.info("stopped", zxid=self.state.zxid, log_writes=self.log_writes,
                  log_records=self.log_records)

@@ -497,6 +497,18 @@ class Cluster:
         cluster.wait_ready()
         return cluster
 
+    @classmethod
+    def of(cls, coordinator, brokers: list[BrokerProc]) -> "Cluster":
+        """Start ``brokers`` (made by the caller, with settings of their own) together; returns
+        once every broker sees every other and a controller."""
+        for b in brokers:
+            b.start(wait=False)
+        for b in brokers:
+            b.wait_ready()
+        cluster = cls(coordinator, brokers)
+        cluster.wait_ready()
+        return cluster
+
     @property
     def bootstrap(self) -> str:
         return ",".join(b.address for b in self.brokers)

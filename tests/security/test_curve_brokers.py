@@ -32,13 +32,7 @@ def curve_cluster(procs, tmp_path):
             "coordinator.curve.server.key.file": str(d / "server.key")})
         b.security = ClientSecurity("CURVE", str(d / "alice.key_secret"), str(d / "server.key"))
         brokers.append(b)
-    for b in brokers:
-        b.start(wait=False)
-    for b in brokers:
-        b.wait_ready()
-    c = Cluster(coord, brokers)
-    c.wait_ready()
-    return c, d
+    return Cluster.of(coord, brokers), d
 
 
 def alice(d) -> dict:

@@ -28,6 +28,8 @@ BROKER_CONFIG = ConfigDef([
             "about how long its partitions wait for a new leader after a crash (heartbeats go "
             "every third of it). 6 s suits a LAN; Kafka's ZooKeeper default is 18 s.",
             min=100),
+    Setting("metrics.listener", str, "",
+            "Serve Prometheus metrics over HTTP here (http://0.0.0.0:9404); empty: off."),
     Setting("security.protocol", str, "PLAINTEXT",
             "PLAINTEXT, or CURVE: only clients whose public key is in curve.authorized.keys.dir "
             "get past the handshake; replication and controller traffic to other brokers use "

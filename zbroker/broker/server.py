@@ -65,6 +65,7 @@ import time
 import uuid
 
 import zmq
+from prometheus_client.core import GaugeMetricFamily
 
 from coordinator.client import (CONNECTED, LOST, SUSPENDED, BadVersion, CoordinatorClient,
                                 NodeExists, NoNode)
@@ -82,7 +83,9 @@ from zbroker.protocol import FetchResult, ProduceResult
 from zbroker.replication import (HighWatermarkMoved, ProduceDone, ReplicationBug, Truncated,
                                  WriteIsr)
 from zbroker.config import ConfigError, server_arg_parser
+from zbroker import metrics
 from zbroker.logs import configure_logging, get_logger
+from zbroker.metrics import Counts
 from zbroker.security import ClientSecurity, SecurityError, ServerSecurity
 
 log = get_logger("zbroker.broker")
@@ -152,6 +155,8 @@ class BrokerServer:
         self._image_watcher = None      # the watcher whose image was applied last
         self.ctx = zmq.Context()
         self.router: zmq.Socket | None = None
+        self.counts = Counts()
+        self.metrics_server = None
         self.authorizer = None
         self.peer_security = ClientSecurity()
         self.poller = zmq.Poller()
@@ -226,6 +231,11 @@ class BrokerServer:
                 raise StartupError(f"The address {self.endpoint} is already in use; is another "
                                    f"broker running?")
             raise StartupError(f"Cannot listen on {self.endpoint}: {e.strerror}.")
+        try:
+            self.metrics_server = metrics.serve(self.cfg["metrics.listener"],
+                                                self._collect_metrics)
+        except metrics.MetricsError as e:
+            raise StartupError(str(e))
         self._open_session()
         log.info("broker started", broker_id=self.broker_id, listener=self.endpoint,
                  advertised=f"{self.host}:{self.port}", log_dirs=self.replicas.log_dirs)
@@ -638,8 +648,13 @@ class BrokerServer:
             return protocol.encode_error(getattr(e, "request_id", None), e)
         req_id = header["id"]
         self._request_frame = frames[1]
+        api = header["api"]
+        started = time.monotonic()
+        failed = True
         try:
-            return self._handlers[header["api"]](ident, header, blobs)
+            reply = self._handlers[api](ident, header, blobs)
+            failed = False
+            return reply
         except errors.ZbError as e:
             if header["api"] == "Produce" and header["acks"] == 0:
                 # acks=0 promises no response at all: the caller is not listening for one
@@ -650,6 +665,39 @@ class BrokerServer:
             log.exception("request handling failed", api=header["api"])
             return protocol.encode_error(req_id, errors.UnknownServerError(
                 f"The broker failed on this {header['api']} request: {type(e).__name__}."))
+        finally:
+            self.counts.request_done(api, time.monotonic() - started, failed)
+
+    # --- metrics (read on the HTTP thread of prometheus_client: snapshots only) -----------------
+    def _collect_metrics(self):
+        from zbroker.metrics import counter, gauge, request_metrics
+        c = self.counts
+        yield from request_metrics("zbroker", c)
+        yield counter("zbroker_messages_in", "Records appended as leader, per topic.", "topic",
+                      c.messages_in)
+        yield counter("zbroker_bytes_in", "Record batch bytes appended as leader, per topic.",
+                      "topic", c.bytes_in)
+        parts = list(self.replicas.partitions.values())
+        leaders = [p for p in parts if p.is_leader]
+        yield gauge("zbroker_leader_partitions", "Partitions this broker leads.", len(leaders))
+        yield gauge("zbroker_under_replicated_partitions",
+                    "Partitions this broker leads whose ISR is smaller than their replica set.",
+                    sum(1 for p in leaders if len(p.isr) < len(p.replicas)))
+        yield gauge("zbroker_under_min_isr_partitions",
+                    "Partitions this broker leads whose ISR is below min.insync.replicas.",
+                    sum(1 for p in leaders if len(p.isr) < p.min_insync_replicas))
+        controller = self.controller
+        yield gauge("zbroker_active_controller", "1 when this broker is the controller.",
+                    1 if controller is not None and controller.active else 0)
+        yield gauge("zbroker_pending_produces", "acks=all produces waiting for replication.",
+                    len(self._delayed_produces))
+        yield gauge("zbroker_parked_fetches", "Fetches waiting for data (long polls).",
+                    self._delayed_fetches)
+        size = GaugeMetricFamily("zbroker_log_size_bytes", "Bytes of each partition's log.",
+                                 labels=["topic", "partition"])
+        for p in parts:
+            size.add_metric([p.topic, str(p.partition)], p.log.size_in_bytes())
+        yield size
 
     # --- partition lookup -----------------------------------------------------------------------
     def _partition(self, topic: str, partition: int, leader_epoch: int):
@@ -837,6 +885,9 @@ class BrokerServer:
             if acks == -1:      # (a duplicate waits for its original batches to commit)
                 waiting[len(out) - 1] = (part, result.last_offset + 1)
             if result.written:
+                counts = self.counts
+                counts.bytes_in[topic] += len(blob)
+                counts.messages_in[topic] += result.last_offset - result.base_offset + 1
                 self._on_append(part, len(blob))
                 self.carry_out(part, part.core.on_leader_append(), len(blob))  # alone in ISR
         if acks == 0:
@@ -1388,6 +1439,8 @@ class BrokerServer:
             self.router.close(0)
         if self.authorizer is not None:
             self.authorizer.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
         self.ctx.term()
         log.info("stopped", broker_id=self.broker_id)
 
