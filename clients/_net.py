@@ -407,8 +407,9 @@ class NetworkClient:
                     self.sync_nodes()
             if error is None:
                 pass
-            elif state["open"] > 0:
-                return                      # another node may still answer
+            elif state["open"] > 0 and not isinstance(error, errors.AuthenticationFailed):
+                return                      # another node may still answer (not when one
+                # refused our keys: every broker of a cluster has the same)
             else:
                 state["done"] = True
             if on_done is not None:

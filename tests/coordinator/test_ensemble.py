@@ -25,7 +25,7 @@ from tests.procs import Ensemble, wait_until
 from zbroker.errors import ConnectionLoss, ZbError
 
 pytestmark = pytest.mark.timeout(120)
-FAULTS = int(os.environ.get("ZB_ENSEMBLE_FAULTS", "4"))     # CI: a bounded run
+FAULTS = int(os.environ.get("ZB_ENSEMBLE_FAULTS", "3"))     # CI: a bounded run
 
 
 @pytest.fixture
@@ -111,7 +111,7 @@ def test_paused_leader_is_replaced_and_cannot_answer_stale_reads(ensemble):
 
 def test_no_majority_means_no_answers_then_service_resumes(ensemble):
     e = ensemble()
-    with CoordinatorClient(e.address, session_timeout_ms=8000, request_timeout_ms=1500) as c:
+    with CoordinatorClient(e.address, session_timeout_ms=8000, request_timeout_ms=800) as c:
         c.create("/m", b"1")
         leader = e.leader_id()
         others = [i for i in (1, 2, 3) if i != leader]

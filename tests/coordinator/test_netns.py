@@ -117,7 +117,7 @@ def test_ensemble_stays_linearizable_while_its_leader_is_cut_off_again_and_again
     print(f"seed={seed}")
     out = tmp_path / "history.json"
     clients = procs.start("clients", hosts.python(3, "tests.coordinator.history", address,
-                                                   "9", str(seed), str(out)))
+                                                   "7", str(seed), str(out)))
     terms = []
     time.sleep(1.5)
     for k in range(2):

@@ -19,7 +19,7 @@ from tests.groups.helpers import (GROUP_SETTINGS, assert_never_shared, committed
                                   find_coordinator, log_end_offsets)
 from tests.replication.helpers import FAST
 
-SOAK_S = float(os.environ.get("ZB_GROUP_SOAK_S", "15"))     # CI: a bounded run
+SOAK_S = float(os.environ.get("ZB_GROUP_SOAK_S", "10"))     # CI: a bounded run
 PARTITIONS = 12
 TOPIC = "orders"
 GROUP = "workers"
