@@ -206,6 +206,7 @@ class EnsembleServer(CoordinatorServer):
                         self._expire_sessions(now)
                     self._take_compactions()
                     self._maybe_snapshot()
+                    self._maybe_reload_keys(now)
                     next_tick = now + tick_s
                 self._carry_out(now)
                 self._flush_ready()

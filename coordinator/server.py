@@ -58,7 +58,8 @@ from zbroker.security import SecurityError, ServerSecurity
 
 log = get_logger("coordinator")
 
-PROBE_DELAY_S = 0.01        # after a connection closed, how soon its sessions are looked for
+PROBE_DELAY_S = 0.01
+KEYS_RELOAD_S = 2.0         # how often curve.authorized.keys.dir is looked at for changes        # after a connection closed, how soon its sessions are looked for
 
 CONFIG = ConfigDef([
     Setting("listeners", list, ["tcp://0.0.0.0:2181"],
@@ -162,6 +163,7 @@ class CoordinatorServer:
         self.security: ServerSecurity | None = None
         self.sync_times = Counts()          # "log" -> durable-write latency buckets
         self.metrics_server = None
+        self._keys_checked_at = 0.0
         self.authorizer = None
 
     # --- start-up -------------------------------------------------------------------------------
@@ -311,6 +313,7 @@ class CoordinatorServer:
                     self._sync_log()
                     self._flush_ready()
                     self._maybe_snapshot()
+                    self._maybe_reload_keys(now)
                     next_tick = now + tick_s
             except OSError as e:
                 # Without a working log nothing more can be acknowledged: stop, loudly. What was
@@ -697,6 +700,15 @@ class CoordinatorServer:
             if ident is not None:
                 self._send(ident, protocol.encode_expired_event(sid))
             self.idents.pop(sid, None)
+
+    def _maybe_reload_keys(self, now: float) -> None:
+        """Every KEYS_RELOAD_S: pick up key files added to or removed from
+        curve.authorized.keys.dir (new connections see the change; open ones keep theirs)."""
+        if self.authorizer is None or now < self._keys_checked_at + KEYS_RELOAD_S:
+            return
+        self._keys_checked_at = now
+        if self.authorizer.reload_if_changed():
+            log.info("authorized keys changed", keys=len(self.authorizer.principals))
 
     def _maybe_snapshot(self) -> None:
         if self.txns_since_snapshot < self.cfg["snap.count"]:

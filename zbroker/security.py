@@ -121,7 +121,23 @@ class Authorizer(ThreadAuthenticator):
         super().__init__(ctx)
         self.authorized_dir = authorized_dir
         self.principals: dict[bytes, str] = {}
+        self._seen: object = None
         self.reload()
+
+    def reload_if_changed(self) -> bool:
+        """Read the directory again when a key file came, went or changed (cheap when none
+        did: one listing and a stat per file). Called from a server's loop every few seconds, so
+        an added key is let in and a removed one refused at its next connection."""
+        try:
+            names = sorted(n for n in os.listdir(self.authorized_dir) if n.endswith(".key"))
+            seen = tuple((n, os.stat(os.path.join(self.authorized_dir, n)).st_mtime_ns)
+                         for n in names)
+        except OSError:
+            return False
+        if seen == self._seen:
+            return False
+        self.reload()
+        return True
 
     def reload(self) -> None:
         if not os.path.isdir(self.authorized_dir):
@@ -138,6 +154,12 @@ class Authorizer(ThreadAuthenticator):
             principals[public] = name[:-len(".key")]
         self.principals = principals
         self.certs["*"] = {k: True for k in principals}
+        try:
+            self._seen = tuple((n, os.stat(os.path.join(self.authorized_dir, n)).st_mtime_ns)
+                               for n in sorted(os.listdir(self.authorized_dir))
+                               if n.endswith(".key"))
+        except OSError:
+            self._seen = None
 
     def curve_user_id(self, client_public_key: bytes) -> str:
         return self.principals.get(z85.encode(client_public_key), "anonymous")

@@ -122,6 +122,28 @@ def test_a_curve_coordinator_serves_authorized_keys_and_refuses_the_rest(procs, 
     assert bad.returncode == 2 and "sasl.mechanism" in bad.stderr, bad.stderr
 
 
+def test_authorized_keys_are_picked_up_without_a_restart(procs, tmp_path):
+    d = keys(tmp_path, "server", "alice", "bob")
+    auth = authorize(d, "alice")
+    coord = CoordinatorProc(procs, tmp_path / "c", curve_settings(d, auth)).start()
+    with pytest.raises(errors.AuthenticationFailed):
+        client(coord.address, d, "bob").close()
+    shutil.copy(d / "bob.key", auth / "bob.key")           # bob is let in ...
+    wait_until(lambda: _connects(coord.address, d, "bob"), 15, "bob's key picked up")
+    (auth / "alice.key").unlink()                           # ... and alice no longer
+    wait_until(lambda: not _connects(coord.address, d, "alice"), 15, "alice's key dropped")
+    assert "authorized keys changed" in coord.proc.log_text()
+
+
+def _connects(address, d, name):
+    try:
+        c = client(address, d, name)
+    except errors.AuthenticationFailed:
+        return False
+    c.close()
+    return True
+
+
 def test_a_curve_ensemble_replicates_and_a_stranger_cannot_reach_raft(procs, tmp_path):
     import zmq
     d = keys(tmp_path, "server", "alice", "member", "mallory")

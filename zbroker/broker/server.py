@@ -96,6 +96,7 @@ FETCH_WAIT_MS_DEFAULT = 500
 AUTO_CREATE_RETRY_S = 1.0
 REGISTRATION_GRACE_S = 5.0
 PERIODIC_FLUSH_MS = 1000
+KEYS_RELOAD_S = 2.0         # how often curve.authorized.keys.dir is looked at for changes
 
 TIMERS_COMPACT_MIN = 4096      # timers held before answered fetches' are dropped from the heap
 API_VERSIONS = {api: [protocol.VERSION, protocol.VERSION] for api in protocol.SCHEMAS}
@@ -565,6 +566,8 @@ class BrokerServer:
         self._periodic(self.cfg["producer.id.expiration.check.interval.ms"] / 1000,
                        self._expire_producers)
         self._periodic(PERIODIC_FLUSH_MS / 1000, self._flush_logs)
+        if self.authorizer is not None:
+            self._periodic(KEYS_RELOAD_S, self._reload_keys)
         self._periodic(self.cfg["replica.high.watermark.checkpoint.interval.ms"] / 1000,
                        self.replicas.checkpoint_high_watermarks)
         per_poll = self.cfg["requests.per.poll.max"]
@@ -594,6 +597,10 @@ class BrokerServer:
                 self._run_timers()
         self._shutdown()
         return self.exit_code
+
+    def _reload_keys(self) -> None:
+        if self.authorizer.reload_if_changed():
+            log.info("authorized keys changed", keys=len(self.authorizer.principals))
 
     def _retention(self) -> None:
         for part in self.replicas.run_retention():
