@@ -31,8 +31,8 @@ etcd/raft has them):
 - Snapshots: ``compacted(index, term)`` drops the log up to a snapshot the transport took; a
   follower that needs what was dropped gets ``SendSnapshot`` (the transport sends the
   snapshot's bytes as an ``InstallSnapshot``) and, on receiving one, ``RestoreSnapshot``.
-- CheckQuorum: a leader that has not heard an answer from a majority for an election timeout
-  steps down (its term unchanged), so a leader cut off from its peers stops holding clients.
+- CheckQuorum: a leader that has not heard an answer from a majority for two election
+  timeouts steps down (its term unchanged), so a leader cut off from its peers stops holding clients.
 - Answers that claim what this leader never sent (a probe round not yet started, an index past
   its log) are ignored.
 - Membership is static (``members``): changing it is a rolling restart with the new list.
@@ -376,10 +376,11 @@ class RaftCore:
             raise TypeError(f"not a Raft message: {msg!r}")
 
     def _lost_quorum(self, now: float) -> bool:
-        if now - self._leader_since < self.election_timeout_s:
+        window = 2 * self.election_timeout_s     # (liveness only: a stall must not depose)
+        if now - self._leader_since < window:
             return False
         heard = 1 + sum(1 for p in self.peers
-                        if now - self._heard_from.get(p, -1e18) < self.election_timeout_s)
+                        if now - self._heard_from.get(p, -1e18) < window)
         return heard < self.quorum
 
     # --- elections ----------------------------------------------------------------------------
