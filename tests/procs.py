@@ -6,7 +6,8 @@ file whose tail is printed when a start fails.
 
 Ports. ``free_port()`` hands out ports below the kernel's ephemeral range (so no outgoing
 connection can take one as its local port between the check and the server's bind), never the
-same one twice in a test session, checked free at that moment. Another process can still bind
+same one twice in a test session, from a slice of its own for each pytest-xdist worker,
+checked free at that moment. Another process can still bind
 one first (a concurrent test run, say), so ``CoordinatorProc`` and ``BrokerProc`` count a
 server as started only once the process itself listens on its port (read from /proc, not just
 "something answers there"), and when it exits because its address is in use: a first start on a
@@ -44,8 +45,16 @@ def _port_range() -> tuple[int, int]:
     except (OSError, ValueError):
         low = 32768
     if low - 20000 >= 2000:
-        return 20000, low
-    return 1024, 65536
+        low, high = 20000, low
+    else:
+        low, high = 1024, 65536
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")        # gw0, gw1, ... under pytest -n
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if worker.startswith("gw") and worker[2:].isdigit() and count > 1:
+        share = (high - low) // count       # each worker its own slice: no two pick one port
+        low += int(worker[2:]) % count * share
+        high = low + share
+    return low, high
 
 
 def _is_free(port: int) -> bool:
