@@ -25,6 +25,7 @@ from clients.admin import AdminClient
 from clients.consumer import Consumer, ConsumerRebalanceListener
 from clients.errors import *  # noqa: F401,F403
 from clients.producer import FutureRecordMetadata, Producer
+from zbroker.acl import AclBinding, AclFilter
 from clients.structs import (BrokerMetadata, ConsumerGroupDescription, ConsumerRecord,
                              GroupListing, MemberDescription, OffsetAndMetadata,
                              OffsetAndTimestamp, PartitionMetadata, RecordMetadata,
@@ -34,4 +35,5 @@ __all__ = ["Producer", "Consumer", "ConsumerRebalanceListener", "AdminClient",
            "TopicPartition", "RecordMetadata", "ConsumerRecord", "FutureRecordMetadata",
            "OffsetAndMetadata", "OffsetAndTimestamp", "BrokerMetadata", "PartitionMetadata",
            "TopicDescription", "ConsumerGroupDescription", "MemberDescription", "GroupListing",
+           "AclBinding", "AclFilter",
            *_errors.__all__]

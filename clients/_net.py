@@ -66,6 +66,9 @@ def parse_bootstrap(servers) -> list[str]:
     return out
 
 
+HANDSHAKE_FAILURES_FATAL = 3      # handshakes failing in a row (not by a refused key) = refused
+
+
 class Cluster:
     """An immutable snapshot of what Metadata said: brokers, controller and topics."""
 
@@ -149,6 +152,8 @@ class NetworkClient:
         self.bootstrap = parse_bootstrap(bootstrap_servers)
         self.security = security or ClientSecurity()
         self._refused: set[str] = set()         # addresses whose refusal was logged
+        self._handshake_failures: dict[str, int] = {}   # address -> failures in a row
+        self._handshook: set[str] = set()       # addresses a handshake ever succeeded with
         self.bootstrap_text = ",".join(self.bootstrap)
         self.request_timeout_ms = request_timeout_ms
         self.cluster = Cluster.empty()
@@ -207,6 +212,7 @@ class NetworkClient:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         self.security.apply(sock)
         monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED |
+                                          zmq.EVENT_HANDSHAKE_SUCCEEDED |
                                           HANDSHAKE_FAILED_EVENTS)
         sock.connect("tcp://" + address)
         conn = _Conn(node_id, address, sock, monitor)
@@ -325,9 +331,25 @@ class NetworkClient:
                 return
             if msg["event"] == zmq.EVENT_CONNECTED:
                 conn.connected = True
+            elif msg["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._handshake_failures.pop(conn.address, None)
+                self._handshook.add(conn.address)
             elif msg["event"] & HANDSHAKE_FAILED_EVENTS:
                 # refused during the handshake: no request of ours was read; retrying with
-                # the same keys cannot help, so the requests fail with the reason
+                # the same keys cannot help, so the requests fail with the reason. A refused
+                # key (AUTH) says so for sure; at an address that took our keys before, the
+                # other failures also come from a server that died during the handshake
+                # (kill -9 under load): that is a lost connection, unless it goes on
+                failures = self._handshake_failures.get(conn.address, 0) + 1
+                self._handshake_failures[conn.address] = failures
+                if msg["event"] != zmq.EVENT_HANDSHAKE_FAILED_AUTH and \
+                        conn.address in self._handshook and failures < HANDSHAKE_FAILURES_FATAL:
+                    log.info("broker handshake failed; taken as a lost connection",
+                             node=conn.node_id, address=conn.address)
+                    self._close_conn(conn, BrokerConnectionError(
+                        f"The connection to {self.describe(conn.node_id)} was lost during "
+                        f"its handshake."))
+                    return
                 why = handshake_failure(msg["event"], conn.address, self.security.curve)
                 if conn.address not in self._refused:
                     self._refused.add(conn.address)

@@ -43,6 +43,7 @@ from clients.structs import (BrokerMetadata, ConsumerGroupDescription, GroupList
                              MemberDescription, OffsetAndMetadata, OffsetAndTimestamp,
                              TopicDescription, TopicPartition)
 from zbroker import errors, protocol
+from zbroker.acl import AclBinding, AclFilter
 from zbroker.logs import get_logger
 
 log = get_logger("clients.admin")
@@ -163,6 +164,47 @@ class AdminClient:
             cluster = self._metadata([], self._deadline(timeout_ms))
         return {"brokers": [cluster.brokers[b] for b in sorted(cluster.brokers)],
                 "controller_id": cluster.controller_id, "cluster_id": cluster.cluster_id}
+
+    # --- ACLs (authorizer.enable on the brokers) -----------------------------------------------
+    def create_acls(self, acls: list[AclBinding], timeout_ms: int | None = None) -> dict:
+        """Add bindings (kafka-python's shape): {"succeeded": [binding], "failed": [(binding,
+        error)]}. Needs Alter on the cluster; ACL changes reach every broker within moments."""
+        acls = list(acls)
+        with self._lock:
+            header = self._admin_call("CreateAcls", {"creations": [list(b) for b in acls]},
+                                      self._deadline(timeout_ms))
+        out: dict = {"succeeded": [], "failed": []}
+        for b, (code, msg) in zip(acls, header["results"]):
+            if code:
+                out["failed"].append((b, errors.make_error(code, msg or None)))
+            else:
+                out["succeeded"].append(AclBinding.checked(b))
+        return out
+
+    def describe_acls(self, acl_filter: AclFilter | None = None,
+                      timeout_ms: int | None = None) -> list[AclBinding]:
+        """The bindings that match ``acl_filter`` (all without one), as a broker holds them.
+        Needs Describe on the cluster."""
+        deadline = self._deadline(timeout_ms)
+        with self._lock:
+            cluster = self._metadata([], deadline)
+            if not cluster.brokers:
+                raise errors.BrokerNotAvailable("The cluster has no broker to ask.")
+            header = self._retried_call(min(cluster.brokers), "DescribeAcls",
+                                        {"filter": (acl_filter or AclFilter()).wire()}, deadline)
+        return [AclBinding.checked(b) for b in header["acls"]]
+
+    def delete_acls(self, filters: list[AclFilter], timeout_ms: int | None = None
+                    ) -> list[tuple[AclFilter, list[AclBinding], ZbError | None]]:
+        """Remove every binding that matches one of ``filters``: per filter, the bindings it
+        removed and its error (None). Needs Alter on the cluster."""
+        filters = list(filters)
+        with self._lock:
+            header = self._admin_call("DeleteAcls", {"filters": [f.wire() for f in filters]},
+                                      self._deadline(timeout_ms))
+        return [(f, [AclBinding.checked(b) for b in matched],
+                 errors.make_error(code, msg or None) if code else None)
+                for f, (code, msg, matched) in zip(filters, header["results"])]
 
     # --- consumer groups ----------------------------------------------------------------------
     def list_consumer_groups(self, states=None, timeout_ms: int | None = None
@@ -402,9 +444,9 @@ class AdminClient:
                                       f"Metadata request in time.")
             time.sleep(self.retry_backoff_s)
 
-    def _admin_call(self, api: str, fields: dict, deadline: float) -> None:
+    def _admin_call(self, api: str, fields: dict, deadline: float) -> dict:
         """Send an admin request to the controller, retrying NOT_CONTROLLER and other retriable
-        errors; raises the topic's error if there is one."""
+        errors; raises the topic's error if there is one, else returns the response header."""
         last: ZbError | None = None
         while True:
             cluster = self._metadata([], deadline)
@@ -427,7 +469,7 @@ class AdminClient:
                             last = err
                             break
                     else:
-                        return
+                        return header
                 log.debug("admin request will be retried", api=api, error=str(last))
             else:
                 last = NotController("The cluster has no controller right now.")

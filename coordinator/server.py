@@ -48,7 +48,7 @@ import zmq
 from coordinator import protocol
 from coordinator.state import Change, CoordinatorState
 from coordinator.txnlog import RecoveryError, TxnLog, encode_record
-from zbroker import errors
+from zbroker import acl, errors
 from zbroker.config import (ConfigDef, ConfigError, Setting, load_properties, parse_overrides,
                             server_arg_parser)
 from zbroker.logs import configure_logging, get_logger
@@ -98,6 +98,12 @@ CONFIG = ConfigDef([
     Setting("curve.client.secret.key.file", str, "",
             "CURVE in an ensemble: this member's own key pair toward the other members (default: "
             "the server key pair); its public key must be authorized."),
+    Setting("authorizer.enable", bool, False,
+            "Let only super.users write (create, set, delete, multi); everyone else may read. "
+            "Connections without a CURVE key are User:ANONYMOUS."),
+    Setting("super.users", str, "",
+            "With authorizer.enable: the principals that may write, separated by ';' "
+            "(User:broker-1;User:admin): the brokers and the administrators."),
     Setting("coordinator.id", int, 1,
             "This member's id in the ensemble: N of its server.N line.", min=0, max=255),
     Setting("election.timeout.ms", int, 500,
@@ -150,7 +156,13 @@ class CoordinatorServer:
         self.next_wid = 1
         self.outbox: collections.deque = collections.deque()   # (zxid needed, ident, frame)
         self.ready: dict[bytes, list[bytes]] = {}   # ident -> messages to send now, one frame
-        self.carry: tuple | None = None     # (ident, requests, next index): a part-handled message
+        self.carry: tuple | None = None     # (ident, requests, next index, principal): a
+        # part-handled message
+        # authorizer.enable: the principals that may write (None: everyone), and the principal
+        # of the message being handled
+        self.writers = acl.parse_super_users(cfg["super.users"]) \
+            if cfg["authorizer.enable"] else None
+        self.principal = acl.ANONYMOUS
         self.durable_zxid = 0
         self.pending_records: list[bytes] = []
         self.pending_zxid = 0
@@ -334,9 +346,12 @@ class CoordinatorServer:
         while handled < limit:
             if self.carry is None:
                 try:
-                    frames = router.recv_multipart(zmq.NOBLOCK)
+                    frames = router.recv_multipart(zmq.NOBLOCK, copy=self.writers is None)
                 except zmq.Again:
                     break
+                if self.writers is not None:
+                    principal = acl.principal_of(frames[-1])
+                    frames = [f.bytes for f in frames]
                 ident = frames[0]
                 if len(frames) < 2:
                     self._send(ident, protocol.encode_error(None, errors.InvalidRequest(
@@ -354,14 +369,16 @@ class CoordinatorServer:
                             break
                 if not requests:
                     continue
-                self.carry = (ident, requests, 0)
-            ident, requests, start = self.carry
+                self.carry = (ident, requests, 0,
+                              principal if self.writers is not None else acl.ANONYMOUS)
+            ident, requests, start, self.principal = self.carry
             end = min(len(requests), start + limit - handled)
             handle = self._handle
             for i in range(start, end):
                 handle(ident, requests[i])
             handled += end - start
-            self.carry = None if end >= len(requests) else (ident, requests, end)
+            self.carry = None if end >= len(requests) else \
+                (ident, requests, end, self.principal)
         self._flush_ready()
 
     def _release_outbox(self) -> None:
@@ -414,6 +431,10 @@ class CoordinatorServer:
             if len(self.outbox) >= self.cfg["request.queue.max"] and \
                     req["api"] not in ("ping", "connect", "close"):
                 raise errors.TooBusy()
+            if self.writers is not None and req["api"] in protocol.WRITE_OPS and \
+                    self.principal not in self.writers:
+                raise errors.NoAuth(f"{self.principal} may not write to this coordinator: only "
+                                    f"super.users may (authorizer.enable); nothing was applied.")
             reply = self._dispatch(ident, req)
         except errors.ZbError as e:
             fields = {"index": e.index} if hasattr(e, "index") else {}
@@ -793,6 +814,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     try:
         cfg, servers = load_config(args.config, args.override)
+        try:
+            acl.parse_super_users(cfg["super.users"])
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     except ConfigError as e:
         print(f"zb-coordinator-start: {e}", file=sys.stderr)
         return 2

@@ -439,5 +439,36 @@ class AuthenticationFailed(ZbError):
     message = "The server refused our credentials during the handshake."
 
 
+@_register
+class TopicAuthorizationFailed(ZbError):
+    code, name = 29, "TOPIC_AUTHORIZATION_FAILED"
+    message = "Not authorized to access this topic (no ACL allows it)."
+
+
+@_register
+class GroupAuthorizationFailed(ZbError):
+    code, name = 30, "GROUP_AUTHORIZATION_FAILED"
+    message = "Not authorized to access this consumer group (no ACL allows it)."
+
+
+@_register
+class ClusterAuthorizationFailed(ZbError):
+    code, name = 31, "CLUSTER_AUTHORIZATION_FAILED"
+    message = "Not authorized for this cluster operation (no ACL allows it)."
+
+
+@_register
+class SecurityDisabled(ZbError):
+    code, name = 54, "SECURITY_DISABLED"
+    message = "The cluster does not authorize requests (authorizer.enable is false)."
+
+
+@_register
+class NoAuth(ZbError):
+    code, name = 1015, "NO_AUTH"
+    message = ("Only the brokers and the super users may write to this coordinator "
+               "(authorizer.enable); nothing was applied.")
+
+
 __all__ = [n for n, v in list(globals().items()) if isinstance(v, type) and issubclass(v, ZbError)]
 __all__ += ["error_for_code", "make_error"]

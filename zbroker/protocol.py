@@ -374,6 +374,14 @@ SCHEMAS.update({
     "DeleteGroups": {"group_ids": ((_L,), True)},
     "OffsetDelete": {"group_id": ((_S,), True), "parts": ((_L,), True)},
 })
+# ACL APIs (zbroker/acl.py): bindings are AclBinding arrays, filters AclFilter maps
+SCHEMAS.update({
+    "DescribeAcls": {"filter": ((_M,), False)},
+    "CreateAcls": {"creations": ((_L,), True)},
+    "DeleteAcls": {"filters": ((_L,), True)},
+})
+ACL_APIS = ("DescribeAcls", "CreateAcls", "DeleteAcls")
+ACLS_PER_REQUEST_MAX = 1000
 GROUP_APIS = ("ConsumerGroupHeartbeat", "OffsetCommit", "OffsetFetch", "ConsumerGroupDescribe",
               "DeleteGroups", "OffsetDelete")
 

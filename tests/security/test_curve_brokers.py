@@ -19,20 +19,27 @@ from zbroker.security import ClientSecurity
 pytestmark = pytest.mark.timeout(120)
 
 
+def curve_brokers(procs, tmp_path, d, auth, coord, extra=None, harness="alice") -> Cluster:
+    """Brokers 1-3 with CURVE on every port, each presenting broker-N's key; the test harness's
+    own requests (metadata, ISR waits) go as ``harness``."""
+    brokers = []
+    for i in (1, 2, 3):
+        b = BrokerProc(procs, i, coord.address, tmp_path / f"b{i}", {
+            **FAST, **curve_settings(d, auth), **(extra or {}),
+            "curve.client.secret.key.file": str(d / f"broker-{i}.key_secret"),
+            "coordinator.curve.server.key.file": str(d / "server.key")})
+        b.security = ClientSecurity("CURVE", str(d / f"{harness}.key_secret"),
+                                    str(d / "server.key"))
+        brokers.append(b)
+    return Cluster.of(coord, brokers)
+
+
 @pytest.fixture
 def curve_cluster(procs, tmp_path):
     d = keys(tmp_path, "server", "alice", "bob", "broker-1", "broker-2", "broker-3")
     auth = authorize(d, "alice", "broker-1", "broker-2", "broker-3")
     coord = CoordinatorProc(procs, tmp_path / "c", curve_settings(d, auth)).start()
-    brokers = []
-    for i in (1, 2, 3):
-        b = BrokerProc(procs, i, coord.address, tmp_path / f"b{i}", {
-            **FAST, **curve_settings(d, auth),
-            "curve.client.secret.key.file": str(d / f"broker-{i}.key_secret"),
-            "coordinator.curve.server.key.file": str(d / "server.key")})
-        b.security = ClientSecurity("CURVE", str(d / "alice.key_secret"), str(d / "server.key"))
-        brokers.append(b)
-    return Cluster.of(coord, brokers), d
+    return curve_brokers(procs, tmp_path, d, auth, coord), d
 
 
 def alice(d) -> dict:

@@ -52,6 +52,14 @@ BROKER_CONFIG = ConfigDef([
             "with -1).", min=1),
     Setting("default.replication.factor", int, 1, "Replication factor of an auto-created topic "
             "(and of CreateTopics with -1).", min=1),
+    Setting("authorizer.enable", bool, False,
+            "Check every request against the cluster's ACLs (zb-acls): Kafka's AclAuthorizer. "
+            "Connections without a CURVE key are User:ANONYMOUS."),
+    Setting("super.users", str, "",
+            "Principals allowed everything, ACLs or not, separated by ';' "
+            "(User:broker-1;User:admin). The brokers' own principals belong here."),
+    Setting("allow.everyone.if.no.acl.found", bool, False,
+            "With the authorizer on: allow a resource that no ACL names at all."),
     Setting("auto.create.topics.enable", bool, True,
             "Create a topic when Metadata asks for an unknown one (and allows it)."),
     Setting("delete.topic.enable", bool, True, "Allow DeleteTopics."),

@@ -37,7 +37,8 @@ from typing import Callable
 from coordinator.client import (BadVersion, CoordinatorClient, FencedEpoch, NodeExists, NoNode,
                                 Op, ZbError)
 from coordinator.election import Election
-from zbroker import errors, protocol
+from zbroker import acl, errors, protocol
+from zbroker.broker import acls
 from zbroker.broker import metadata as md
 from zbroker.broker.config import check_topic_config, topic_unclean_election
 from zbroker.config import ConfigError
@@ -454,6 +455,11 @@ class Controller:
                 results, wait = self._delete_topics(header)
             elif api == "CreatePartitions":
                 results, wait = self._create_partitions(header)
+            elif api in ("CreateAcls", "DeleteAcls"):
+                results = self._create_acls(header) if api == "CreateAcls" else \
+                    self._delete_acls(header)
+                self.reply(ident, protocol.encode_response(req_id, results=results), None)
+                return
             else:
                 raise errors.InvalidRequest(f"{api} is not an admin API.")
         except FencedEpoch:
@@ -500,7 +506,11 @@ class Controller:
         live = self._live_brokers()
         results, created = [], []
         seen = set()
+        refused = header.get("_refused") or {}
         for name, partitions, rf, config, assignment in entries:
+            if name in refused:
+                results.append([name, *refused[name]])
+                continue
             if name in seen:
                 results.append([name, errors.InvalidRequest.code,
                                 f"The topic {name!r} is named twice in one request."])
@@ -588,7 +598,11 @@ class Controller:
                 not all(isinstance(n, str) for n in names):
             raise errors.InvalidRequest("DeleteTopics takes a list of topic names.")
         results, deleted = [], []
+        refused = header.get("_refused") or {}
         for name in dict.fromkeys(names):
+            if name in refused:
+                results.append([name, *refused[name]])
+                continue
             results.append(self._write_one(lambda: self._delete_topic(name), name, deleted))
         return results, deleted
 
@@ -611,13 +625,51 @@ class Controller:
         log.info("topic deleted", topic=name)
         return 0
 
+    # --- ACLs (zbroker/broker/acls.py) -----------------------------------------------------------
+    def _create_acls(self, header: dict) -> list:
+        """[code, sentence] per creation; the valid ones are stored together."""
+        results, new = [], []
+        for entry in acls.checked_list(header["creations"], "creations"):
+            try:
+                new.append(acl.AclBinding.checked(entry))
+                results.append([0, None])
+            except errors.ZbError as e:
+                results.append([e.code, str(e)])
+        if new:
+            acls.change_acls(self.client, self.election.fence, lambda held: held + new)
+            log.info("ACLs created", count=len(new))
+        return results
+
+    def _delete_acls(self, header: dict) -> list:
+        """[code, sentence, [the bindings it matched]] per filter."""
+        filters, results = [], []
+        for entry in acls.checked_list(header["filters"], "filters"):
+            try:
+                filters.append(acl.AclFilter.checked(entry))
+            except errors.ZbError as e:
+                filters.append(e)
+        before = acls.change_acls(
+            self.client, self.election.fence,
+            lambda held: [b for b in held if not any(
+                isinstance(f, acl.AclFilter) and f.matches(b) for f in filters)])
+        for f in filters:
+            if isinstance(f, errors.ZbError):
+                results.append([f.code, str(f), []])
+            else:
+                results.append([0, None, [list(b) for b in before if f.matches(b)]])
+        return results
+
     def _create_partitions(self, header: dict):
         entries = header["topics"]
         protocol.check_entries("CreatePartitions", "topics", entries, protocol.CREATE_PARTITIONS)
         live = self._live_brokers()
         results, grown = [], []
         budget = [protocol.PARTITIONS_PER_REQUEST_MAX]     # new partitions this request may add
+        refused = header.get("_refused") or {}
         for name, total in entries:
+            if name in refused:
+                results.append([name, *refused[name]])
+                continue
             results.append(self._write_one(lambda: self._grow(name, total, live, budget), name,
                                            grown))
         return results, grown

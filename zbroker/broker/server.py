@@ -69,7 +69,9 @@ from prometheus_client.core import GaugeMetricFamily
 
 from coordinator.client import (CONNECTED, LOST, SUSPENDED, BadVersion, CoordinatorClient,
                                 NodeExists, NoNode)
-from zbroker import errors, protocol, records
+from zbroker import acl, errors, protocol, records
+from zbroker.acl import AclCache
+from zbroker.broker.acls import AclWatcher
 from zbroker.broker import config as broker_config
 from zbroker.broker import metadata as md
 from zbroker.broker.controller import Controller
@@ -99,6 +101,15 @@ PERIODIC_FLUSH_MS = 1000
 KEYS_RELOAD_S = 2.0         # how often curve.authorized.keys.dir is looked at for changes
 
 TIMERS_COMPACT_MIN = 4096      # timers held before answered fetches' are dropped from the heap
+ADMIN_TOPIC_OPERATIONS = {"CreateTopics": acl.CREATE, "DeleteTopics": acl.DELETE,
+                          "CreatePartitions": acl.ALTER}
+AUTHORIZATION_ERRORS = {acl.TOPIC: errors.TopicAuthorizationFailed,
+                        acl.GROUP: errors.GroupAuthorizationFailed,
+                        acl.CLUSTER: errors.ClusterAuthorizationFailed}
+GROUP_API_OPERATIONS = {"ConsumerGroupHeartbeat": (acl.READ, None),
+                        "OffsetCommit": (acl.READ, acl.READ),
+                        "OffsetFetch": (acl.DESCRIBE, acl.DESCRIBE),
+                        "OffsetDelete": (acl.DELETE, acl.READ)}
 API_VERSIONS = {api: [protocol.VERSION, protocol.VERSION] for api in protocol.SCHEMAS}
 ADMIN_APIS = ("CreateTopics", "DeleteTopics", "CreatePartitions")
 
@@ -191,6 +202,13 @@ class BrokerServer:
         # until an image of the new session is applied (never resume from stale metadata).
         self._stale_image_watcher = None
         self._renewing = False          # a new session is being opened on a thread
+        # authorizer.enable: the ACLs as last read from the coordinator (AclWatcher), and the
+        # principal of the request being handled
+        self.authorize = cfg["authorizer.enable"]
+        self.acl_cache = AclCache((), cfg["allow.everyone.if.no.acl.found"],
+                                  acl.parse_super_users(cfg["super.users"]))
+        self.acl_watcher: AclWatcher | None = None
+        self.principal = acl.ANONYMOUS
         self.broker_epoch = -1          # the creation zxid of our registration
         self._handlers = {
             "ApiVersions": self._api_versions, "Metadata": self._metadata,
@@ -198,6 +216,8 @@ class BrokerServer:
             "OffsetForLeaderEpoch": self._offset_for_leader_epoch,
             "CreateTopics": self._admin, "DeleteTopics": self._admin,
             "CreatePartitions": self._admin,
+            "DescribeAcls": self._describe_acls, "CreateAcls": self._acl_admin,
+            "DeleteAcls": self._acl_admin,
             "InitProducerId": self._init_producer_id,
             "FindCoordinator": self._find_coordinator, "ListGroups": self._list_groups,
             **{api: self._group_api for api in protocol.GROUP_APIS},
@@ -292,6 +312,11 @@ class BrokerServer:
                                      lambda ident, frames, wait:
                                      self._post(("admin_reply", ident, frames, wait)))
         self.controller.start()
+        if self.authorize:
+            if self.acl_watcher is not None:
+                self.acl_watcher.stop()
+            self.acl_watcher = AclWatcher(client, lambda bindings: self._post(("acls", bindings)))
+            self.acl_watcher.start()
 
     @staticmethod
     def _close_session_parts(controller, watcher, client) -> None:
@@ -457,6 +482,9 @@ class BrokerServer:
             try:
                 if kind == "image":
                     self._apply_image(item[1], item[2])
+                elif kind == "acls":
+                    old = self.acl_cache
+                    self.acl_cache = AclCache(item[1], old.allow_if_no_acl, old.super_users)
                 elif kind == "admin_reply":
                     self._on_admin_reply(*item[1:])
                 elif kind == "session":
@@ -655,6 +683,8 @@ class BrokerServer:
             return protocol.encode_error(getattr(e, "request_id", None), e)
         req_id = header["id"]
         self._request_frame = frames[1]
+        if self.authorize:
+            self.principal = acl.principal_of(frames[1])
         api = header["api"]
         started = time.monotonic()
         failed = True
@@ -751,7 +781,8 @@ class BrokerServer:
         image = self.image
         names = header.get("topics")
         if names is None:
-            entries = [image.topic_metadata(n) for n in sorted(image.topics)]
+            entries = [image.topic_metadata(n) for n in sorted(image.topics)
+                       if self.allowed(acl.DESCRIBE, acl.TOPIC, n)]
         else:
             if len(names) > protocol.TOPICS_PER_REQUEST_MAX:
                 raise errors.InvalidRequest(f"A Metadata request may name at most "
@@ -762,6 +793,10 @@ class BrokerServer:
             for name in names:
                 if not isinstance(name, str):
                     raise errors.InvalidRequest("Metadata topics must be strings.")
+                if not self.allowed(acl.DESCRIBE, acl.TOPIC, name):
+                    entries.append(protocol.TopicMetadataEntry(
+                        name, errors.TopicAuthorizationFailed.code, False, []))
+                    continue
                 if name in image.topics:
                     entries.append(image.topic_metadata(name))
                     continue
@@ -770,7 +805,8 @@ class BrokerServer:
                 except errors.InvalidTopic as e:
                     entries.append(protocol.TopicMetadataEntry(name, e.code, False, []))
                     continue
-                if allow:
+                if allow and (self.allowed(acl.CREATE, acl.CLUSTER, acl.CLUSTER_NAME) or
+                              self.allowed(acl.CREATE, acl.TOPIC, name)):
                     self._request_auto_create(name)
                     entries.append(protocol.TopicMetadataEntry(name, errors.LeaderNotAvailable.code, False,
                                                                     []))
@@ -821,13 +857,44 @@ class BrokerServer:
 
     # --- consumer groups ------------------------------------------------------------------------
     def _find_coordinator(self, ident, header, blobs):
-        return protocol.encode_response(header["id"],
-                                        coordinators=self.groups.find_coordinator(header))
+        found = self.groups.find_coordinator(header)
+        if self.authorize:
+            for i, entry in enumerate(found):
+                gid = entry[0]
+                if isinstance(gid, str) and not self.allowed(acl.DESCRIBE, acl.GROUP, gid):
+                    found[i] = [gid, -1, "", -1, errors.GroupAuthorizationFailed.code,
+                                f"{self.principal} is not allowed Describe on the group "
+                                f"{gid!r} (no ACL allows it)."]
+        return protocol.encode_response(header["id"], coordinators=found)
 
     def _list_groups(self, ident, header, blobs):
-        return protocol.encode_response(header["id"], groups=self.groups.list_groups(header))
+        groups = self.groups.list_groups(header)
+        if self.authorize and not self.allowed(acl.DESCRIBE, acl.CLUSTER, acl.CLUSTER_NAME):
+            groups = [g for g in groups if self.allowed(acl.DESCRIBE, acl.GROUP, g[0])]
+        return protocol.encode_response(header["id"], groups=groups)
+
+    def _authorize_group_api(self, header: dict) -> None:
+        """Kafka's checks for the group APIs: Read on the group to be a member or commit,
+        Describe to look, Delete to delete; Read on the topics whose offsets are committed or
+        deleted, Describe on those fetched. A refusal answers the whole request."""
+        api = header["api"]
+        if api in ("ConsumerGroupDescribe", "DeleteGroups"):
+            op = acl.DESCRIBE if api == "ConsumerGroupDescribe" else acl.DELETE
+            for gid in header["group_ids"]:
+                if isinstance(gid, str):
+                    self.require(op, acl.GROUP, gid)
+            return
+        op, topic_op = GROUP_API_OPERATIONS[api]
+        self.require(op, acl.GROUP, header["group_id"])
+        parts = header.get("parts") if topic_op is not None else None
+        if isinstance(parts, list):
+            for topic in {p[0] for p in parts if isinstance(p, list) and p and
+                          isinstance(p[0], str)}:
+                self.require(topic_op, acl.TOPIC, topic)
 
     def _group_api(self, ident, header, blobs):
+        if self.authorize:
+            self._authorize_group_api(header)
         host = ""
         if header["api"] == "ConsumerGroupHeartbeat":
             try:
@@ -860,6 +927,8 @@ class BrokerServer:
                 if topic in protocol.INTERNAL_TOPICS:
                     raise errors.InvalidTopic(f"The topic {topic} is internal; only its "
                                               f"coordinator writes to it.")
+                if self.authorize:
+                    self.require(acl.WRITE, acl.TOPIC, topic)
                 if part is None or not part.is_leader or \
                         (epoch != -1 and epoch != part.leader_epoch) or self.leadership_paused \
                         or part.core.state_zxid < self.broker_epoch:
@@ -914,6 +983,12 @@ class BrokerServer:
         return protocol.encode_response(header["id"], parts=out, **extra)
 
     def _init_producer_id(self, ident, header, blobs):
+        if self.authorize and not self.allowed(acl.IDEMPOTENT_WRITE, acl.CLUSTER,
+                                               acl.CLUSTER_NAME) and \
+                not self.acl_cache.allowed_on_any(self.principal, acl.WRITE, acl.TOPIC):
+            raise errors.ClusterAuthorizationFailed(
+                f"{self.principal} may write to no topic (and has no IdempotentWrite on the "
+                f"cluster), so it gets no producer id.")
         return self.producer_ids.handle(ident, header)
 
     def _expire_producers(self) -> None:
@@ -1117,11 +1192,16 @@ class BrokerServer:
         replica_id = header.get("replica_id", protocol.CONSUMER_REPLICA_ID)
         if replica_id >= 0:
             protocol.check_entries("Fetch", "parts", parts, protocol.REPLICA_FETCH_PART)
+            if self.authorize:
+                self.require(acl.CLUSTER_ACTION, acl.CLUSTER, acl.CLUSTER_NAME)
             if header.get("replica_epoch") is None:
                 raise errors.InvalidRequest("A replica's Fetch needs its broker epoch "
                                             "(replica_epoch).")
         else:
             protocol.check_entries("Fetch", "parts", parts, protocol.FETCH_PART)
+            if self.authorize:
+                for topic in {p[0] for p in parts}:
+                    self.require(acl.READ, acl.TOPIC, topic)
         max_wait_ms = min(max(header.get("max_wait_ms", FETCH_WAIT_MS_DEFAULT), 0),
                           protocol.FETCH_WAIT_MS_MAX)
         min_bytes = max(header.get("min_bytes", 1), 0)
@@ -1309,6 +1389,8 @@ class BrokerServer:
         protocol.check_entries("OffsetForLeaderEpoch", "parts", parts,
                                protocol.OFFSET_FOR_EPOCH_PART)
         replica_id = header["replica_id"]
+        if self.authorize:
+            self.require(acl.CLUSTER_ACTION, acl.CLUSTER, acl.CLUSTER_NAME)
         registered = self.image.brokers.get(replica_id)
         if replica_id >= 0 and (registered is None or
                                 header.get("replica_epoch") != registered.epoch):
@@ -1333,6 +1415,8 @@ class BrokerServer:
         out = []
         for topic, p, timestamp, epoch in parts:
             try:
+                if self.authorize:
+                    self.require(acl.DESCRIBE, acl.TOPIC, topic)
                 part = self._partition(topic, p, epoch)
                 plog = part.log
                 found_ts = -1
@@ -1366,6 +1450,9 @@ class BrokerServer:
 
     # --- admin APIs (the controller's) ------------------------------------------------------------
     def _admin(self, ident, header, blobs):
+        header.pop("_refused", None)
+        if self.authorize and header["api"] in ADMIN_TOPIC_OPERATIONS:
+            self._refuse_topics(header)
         controller = self.controller
         if controller is None or not controller.active:
             raise errors.NotController(
@@ -1374,6 +1461,55 @@ class BrokerServer:
         if not controller.submit(ident, header):
             raise errors.TooBusy("The controller's queue is full; retry shortly.")
         return None
+
+    def _refuse_topics(self, header: dict) -> None:
+        """Name the topics of a CreateTopics, DeleteTopics or CreatePartitions the principal may
+        not touch: the controller answers them TOPIC_AUTHORIZATION_FAILED, the rest it does."""
+        api = header["api"]
+        operation = ADMIN_TOPIC_OPERATIONS[api]
+        entries = header.get("topics")
+        if not isinstance(entries, list):
+            return      # the controller's checks say what is wrong
+        cluster_create = api == "CreateTopics" and \
+            self.allowed(acl.CREATE, acl.CLUSTER, acl.CLUSTER_NAME)
+        refused = {}
+        for e in entries:
+            name = e if api == "DeleteTopics" else (e[0] if isinstance(e, list) and e else None)
+            if isinstance(name, str) and not cluster_create and \
+                    not self.allowed(operation, acl.TOPIC, name):
+                refused[name] = [errors.TopicAuthorizationFailed.code,
+                                 f"{self.principal} may not {operation.lower()} the topic "
+                                 f"{name!r} (no ACL allows it)."]
+        if refused:
+            header["_refused"] = refused
+
+    # --- ACLs (zbroker/acl.py) --------------------------------------------------------------------
+    def allowed(self, operation: str, rtype: str, name: str) -> bool:
+        """May the principal of the request being handled do this? (Always, without
+        authorizer.enable.)"""
+        return not self.authorize or \
+            self.acl_cache.authorize(self.principal, operation, rtype, name)
+
+    def require(self, operation: str, rtype: str, name: str) -> None:
+        if not self.allowed(operation, rtype, name):
+            cls = AUTHORIZATION_ERRORS[rtype]
+            what = "the cluster" if rtype == acl.CLUSTER else f"the {rtype.lower()} {name!r}"
+            raise cls(f"{self.principal} is not allowed {operation} on {what} (no ACL allows "
+                      f"it).")
+
+    def _describe_acls(self, ident, header, blobs):
+        if not self.authorize:
+            raise errors.SecurityDisabled()
+        self.require(acl.DESCRIBE, acl.CLUSTER, acl.CLUSTER_NAME)
+        f = acl.AclFilter.checked(header.get("filter") or {})
+        return protocol.encode_response(header["id"], acls=[
+            list(b) for b in self.acl_cache.bindings if f.matches(b)])
+
+    def _acl_admin(self, ident, header, blobs):
+        if not self.authorize:
+            raise errors.SecurityDisabled()
+        self.require(acl.ALTER, acl.CLUSTER, acl.CLUSTER_NAME)
+        return self._admin(ident, header, blobs)
 
     def _on_admin_reply(self, ident: bytes, frames: list, wait) -> None:
         """A response from the controller. ``wait`` = (api, topics, timeout_ms): hold it until
@@ -1427,7 +1563,7 @@ class BrokerServer:
 
     def _shutdown(self) -> None:
         log.info("stopping", broker_id=self.broker_id)
-        for closer in (self.controller, self.watcher):
+        for closer in (self.controller, self.watcher, self.acl_watcher):
             if closer is not None:
                 closer.stop()
         self.groups.close()
@@ -1461,6 +1597,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     try:
         cfg = broker_config.load(args.config, args.override)
+        try:
+            acl.parse_super_users(cfg["super.users"])
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     except ConfigError as e:
         print(f"zb-server-start: {e}", file=sys.stderr)
         return 2
