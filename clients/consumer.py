@@ -55,6 +55,7 @@ import re
 import threading
 import time
 
+from clients._metrics import CONSUMER_FETCH_METRICS, ClientMetrics
 from clients._group import GroupIO, Membership, State, Task
 from clients._net import NetworkClient, client_security, topic_error
 from clients.errors import (CorruptMessage, IllegalStateError, NoBrokersAvailable,
@@ -257,6 +258,7 @@ class Consumer:
         self._cond = threading.Condition(self._lock)
         # shared (under _lock)
         self._states: dict[TopicPartition, _PartitionState] = {}
+        self._metrics = ClientMetrics()
         self._subscription: set[str] = set()
         self._topic_wait_since: dict[str, float] = {}
         self._fetched: collections.deque[_Fetched] = collections.deque()
@@ -475,6 +477,19 @@ class Consumer:
                 self._cond.wait(min(left, 0.1))
                 st = self._assigned(partition)
             return st.position
+
+    def metrics(self) -> dict:
+        """kafka-python's consumer metrics: {"consumer-fetch-manager-metrics": {name: value}}
+        with records-consumed-rate/-total, bytes-consumed-rate/-total (keys and values handed
+        to the application), fetch-rate/-total, fetch-latency-avg/-max (ms) and records-lag-max
+        (the largest high watermark minus position over the assigned partitions, as of the last
+        fetch). Rates and averages cover the last 30 s."""
+        values = self._metrics.values(CONSUMER_FETCH_METRICS)
+        with self._lock:
+            lags = [st.high_watermark - st.position for st in self._states.values()
+                    if st.high_watermark >= 0 and st.position is not None]
+        values["records-lag-max"] = float(max(lags, default=0))
+        return {"consumer-fetch-manager-metrics": values}
 
     def highwater(self, partition: TopicPartition) -> int | None:
         """The partition's high watermark as of the last fetch, or None before any."""
@@ -997,6 +1012,10 @@ class Consumer:
             else:
                 got.extend(take)
             n += len(take)
+        if n:
+            self._metrics.record("records_consumed", n)
+            self._metrics.record("bytes_consumed", sum(
+                len(r.value or b"") + len(r.key or b"") for recs in out.values() for r in recs))
         return out
 
     def _next_fetched(self) -> list | None:
@@ -1356,7 +1375,8 @@ class Consumer:
                       "max_bytes": self.fetch_max_bytes, "parts": parts}
             self._fetching_nodes.add(node)
 
-            def handler(header, blobs, error, node=node, items=items):
+            def handler(header, blobs, error, node=node, items=items, sent=_monotonic()):
+                self._metrics.record("fetch_latency_ms", (_monotonic() - sent) * 1000)
                 self._on_fetch(node, items, header, blobs, error)
             try:
                 net.send(node, "Fetch", fields, handler=handler,

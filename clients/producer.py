@@ -48,6 +48,7 @@ import threading
 import time
 
 from clients import partitioner
+from clients._metrics import PRODUCER_METRICS, ClientMetrics
 from clients._net import NetworkClient, client_security, topic_error
 from clients.errors import (BrokerConnectionError, IllegalStateError, MessageTooLarge,
                             NoBrokersAvailable, RequestTimedOut, UnknownServerError,
@@ -337,6 +338,7 @@ class Producer:
         self._inflight: dict[tuple[str, int], list[list[_Batch]]] = {}
         self._bump_wanted = False
         self._produce_in_flight = 0
+        self._metrics = ClientMetrics()
         self._bootstrapped = threading.Event()
         self._bootstrap_error: ZbError | None = None
         self._wake_r, self._wake_w = os.pipe()
@@ -414,6 +416,16 @@ class Producer:
             if batch.size >= self.batch_size:
                 self._seal(batch)
         return FutureRecordMetadata(batch, delta, timestamp_ms)
+
+    def metrics(self) -> dict:
+        """kafka-python's producer metrics: {"producer-metrics": {name: value}} with
+        record-send-rate/-total, record-error-rate/-total, record-retry-rate/-total,
+        byte-rate/-total, batch-size-avg/-max, records-per-request-avg, request-rate/-total,
+        request-latency-avg/-max (ms) and requests-in-flight. Rates and averages cover the
+        last 30 s."""
+        values = self._metrics.values(PRODUCER_METRICS)
+        values["requests-in-flight"] = float(self._produce_in_flight)
+        return {"producer-metrics": values}
 
     def flush(self, timeout: float | None = None) -> None:
         """Send everything queued now and wait until each of those records has succeeded or
@@ -897,9 +909,15 @@ class Producer:
                 break
         if not context:
             return []
+        m = self._metrics
+        records = 0
         for _, taken in context:
             for b in taken:
                 b.attempts += 1
+                records += b.count
+                m.record("batch_bytes", len(b.data))
+        m.record("bytes_sent", sum(len(x) for x in blobs))
+        m.record("request_records", records)
         fields = {"acks": self.acks, "timeout_ms": self.request_timeout_ms, "parts": parts}
         if self.acks == 0:
             try:
@@ -912,7 +930,8 @@ class Producer:
                 self._complete(taken, None, -1, -1)
             return rest
 
-        def on_response(header, _blobs, error, node=node, context=context):
+        def on_response(header, _blobs, error, node=node, context=context, sent=now):
+            self._metrics.record("request_latency_ms", (_monotonic() - sent) * 1000)
             self._produce_in_flight -= 1
             self._on_produce_response(node, context, header, error)
         self._produce_in_flight += 1
@@ -992,6 +1011,7 @@ class Producer:
                  self._abort_error is None]
         fail = [b for b in taken if b not in retry] if len(retry) != len(taken) else []
         if retry:
+            self._metrics.record("records_retried", sum(b.count for b in retry))
             log.debug("retrying batches", topic=tp[0], partition=tp[1], error=str(error),
                       batches=len(retry))
             q = self._queues.setdefault(tp, collections.deque())
@@ -1024,9 +1044,11 @@ class Producer:
         ``done`` under _lock, so no wake-up and no callback is lost)."""
         released = 0
         incomplete = self._incomplete
+        finished = 0
         for j, b in enumerate(batches):
             if b.done:
                 continue
+            finished += b.count
             b.error = error
             if error is None and offsets is not None and j < len(offsets):
                 b.base_offset = offsets[j]
@@ -1039,6 +1061,9 @@ class Producer:
             incomplete.pop(b.seq, None)
             released += b.reserved
         self._released_bytes += released
+        if finished:
+            self._metrics.record("records_failed" if error is not None else "records_sent",
+                                 finished)
         calls = []
         with self._lock:
             for b in batches:
