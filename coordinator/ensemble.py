@@ -79,7 +79,7 @@ class EnsembleServer(CoordinatorServer):
         self.read_batch: list = []              # (ident, request) read this turn
         self.reads: dict[int, tuple] = {}       # token -> (index floor, batch)
         self.ready_reads: list = []             # (index to apply first, batch), confirmed
-        self.held: list = []                    # (ident, request) until the new leader serves
+        self.held: list = []                    # (ident, request, principal) until we serve
         self.next_token = 1
         self.leader_start = 0                   # our term's marker, while we lead
         self.serving = False
@@ -455,8 +455,10 @@ class EnsembleServer(CoordinatorServer):
         log.info("serving as leader", term=self.core.term, zxid=self.state.zxid,
                  sessions=len(self.state.sessions))
         held, self.held = self.held, []
-        for ident, req in held:
+        principal = self.principal
+        for ident, req, self.principal in held:     # each checked again as its sender
             self._handle(ident, req)
+        self.principal = principal
 
     def _deposed(self) -> None:
         self.serving = False
@@ -484,7 +486,7 @@ class EnsembleServer(CoordinatorServer):
         log.warning("no longer the leader; clients were told to move", term=self.core.term)
 
     def _refuse_batch(self, batch) -> None:
-        for ident, req in batch:
+        for ident, req, *_ in batch:
             self._send(ident, protocol.encode_error(req.get("id"), self._not_leader()))
 
     def _not_leader(self) -> errors.NotQuorumLeader:
@@ -505,7 +507,7 @@ class EnsembleServer(CoordinatorServer):
         api = req["api"]
         if not self.serving:
             if self.core.role is Role.LEADER and len(self.held) < self.cfg["request.queue.max"]:
-                self.held.append((ident, req))
+                self.held.append((ident, req, self.principal))
                 return None
             raise self._not_leader()
         if len(self.pending) >= self.cfg["request.queue.max"] and \
