@@ -181,9 +181,12 @@ class AclCache:
     """The bindings, indexed by resource type, and the decision."""
 
     def __init__(self, bindings: Iterable[AclBinding] = (), allow_if_no_acl: bool = False,
-                 super_users: Iterable[str] = ()):
+                 super_users: Iterable[str] = (), loaded: bool = True):
         self.bindings = sorted(set(bindings))
         self.allow_if_no_acl = allow_if_no_acl
+        # False until the bindings were read: nothing but super users is allowed then, so
+        # allow.everyone.if.no.acl.found cannot open what a stored deny closes
+        self.loaded = loaded
         self.super_users = frozenset(super_users)
         self._by_type: dict[str, list[AclBinding]] = {t: [] for t in RESOURCE_TYPES}
         for b in self.bindings:
@@ -193,6 +196,10 @@ class AclCache:
     def authorize(self, principal: str, operation: str, rtype: str, name: str) -> bool:
         if principal in self.super_users:
             return True
+        if not self.loaded:
+            return False
+        if len(name) > NAME_CHARS_MAX:      # no valid resource: not worth remembering
+            return self._decide(principal, operation, rtype, name)
         key = (principal, operation, rtype, name)
         hit = self._memo.get(key)
         if hit is not None:
@@ -215,12 +222,24 @@ class AclCache:
 
     def allowed_on_any(self, principal: str, operation: str, rtype: str) -> bool:
         """Some resource of ``rtype`` allows ``operation`` (Kafka's check for InitProducerId
-        without IdempotentWrite: Write on any topic)."""
+        without IdempotentWrite: Write on any topic). With ``allow.everyone.if.no.acl.found``,
+        a name no binding matches is such a resource, and there is one unless a literal ``*``
+        binding matches every name."""
         if principal in self.super_users:
             return True
+        if not self.loaded:
+            return False
         who = (principal, WILDCARD_PRINCIPAL)
-        return any(b.permission == ALLOW and b.principal in who and
-                   b.operation in (operation, ALL) for b in self._by_type[rtype])
+        ops = (operation, ALL)
+        every = [b for b in self._by_type[rtype] if b.pattern_type == LITERAL and
+                 b.name == WILDCARD]
+        if any(b.permission == DENY and b.principal in who and b.operation in ops
+               for b in every):
+            return False            # denied on every name
+        if self.allow_if_no_acl and not every:
+            return True
+        return any(b.permission == ALLOW and b.principal in who and b.operation in ops
+                   for b in self._by_type[rtype])
 
 
 def parse_super_users(value: str) -> frozenset[str]:

@@ -47,6 +47,41 @@ def test_no_acl_found_and_super_users():
     assert lax.authorize("User:admin", "Delete", "Cluster", acl.CLUSTER_NAME)
 
 
+def test_until_the_acls_are_read_only_super_users_pass():
+    # allow.everyone.if.no.acl.found must not open, before the bindings are read, what a
+    # stored deny closes
+    empty = AclCache((), allow_if_no_acl=True, super_users={"User:admin"}, loaded=False)
+    assert not empty.authorize("User:bob", "Read", "Topic", "orders")
+    assert not empty.allowed_on_any("User:bob", "Write", "Topic")
+    assert empty.authorize("User:admin", "Write", "Topic", "orders")
+    assert empty.allowed_on_any("User:admin", "Write", "Topic")
+
+
+def test_write_on_any_topic_with_no_acl_found_and_wildcard_denies():
+    lax_open = AclCache([b("Topic", "orders", "User:alice", "Read")], allow_if_no_acl=True)
+    assert lax_open.allowed_on_any("User:bob", "Write", "Topic")    # a topic no ACL names
+    denied = AclCache([b("Topic", "*", "User:bob", "Write", perm="Deny"),
+                       b("Topic", "orders", "User:bob", "Write")], allow_if_no_acl=True)
+    assert not denied.allowed_on_any("User:bob", "Write", "Topic")  # denied on every name
+    # bob's deny on "*" is an ACL found for every name, so carol, with no allow, writes nowhere
+    assert not denied.allowed_on_any("User:carol", "Write", "Topic")
+    assert not denied.authorize("User:carol", "Write", "Topic", "elsewhere")
+    everyone_denied = AclCache([b("Topic", "*", "User:*", "All", perm="Deny")])
+    assert not everyone_denied.allowed_on_any("User:bob", "Write", "Topic")
+    covered = AclCache([b("Topic", "*", "User:carol", "Read")], allow_if_no_acl=True)
+    assert not covered.allowed_on_any("User:bob", "Write", "Topic")  # every name has an ACL
+
+
+def test_names_too_long_for_a_resource_are_decided_but_not_remembered():
+    cache = AclCache([b("Topic", "*", "User:*", "Describe")])
+    long_name = "t" * (acl.NAME_CHARS_MAX + 1)
+    for i in range(50):
+        assert cache.authorize("User:bob", "Describe", "Topic", long_name + str(i))
+    assert not cache._memo
+    assert cache.authorize("User:bob", "Describe", "Topic", "orders")
+    assert len(cache._memo) == 1
+
+
 def test_bindings_are_checked_and_names_are_canonical():
     assert b("TOPIC", "t", "User:a", "describe_configs", "ALLOW", "PREFIXED") == \
         AclBinding("Topic", "t", "prefixed", "User:a", "*", "DescribeConfigs", "Allow")

@@ -71,7 +71,7 @@ from coordinator.client import (CONNECTED, LOST, SUSPENDED, BadVersion, Coordina
                                 NodeExists, NoNode)
 from zbroker import acl, errors, protocol, records
 from zbroker.acl import AclCache
-from zbroker.broker.acls import AclWatcher
+from zbroker.broker.acls import AclWatcher, read_acls
 from zbroker.broker import config as broker_config
 from zbroker.broker import metadata as md
 from zbroker.broker.controller import Controller
@@ -206,7 +206,7 @@ class BrokerServer:
         # principal of the request being handled
         self.authorize = cfg["authorizer.enable"]
         self.acl_cache = AclCache((), cfg["allow.everyone.if.no.acl.found"],
-                                  acl.parse_super_users(cfg["super.users"]))
+                                  acl.parse_super_users(cfg["super.users"]), loaded=False)
         self.acl_watcher: AclWatcher | None = None
         self.principal = acl.ANONYMOUS
         self.broker_epoch = -1          # the creation zxid of our registration
@@ -263,8 +263,20 @@ class BrokerServer:
 
     def _open_session(self) -> None:
         """At start-up: a coordinator session, our registration in it, and the threads that
-        use it."""
-        self._install_session(*self._new_session())
+        use it. With authorizer.enable the ACLs are read before the first request is handled,
+        as Kafka's authorizer starts before the listeners (until then only super users pass)."""
+        client, broker_epoch = self._new_session()
+        if self.authorize:
+            try:
+                self._acls_read(read_acls(client)[0])
+            except errors.ZbError as e:
+                log.warning("reading the ACLs failed; only super users pass until they are read",
+                            error=str(e))
+        self._install_session(client, broker_epoch)
+
+    def _acls_read(self, bindings) -> None:
+        old = self.acl_cache
+        self.acl_cache = AclCache(bindings, old.allow_if_no_acl, old.super_users)
 
     def _new_session(self) -> tuple[CoordinatorClient, int]:
         """A new session with our registration in it: (client, broker epoch). Blocks (it may
@@ -483,8 +495,7 @@ class BrokerServer:
                 if kind == "image":
                     self._apply_image(item[1], item[2])
                 elif kind == "acls":
-                    old = self.acl_cache
-                    self.acl_cache = AclCache(item[1], old.allow_if_no_acl, old.super_users)
+                    self._acls_read(item[1])
                 elif kind == "admin_reply":
                     self._on_admin_reply(*item[1:])
                 elif kind == "session":
