@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from clients import AclBinding, AclFilter, AdminClient, Consumer, Producer
+from clients import AclBinding, AclFilter, AdminClient, Consumer, Producer, TopicPartition
 from tests.procs import CoordinatorProc, broker_request
 from tests.replication.helpers import wait_isr
 from tests.security.test_curve_brokers import curve_brokers
@@ -178,3 +178,35 @@ def test_acls_decide_who_produces_and_consumes_and_the_brokers_replicate(acl_clu
                 write()
     with client(c.coordinator.address, d, "admin") as cc:
         cc.create("/admin-was-here", b"1")
+
+
+def test_group_apis_show_no_topic_the_principal_may_not_describe(acl_cluster):
+    c, d = acl_cluster
+    with AdminClient(c.bootstrap, **who(d, "admin")) as admin:
+        admin.create_topic("seen", 1, 3)
+        admin.create_topic("hidden", 1, 3)
+        admin.alter_consumer_group_offsets("g2", {TopicPartition("seen", 0): 0,
+                                                  TopicPartition("hidden", 0): 0})
+        allow(admin, "User:alice", "Read", "Group", "g2")
+        allow(admin, "User:alice", "Read", "Topic", "seen")      # (Read implies Describe)
+        assert set(admin.list_consumer_group_offsets("g2")) == \
+            {TopicPartition("seen", 0), TopicPartition("hidden", 0)}
+
+    # every committed offset, as alice sees them: the topic she may not Describe is left out
+    with AdminClient(c.bootstrap, **who(d, "alice")) as admin:
+        got = eventually(lambda: admin.list_consumer_group_offsets("g2"))
+        assert set(got) == {TopicPartition("seen", 0)}
+
+    # a subscription to it is refused, naming it
+    with Consumer("seen", "hidden", bootstrap_servers=c.bootstrap, group_id="g2",
+                  **who(d, "alice")) as consumer:
+        with pytest.raises(errors.TopicAuthorizationFailed, match="'hidden'"):
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                consumer.poll(200)
+    with Consumer("seen", bootstrap_servers=c.bootstrap, group_id="g2",
+                  **who(d, "alice")) as consumer:
+        deadline = time.monotonic() + 20
+        while not consumer.assignment() and time.monotonic() < deadline:
+            consumer.poll(200)
+        assert consumer.assignment() == {TopicPartition("seen", 0)}

@@ -35,7 +35,7 @@ import collections
 import time
 from typing import NamedTuple
 
-from zbroker import errors, protocol, records
+from zbroker import acl, errors, protocol, records
 from zbroker.groups.shard import GroupShard, Result, ShardConfig
 from zbroker.logs import get_logger
 
@@ -223,7 +223,7 @@ class GroupCoordinator:
             if api == "OffsetCommit":
                 return self._commit(host, ident, header)
             if api == "OffsetFetch":
-                op = lambda: shard.fetch_offsets(header)  # noqa: E731
+                op = lambda: self._describable(shard.fetch_offsets(header), header)  # noqa: E731
             elif api == "OffsetDelete":
                 op = lambda: shard.delete_offsets(header)  # noqa: E731
             else:
@@ -239,6 +239,15 @@ class GroupCoordinator:
             return protocol.encode_error(req_id, err)
         return self._answer(ident, req_id, protocol.encode_error(req_id, err),
                             {host: host.part.log.log_end_offset})
+
+    def _describable(self, result: Result, header: dict) -> Result:
+        """An OffsetFetch of all the group's offsets shows only the topics the principal may
+        Describe (Kafka's filter); one naming its partitions was checked before."""
+        if header.get("parts") is not None:
+            return result
+        allowed = self.server.allowed
+        parts = [p for p in result.response["parts"] if allowed(acl.DESCRIBE, acl.TOPIC, p[0])]
+        return result._replace(response={**result.response, "parts": parts})
 
     def _call(self, host: Host, op) -> Result:
         """Run a shard operation. Our own bug in it may have left records applied in memory

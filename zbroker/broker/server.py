@@ -897,6 +897,18 @@ class BrokerServer:
             return
         op, topic_op = GROUP_API_OPERATIONS[api]
         self.require(op, acl.GROUP, header["group_id"])
+        names = header.get("subscribed_topic_names") if api == "ConsumerGroupHeartbeat" else None
+        if isinstance(names, list):
+            # Kafka's rule: no subscription to a topic the member may not Describe (it would
+            # learn the topic's partitions from its assignment)
+            hidden = sorted({t for t in names if isinstance(t, str) and
+                             not self.allowed(acl.DESCRIBE, acl.TOPIC, t)})
+            if hidden:
+                shown = ", ".join(repr(t[:80]) for t in hidden[:5])
+                raise errors.TopicAuthorizationFailed(
+                    f"{self.principal} is not allowed Describe on the subscribed topic"
+                    f"{'s' if len(hidden) > 1 else ''} {shown}"
+                    f"{' and others' if len(hidden) > 5 else ''} (no ACL allows it).")
         parts = header.get("parts") if topic_op is not None else None
         if isinstance(parts, list):
             for topic in {p[0] for p in parts if isinstance(p, list) and p and
