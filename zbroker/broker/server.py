@@ -331,8 +331,9 @@ class BrokerServer:
             self.acl_watcher.start()
 
     @staticmethod
-    def _close_session_parts(controller, watcher, client) -> None:
-        for closer in (controller, watcher):
+    def _close_session_parts(client, *closers) -> None:
+        """Stop the threads that use a session (controller, watchers), then close it."""
+        for closer in closers:
             if closer is not None:
                 try:
                     closer.stop()
@@ -345,8 +346,8 @@ class BrokerServer:
                 pass
 
     def _close_session(self) -> None:
-        parts = (self.controller, self.watcher, self.client)
-        self.controller = self.watcher = self.client = None
+        parts = (self.client, self.controller, self.watcher, self.acl_watcher)
+        self.controller = self.watcher = self.client = self.acl_watcher = None
         self._close_session_parts(*parts)
 
     def _renew_session(self) -> None:
@@ -360,8 +361,9 @@ class BrokerServer:
         self.leadership_paused = True
         self._stale_image_watcher = self.watcher
         self._renewing = True
-        old = (self.controller, self.watcher, self.client)
-        self.controller = self.watcher = self.client = None
+        # (the ACLs read last go on deciding until the new session's are read)
+        old = (self.client, self.controller, self.watcher, self.acl_watcher)
+        self.controller = self.watcher = self.client = self.acl_watcher = None
         threading.Thread(target=self._renew_in_background, args=(old,), name="session-renewal",
                          daemon=True).start()
 
@@ -386,7 +388,7 @@ class BrokerServer:
             self.stopping = True
             return
         if self.stopping:
-            self._close_session_parts(None, None, got[0])
+            self._close_session_parts(got[0])
             return
         self._install_session(*got)
         # Still paused: our metadata is from before the expiry (the controller has moved our
